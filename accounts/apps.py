@@ -1,0 +1,8 @@
+from django.apps import AppConfig
+
+
+class AccountsConfig(AppConfig):
+    """Tenancy: organizations, memberships, projects and API keys."""
+
+    name = "accounts"
+    default_auto_field = "django.db.models.BigAutoField"

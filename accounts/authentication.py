@@ -1,0 +1,71 @@
+"""Bearer API-key authentication for the ``/v1`` API (DRF authentication class)."""
+from __future__ import annotations
+
+from django.conf import settings
+from django.core.cache import cache
+from django.utils import timezone
+from rest_framework.authentication import BaseAuthentication, get_authorization_header
+
+from config.errors import AuthenticationError
+
+from .models import APIKey
+from .selectors import ResolvedKey, api_key_resolve
+
+# Longest plausible key; anything longer is refused before hashing.
+MAX_KEY_LENGTH = 256
+
+
+def mask_key(plaintext: str) -> str:
+    """What an error message may echo of a key: ``sk-proj-****abcd`` (never the secret)."""
+    if len(plaintext) < 12:
+        return "****"
+    return f"{plaintext[:8]}****{plaintext[-4:]}"
+
+
+class APIKeyAuthentication(BaseAuthentication):
+    """``Authorization: Bearer sk-...``: resolves the key and sets ``request.auth``.
+
+    On success ``request.user`` and ``request.auth`` are both the `ResolvedKey`.
+    Raises `AuthenticationError` (401 ``invalid_api_key``) for malformed, unknown,
+    revoked or expired keys; returns ``None`` when no key was sent, which DRF turns
+    into 401 via ``NotAuthenticated``.
+    """
+
+    keyword = b"bearer"
+
+    def authenticate(self, request):
+        header = get_authorization_header(request).split()
+        if not header:
+            return None
+        if header[0].lower() != self.keyword or len(header) != 2:
+            raise AuthenticationError(
+                "Invalid Authorization header. Expected 'Authorization: Bearer YOUR_KEY'."
+            )
+        try:
+            plaintext = header[1].decode("ascii")
+        except UnicodeDecodeError:
+            raise AuthenticationError("Incorrect API key provided.") from None
+        if not plaintext.startswith("sk-") or len(plaintext) > MAX_KEY_LENGTH:
+            raise AuthenticationError(f"Incorrect API key provided: {mask_key(plaintext)}.")
+
+        resolved = api_key_resolve(plaintext=plaintext)
+        if resolved is None:
+            raise AuthenticationError(f"Incorrect API key provided: {mask_key(plaintext)}.")
+        now = timezone.now()
+        if resolved.revoked_at is not None:
+            raise AuthenticationError(f"The API key {mask_key(plaintext)} has been revoked.")
+        if resolved.expires_at is not None and resolved.expires_at <= now:
+            raise AuthenticationError(f"The API key {mask_key(plaintext)} has expired.")
+        if resolved.project_archived_at is not None:
+            raise AuthenticationError(f"The project of API key {mask_key(plaintext)} has been archived.")
+        self._touch(resolved, now)
+        return resolved, resolved
+
+    def authenticate_header(self, request) -> str:
+        return 'Bearer realm="api"'
+
+    @staticmethod
+    def _touch(resolved: ResolvedKey, now) -> None:
+        """Write ``last_used_at`` at most once per ``API_KEY_LAST_USED_WRITE_SECONDS`` per key."""
+        if cache.add(f"apikey:used:{resolved.key_id}", 1, timeout=settings.API_KEY_LAST_USED_WRITE_SECONDS):
+            APIKey.objects.filter(pk=resolved.key_id).update(last_used_at=now)

@@ -1,0 +1,134 @@
+"""Tenancy models: Organization -> Project -> APIKey, plus Membership (user roles).
+
+Public ids are shaped like OpenAI's (``org_...``, ``proj_...``, ``key_...``); the
+integer primary keys never leave the server.
+"""
+from __future__ import annotations
+
+import secrets
+import string
+
+from django.conf import settings
+from django.db import models
+from django.db.models.functions import Lower
+from django.utils import timezone
+
+_ALPHABET = string.ascii_letters + string.digits
+
+
+def random_token(length: int) -> str:
+    """``length`` chars of base62 from `secrets` (each char ~5.95 bits of entropy)."""
+    return "".join(secrets.choice(_ALPHABET) for _ in range(length))
+
+
+def _org_id() -> str:
+    return f"org_{random_token(24)}"
+
+
+def _project_id() -> str:
+    return f"proj_{random_token(24)}"
+
+
+def _key_id() -> str:
+    return f"key_{random_token(16)}"
+
+
+class Organization(models.Model):
+    """A tenant: owns projects, members, limits and the bill."""
+
+    public_id = models.CharField(max_length=32, unique=True, default=_org_id, editable=False)
+    name = models.CharField(max_length=200)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(Lower("name"), name="organization_name_ci_unique")]
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Membership(models.Model):
+    """A user's role in an organization.
+
+    Roles (most to least powerful): ``owner`` and ``admin`` manage projects, keys
+    and members; ``member`` uses and reads; ``reader`` only reads.
+    """
+
+    class Role(models.TextChoices):
+        OWNER = "owner", "Owner"
+        ADMIN = "admin", "Admin"
+        MEMBER = "member", "Member"
+        READER = "reader", "Reader"
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=16, choices=Role.choices, default=Role.MEMBER)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["user", "organization"], name="membership_user_org_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.user} in {self.organization} ({self.role})"
+
+
+class Project(models.Model):
+    """A project inside an organization; API keys and usage belong to a project."""
+
+    public_id = models.CharField(max_length=32, unique=True, default=_project_id, editable=False)
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="projects")
+    name = models.CharField(max_length=200)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    archived_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint("organization", Lower("name"), name="project_org_name_ci_unique"),
+        ]
+        ordering = ["organization", "name"]
+
+    def __str__(self) -> str:
+        return f"{self.organization.name}/{self.name}"
+
+
+class APIKey(models.Model):
+    """A bearer key of a project.
+
+    Only the SHA-256 hex digest of the key is stored (unique index; keys are 256-bit
+    random strings, so an unsalted fast hash is right: PostHog, Sentry do the same).
+    ``prefix`` and ``last4`` are kept for display (``sk-proj-AbCd...wxYz``); the
+    plaintext exists only in the response that created the key.
+    """
+
+    PREFIX = "sk-proj-"
+
+    public_id = models.CharField(max_length=32, unique=True, default=_key_id, editable=False)
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="api_keys")
+    name = models.CharField(max_length=200, blank=True, default="")
+    secret_hash = models.CharField(max_length=64, unique=True, editable=False)
+    prefix = models.CharField(max_length=16, editable=False)
+    last4 = models.CharField(max_length=4, editable=False)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="+")
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["project", "-created_at"], name="apikey_project_created")]
+
+    def __str__(self) -> str:
+        return f"{self.name or self.public_id} ({self.masked})"
+
+    @property
+    def masked(self) -> str:
+        """Display form, e.g. ``sk-proj-AbCd...wxYz``; never the whole key."""
+        return f"{self.prefix}...{self.last4}"
+
+    def is_active(self, now=None) -> bool:
+        """True when neither revoked nor expired at ``now`` (default: the current time)."""
+        now = now or timezone.now()
+        return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)

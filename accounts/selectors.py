@@ -1,0 +1,69 @@
+"""Reads for tenancy."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.conf import settings
+from django.core.cache import cache
+
+from .models import APIKey
+from .services import api_key_cache_key, hash_key
+
+_MISSING = "missing"
+
+
+@dataclass(frozen=True)
+class ResolvedKey:
+    """What a request needs to know about its API key, cheap to cache.
+
+    Ids are the integer primary keys (``*_id``) and the public ids (``*_public_id``).
+    """
+
+    key_id: int
+    key_public_id: str
+    project_id: int
+    project_public_id: str
+    organization_id: int
+    organization_public_id: str
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    project_archived_at: datetime | None
+
+    @property
+    def is_authenticated(self) -> bool:  # lets DRF's IsAuthenticated accept it as `request.user`
+        return True
+
+    @classmethod
+    def from_model(cls, key: APIKey) -> "ResolvedKey":
+        project = key.project
+        return cls(
+            key_id=key.pk,
+            key_public_id=key.public_id,
+            project_id=project.pk,
+            project_public_id=project.public_id,
+            organization_id=project.organization_id,
+            organization_public_id=project.organization.public_id,
+            expires_at=key.expires_at,
+            revoked_at=key.revoked_at,
+            project_archived_at=project.archived_at,
+        )
+
+
+def api_key_resolve(*, plaintext: str) -> ResolvedKey | None:
+    """Look a plaintext key up by its SHA-256; ``None`` when no such key exists.
+
+    The result (or its absence) is cached for ``API_KEY_CACHE_SECONDS``; revoked and
+    expired keys are returned as they are, the caller decides.
+    """
+    secret_hash = hash_key(plaintext)
+    cache_key = api_key_cache_key(secret_hash)
+    cached = cache.get(cache_key)
+    if cached == _MISSING:
+        return None
+    if cached is not None:
+        return cached
+    key = APIKey.objects.select_related("project__organization").filter(secret_hash=secret_hash).first()
+    resolved = ResolvedKey.from_model(key) if key else None
+    cache.set(cache_key, resolved or _MISSING, timeout=settings.API_KEY_CACHE_SECONDS)
+    return resolved

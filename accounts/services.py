@@ -1,0 +1,89 @@
+"""Writes for tenancy (HackSoft style: ``<entity>_<action>``, keyword-only)."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.core.cache import cache
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from .models import APIKey, Organization, Project, random_token
+
+# 43 base62 chars = 256 bits of entropy (same strength as OpenAI's keys).
+KEY_SECRET_LENGTH = 43
+
+
+def hash_key(plaintext: str) -> str:
+    """SHA-256 hex digest (64 chars) of a plaintext key: what the database stores."""
+    return hashlib.sha256(plaintext.encode("utf-8")).hexdigest()
+
+
+def api_key_cache_key(secret_hash: str) -> str:
+    """The cache key under which the resolved key (`accounts.selectors.ResolvedKey`) is kept."""
+    return f"apikey:{secret_hash}"
+
+
+@dataclass(frozen=True)
+class CreatedKey:
+    """A new key: the stored row and the plaintext, which is never retrievable again."""
+
+    api_key: APIKey
+    plaintext: str
+
+
+def organization_get_or_create(*, name: str) -> Organization:
+    """The organization named ``name`` (case-insensitive), created when missing."""
+    org = Organization.objects.filter(name__iexact=name).first()
+    if org:
+        return org
+    try:
+        with transaction.atomic():
+            return Organization.objects.create(name=name)
+    except IntegrityError:  # created concurrently
+        return Organization.objects.get(name__iexact=name)
+
+
+def project_get_or_create(*, organization: Organization, name: str) -> Project:
+    """The project ``name`` (case-insensitive) of ``organization``, created when missing."""
+    project = organization.projects.filter(name__iexact=name).first()
+    if project:
+        return project
+    try:
+        with transaction.atomic():
+            return Project.objects.create(organization=organization, name=name)
+    except IntegrityError:
+        return organization.projects.get(name__iexact=name)
+
+
+def api_key_create(*, project: Project, name: str = "", expires_at: datetime | None = None,
+                   created_by=None) -> CreatedKey:
+    """Create a key for ``project``; returns the row and the plaintext (``sk-proj-`` + 43 base62).
+
+    The plaintext is not stored anywhere; only its SHA-256 is.
+    """
+    plaintext = APIKey.PREFIX + random_token(KEY_SECRET_LENGTH)
+    api_key = APIKey.objects.create(
+        project=project,
+        name=name,
+        secret_hash=hash_key(plaintext),
+        prefix=plaintext[: len(APIKey.PREFIX) + 4],
+        last4=plaintext[-4:],
+        expires_at=expires_at,
+        created_by=created_by,
+    )
+    return CreatedKey(api_key=api_key, plaintext=plaintext)
+
+
+def api_key_revoke(*, api_key: APIKey) -> APIKey:
+    """Revoke ``api_key`` now (idempotent) and drop it from the auth cache.
+
+    With a shared cache (Redis) the key stops working at once; with a per-process
+    cache, within ``API_KEY_CACHE_SECONDS``.
+    """
+    if api_key.revoked_at is None:
+        api_key.revoked_at = timezone.now()
+        api_key.save(update_fields=["revoked_at"])
+    cache.delete(api_key_cache_key(api_key.secret_hash))
+    return api_key

@@ -1,0 +1,13 @@
+"""The Celery app. Workers: ``celery -A config worker -Q embeddings``.
+
+Configuration comes from Django settings under the ``CELERY_`` namespace.
+"""
+import os
+
+from celery import Celery
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+
+app = Celery("config")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.autodiscover_tasks()

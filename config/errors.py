@@ -1,0 +1,210 @@
+"""OpenAI-shaped errors for every ``/v1`` response that is not a 200.
+
+The envelope (OpenAI API reference, "Error codes")::
+
+    {"error": {"message": str, "type": str, "param": str | None, "code": str | None}}
+
+`APIError` and its subclasses carry status, type, param and code; the DRF
+exception handler below turns them, and DRF's own exceptions (parse errors,
+415, 405, throttling, authentication), into that envelope. Unexpected
+exceptions are turned into a 500 envelope by `config.middleware.OpenAIErrorMiddleware`.
+"""
+from __future__ import annotations
+
+import logging
+
+from django.http import Http404, JsonResponse
+from rest_framework import exceptions as drf_exceptions
+from rest_framework.response import Response
+
+logger = logging.getLogger(__name__)
+
+
+class APIError(Exception):
+    """An error the API reports in OpenAI's envelope.
+
+    Attributes:
+        status_code: the HTTP status (int).
+        message: human-readable text, safe to show to the caller.
+        type: OpenAI error type, e.g. ``invalid_request_error``.
+        param: the request field at fault, or ``None``.
+        code: a stable machine-readable code, or ``None``.
+        headers: extra response headers (e.g. ``Retry-After``).
+    """
+
+    status_code = 400
+    type = "invalid_request_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
+                 status_code: int | None = None, type: str | None = None,
+                 headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        if status_code is not None:
+            self.status_code = status_code
+        if type is not None:
+            self.type = type
+        self.headers = headers or {}
+
+    def body(self) -> dict:
+        """The envelope as a dict: ``{"error": {...}}``."""
+        return error_body(self.message, type=self.type, param=self.param, code=self.code)
+
+
+class InvalidRequestError(APIError):
+    """400: the request is malformed or violates a documented limit."""
+
+
+class AuthenticationError(APIError):
+    """401 ``invalid_api_key``: missing, malformed, unknown, revoked or expired key."""
+
+    status_code = 401
+    code = "invalid_api_key"
+
+    def __init__(self, message: str, **kwargs):
+        kwargs.setdefault("headers", {"WWW-Authenticate": 'Bearer realm="api"'})
+        super().__init__(message, **kwargs)
+
+
+class PermissionDeniedError(APIError):
+    """403: the key may not act on what the request names (e.g. another project)."""
+
+    status_code = 403
+
+
+class NotFoundError(APIError):
+    """404: e.g. ``model_not_found``."""
+
+    status_code = 404
+
+
+class RateLimitError(APIError):
+    """429: ``rate_limit_exceeded`` or ``insufficient_quota``."""
+
+    status_code = 429
+    type = "requests"
+
+
+class ServiceUnavailableError(APIError):
+    """503: overloaded or a dependency is down; carries ``Retry-After``."""
+
+    status_code = 503
+    type = "server_error"
+    code = "service_unavailable"
+
+
+class TimeoutError_(APIError):
+    """504: the deadline for the work passed (e.g. a worker did not answer in time)."""
+
+    status_code = 504
+    type = "server_error"
+    code = "timeout"
+
+
+def error_body(message: str, *, type: str = "invalid_request_error", param: str | None = None,
+               code: str | None = None) -> dict:
+    """Build OpenAI's error envelope ``{"error": {message, type, param, code}}``."""
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def error_response(message: str, *, status: int, type: str = "invalid_request_error",
+                   param: str | None = None, code: str | None = None,
+                   headers: dict[str, str] | None = None) -> JsonResponse:
+    """A plain Django `JsonResponse` carrying the envelope (for use outside DRF)."""
+    response = JsonResponse(error_body(message, type=type, param=param, code=code), status=status)
+    for name, value in (headers or {}).items():
+        response[name] = value
+    return response
+
+
+# DRF's validation codes mapped to the codes OpenAI uses for the same faults.
+_VALIDATION_CODES = {
+    "required": "missing_required_parameter",
+    "null": "invalid_value",
+    "blank": "invalid_value",
+    "invalid": "invalid_value",
+    "invalid_choice": "invalid_value",
+}
+
+
+def _first_validation_error(detail, param: str | None = None):
+    """Walk a DRF ValidationError ``detail`` to its first leaf.
+
+    Returns ``(param, message, code)``; ``param`` is the top-level request field
+    (nested errors name the top-level field, as OpenAI does).
+    """
+    if isinstance(detail, dict):
+        for key, value in detail.items():
+            return _first_validation_error(value, param or (None if key == "non_field_errors" else key))
+        return param, "Invalid request.", "invalid_value"
+    if isinstance(detail, list):
+        if not detail:
+            return param, "Invalid request.", "invalid_value"
+        return _first_validation_error(detail[0], param)
+    code = getattr(detail, "code", None)
+    return param, str(detail), _VALIDATION_CODES.get(code, code)
+
+
+def openai_exception_handler(exc, context) -> Response | None:
+    """DRF ``EXCEPTION_HANDLER``: render known errors in OpenAI's envelope.
+
+    Returns ``None`` for unexpected exceptions so they propagate to
+    `config.middleware.OpenAIErrorMiddleware`, which logs them and answers 500.
+    """
+    if isinstance(exc, APIError):
+        return Response(exc.body(), status=exc.status_code, headers=exc.headers)
+
+    if isinstance(exc, drf_exceptions.ValidationError):
+        param, message, code = _first_validation_error(exc.detail)
+        return Response(error_body(message, param=param, code=code), status=400)
+
+    if isinstance(exc, drf_exceptions.NotAuthenticated):
+        return Response(
+            error_body(
+                "You didn't provide an API key. You need to provide your API key in an "
+                "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+                code="invalid_api_key",
+            ),
+            status=401,
+            headers={"WWW-Authenticate": 'Bearer realm="api"'},
+        )
+    if isinstance(exc, drf_exceptions.AuthenticationFailed):
+        return Response(error_body(str(exc.detail), code="invalid_api_key"), status=401,
+                        headers={"WWW-Authenticate": 'Bearer realm="api"'})
+    if isinstance(exc, drf_exceptions.ParseError):
+        return Response(
+            error_body(
+                "We could not parse the JSON body of your request. (HINT: This likely means you "
+                "aren't using your HTTP library correctly. The OpenAI API expects a JSON payload, "
+                f"but what was sent was not valid JSON.) Detail: {exc.detail}",
+                code="invalid_json",
+            ),
+            status=400,
+        )
+    if isinstance(exc, drf_exceptions.UnsupportedMediaType):
+        return Response(
+            error_body(f"Unsupported Content-Type {exc.detail!s}. Send the body as application/json.",
+                       code="unsupported_media_type"),
+            status=415,
+        )
+    if isinstance(exc, drf_exceptions.MethodNotAllowed):
+        request = context.get("request")
+        method = getattr(request, "method", "")
+        path = getattr(request, "path", "")
+        return Response(error_body(f"Method not allowed ({method} {path}).", code="method_not_allowed"),
+                        status=405)
+    if isinstance(exc, (Http404, drf_exceptions.NotFound)):
+        return Response(error_body("Not found.", code="not_found"), status=404)
+    if isinstance(exc, drf_exceptions.PermissionDenied):
+        return Response(error_body(str(exc.detail), code="permission_denied"), status=403)
+    if isinstance(exc, drf_exceptions.Throttled):
+        headers = {"Retry-After": str(exc.wait)} if exc.wait is not None else {}
+        return Response(error_body(str(exc.detail), type="requests", code="rate_limit_exceeded"),
+                        status=429, headers=headers)
+    if isinstance(exc, drf_exceptions.APIException):
+        return Response(error_body(str(exc.detail), code=exc.default_code), status=exc.status_code)
+    return None

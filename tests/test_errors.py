@@ -1,0 +1,77 @@
+"""Every /v1 response that is not a 200 is an OpenAI envelope, with an x-request-id."""
+from __future__ import annotations
+
+import logging
+
+from rest_framework.test import APIClient
+
+from billing.models import UsageRecord
+from tests.conftest import assert_error
+
+
+def test_malformed_json(client):
+    response = client.post("/v1/embeddings", b'{"model": "all-MiniLM-L6-v2", "input": ', content_type="application/json")
+    assert_error(response, 400, param=None, code="invalid_json")
+
+
+def test_invalid_utf8(client):
+    response = client.post("/v1/embeddings", b'{"input": "\xff\xfe"}', content_type="application/json")
+    assert_error(response, 400, param=None, code="invalid_json")
+
+
+def test_wrong_content_type(client):
+    response = client.post("/v1/embeddings", b"input=hello", content_type="text/plain")
+    assert_error(response, 415, param=None, code="unsupported_media_type")
+
+
+def test_form_encoded_body_is_refused(client):
+    response = client.post("/v1/embeddings", {"input": "hello", "model": "all-MiniLM-L6-v2"})  # multipart
+    assert_error(response, 415, param=None, code="unsupported_media_type")
+
+
+def test_unknown_v1_url(client):
+    error = assert_error(client.get("/v1/nope"), 404, param=None, code="unknown_url")
+    assert error["message"] == "Invalid URL (GET /v1/nope)"
+
+
+def test_unknown_v1_url_without_key_is_still_an_envelope(db):
+    assert_error(APIClient().post("/v1/chat/completions"), 404, param=None, code="unknown_url")
+
+
+def test_method_not_allowed(client):
+    assert_error(client.get("/v1/embeddings"), 405, param=None, code="method_not_allowed")
+    assert_error(client.delete("/v1/models"), 405, param=None, code="method_not_allowed")
+
+
+def test_body_too_large(client, settings):
+    settings.EMBEDDINGS_MAX_BODY_BYTES = 1000
+    response = client.post("/v1/embeddings", {"model": "all-MiniLM-L6-v2", "input": "x" * 2000}, format="json")
+    assert_error(response, 413, param=None, code="request_too_large")
+    assert UsageRecord.objects.count() == 0
+
+
+def test_unexpected_error_is_a_500_envelope_with_request_id_and_no_traceback(client, monkeypatch, caplog):
+    """Inject a fault in the engine; the API must answer with the envelope, log the traceback
+    server-side, and meter nothing."""
+    from embeddings import services
+
+    def broken_encode(**kwargs):
+        raise RuntimeError("CUDA exploded: secret internal detail")
+
+    monkeypatch.setattr(services, "encode_inputs", broken_encode)
+    caplog.set_level(logging.ERROR)
+    response = client.post("/v1/embeddings", {"model": "all-MiniLM-L6-v2", "input": "hi"}, format="json")
+    error = assert_error(response, 500, param=None, code="internal_error", type="server_error")
+    request_id = response["x-request-id"]
+    assert request_id in error["message"]
+    assert "Traceback" not in response.content.decode() and "secret internal detail" not in response.content.decode()
+    assert "CUDA exploded" in caplog.text and request_id in caplog.text
+    assert UsageRecord.objects.count() == 0
+
+
+def test_request_id_on_success_and_on_non_api_pages(client, db):
+    assert client.post("/v1/embeddings", {"model": "all-MiniLM-L6-v2", "input": "hi"},
+                       format="json")["x-request-id"].startswith("req_")
+    assert APIClient().get("/healthz")["x-request-id"].startswith("req_")
+    ids = {client.get("/v1/models")["x-request-id"] for _ in range(3)}
+    assert len(ids) == 3
