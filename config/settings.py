@@ -78,8 +78,13 @@ DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # The embedded default serves threads of one process: wait for the write lock
     # instead of failing with "database is locked".
-    DATABASES["default"]["CONN_MAX_AGE"] = 0
-    DATABASES["default"].setdefault("OPTIONS", {}).update({"timeout": 20})
+    # WAL lets readers run beside the writer; synchronous=NORMAL drops the fsync per commit
+    # (durable at checkpoints; the embedded default is for trying it out, not production).
+    DATABASES["default"].setdefault("OPTIONS", {}).update({
+        "timeout": 20,  # seconds
+        "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    })
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis: cache, Celery ------------------------------------------------------
