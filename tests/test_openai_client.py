@@ -14,7 +14,9 @@ TEXTS = ["The official client must just work.", "Only base_url and api_key chang
 
 @pytest.fixture
 def openai_client(live_server, created_key, default_model):
-    return openai.OpenAI(base_url=f"{live_server.url}/v1", api_key=created_key.plaintext, max_retries=0)
+    client = openai.OpenAI(base_url=f"{live_server.url}/v1", api_key=created_key.plaintext, max_retries=0)
+    yield client
+    client.close()  # ends the keep-alive sockets, so the server threads close their DB connections
 
 
 def test_default_encoding_base64(openai_client, reference_encode):
@@ -46,8 +48,8 @@ def test_errors_surface_as_the_clients_typed_exceptions(openai_client, live_serv
     with pytest.raises(openai.BadRequestError) as bad:
         openai_client.embeddings.create(model="all-MiniLM-L6-v2", input="")
     assert bad.value.param == "input"
-    wrong_key = openai.OpenAI(base_url=f"{live_server.url}/v1", api_key="sk-proj-wrong", max_retries=0)
-    with pytest.raises(openai.AuthenticationError) as unauthorized:
+    with openai.OpenAI(base_url=f"{live_server.url}/v1", api_key="sk-proj-wrong", max_retries=0) as wrong_key, \
+            pytest.raises(openai.AuthenticationError) as unauthorized:
         wrong_key.embeddings.create(model="all-MiniLM-L6-v2", input="x")
     assert unauthorized.value.code == "invalid_api_key"
     assert UsageRecord.objects.count() == 0
