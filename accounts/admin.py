@@ -11,6 +11,7 @@ from django.core.exceptions import PermissionDenied
 from django.db.models import Count, Q
 from django.template.response import TemplateResponse
 from django.utils import timezone
+from django.utils.decorators import method_decorator
 from django.views.decorators.cache import never_cache
 
 from .models import APIKey, Membership, Organization, Project
@@ -120,7 +121,7 @@ class APIKeyAdmin(admin.ModelAdmin):
             revoked += 1
         self.message_user(request, f"Revoked {revoked} key(s).", messages.SUCCESS)
 
-    @never_cache
+    @method_decorator(never_cache)
     def add_view(self, request, form_url="", extra_context=None):
         """Create a key with `api_key_create` and show its plaintext once (never stored)."""
         if not self.has_add_permission(request):

@@ -44,20 +44,23 @@ class Command(BaseCommand):
                 validate_password(password, user)
             except ValidationError as exc:
                 raise CommandError(" ".join(exc.messages)) from None
-        with transaction.atomic():
-            if user is None:
-                user = User.objects.create_user(username=username, email=email, password=password)
-            elif password:
-                user.set_password(password)
-            if staff:
-                user.is_staff = user.is_superuser = True
-            user.save()
-            organization = organization_get_or_create(name=org)
-            membership = Membership.objects.filter(user=user, organization=organization).first()
-            if membership is None:
-                membership_add(organization=organization, user=user, role=role)
-            elif membership.role != role:
-                membership_set_role(membership=membership, role=role)
+        try:
+            with transaction.atomic():
+                if user is None:
+                    user = User.objects.create_user(username=username, email=email, password=password)
+                elif password:
+                    user.set_password(password)
+                if staff:
+                    user.is_staff = user.is_superuser = True
+                user.save()
+                organization = organization_get_or_create(name=org)
+                membership = Membership.objects.filter(user=user, organization=organization).first()
+                if membership is None:
+                    membership_add(organization=organization, user=user, role=role)
+                elif membership.role != role:
+                    membership_set_role(membership=membership, role=role)
+        except ValidationError as exc:  # e.g. demoting the last owner
+            raise CommandError(" ".join(exc.messages)) from None
         host, port = os.environ.get("HOST", "127.0.0.1"), os.environ.get("PORT", "8000")
         self.stdout.write(f"{username} is {role} of {organization.name} ({organization.public_id}).")
         self.stdout.write(f"Sign in at http://{host}:{port}/console/login/ as {username}"
