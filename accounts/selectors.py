@@ -7,7 +7,11 @@ from datetime import datetime
 from django.conf import settings
 from django.core.cache import cache
 
-from .models import APIKey
+from django.db.models import Count, Q, QuerySet
+from django.http import Http404
+from django.utils import timezone
+
+from .models import APIKey, Membership, Organization, Project
 from .services import api_key_cache_key, hash_key
 
 _MISSING = "missing"
@@ -67,3 +71,69 @@ def api_key_resolve(*, plaintext: str) -> ResolvedKey | None:
     resolved = ResolvedKey.from_model(key) if key else None
     cache.set(cache_key, resolved or _MISSING, timeout=settings.API_KEY_CACHE_SECONDS)
     return resolved
+
+
+# --- The console's reads (every one scoped by organization) ---------------------------------
+
+
+def membership_get_for_user(*, user, organization_public_id: str) -> Membership:
+    """``user``'s membership of the organization ``organization_public_id``.
+
+    Raises ``Http404`` when the organization does not exist *or* the user is not a
+    member: another tenant's organization is indistinguishable from a missing one.
+    """
+    membership = (Membership.objects.select_related("organization")
+                  .filter(user=user, organization__public_id=organization_public_id).first())
+    if membership is None:
+        raise Http404("No such organization.")
+    return membership
+
+
+def organizations_for_user(*, user) -> QuerySet[Organization]:
+    """The organizations ``user`` is a member of, by name."""
+    return Organization.objects.filter(memberships__user=user).order_by("name")
+
+
+def projects_for_organization(*, organization: Organization) -> QuerySet[Project]:
+    """``organization``'s projects by name, each annotated with ``active_key_count``
+    (neither revoked nor expired now)."""
+    now = timezone.now()
+    active = Q(api_keys__revoked_at__isnull=True) & (Q(api_keys__expires_at__isnull=True)
+                                                    | Q(api_keys__expires_at__gt=now))
+    return (organization.projects.annotate(active_key_count=Count("api_keys", filter=active))
+            .order_by("name"))
+
+
+def project_get(*, organization: Organization, public_id: str) -> Project:
+    """The project ``public_id`` of ``organization``; ``Http404`` otherwise (also for another tenant's)."""
+    project = organization.projects.filter(public_id=public_id).first()
+    if project is None:
+        raise Http404("No such project.")
+    return project
+
+
+def api_keys_for_project(*, project: Project) -> QuerySet[APIKey]:
+    """``project``'s keys, newest first, revoked ones included (the hash is deferred: never displayed)."""
+    return project.api_keys.select_related("created_by").defer("secret_hash").order_by("-created_at")
+
+
+def api_key_get(*, project: Project, public_id: str) -> APIKey:
+    """The key ``public_id`` of ``project``; ``Http404`` otherwise (also for another project's or tenant's)."""
+    key = project.api_keys.filter(public_id=public_id).first()
+    if key is None:
+        raise Http404("No such API key.")
+    return key
+
+
+def memberships_for_organization(*, organization: Organization) -> QuerySet[Membership]:
+    """``organization``'s memberships with their users, by username."""
+    return organization.memberships.select_related("user").order_by("user__username")
+
+
+def membership_get(*, organization: Organization, username: str) -> Membership:
+    """The membership of the user ``username`` in ``organization``; ``Http404`` otherwise."""
+    membership = (organization.memberships.select_related("user")
+                  .filter(user__username=username).first())
+    if membership is None:
+        raise Http404("No such member.")
+    return membership

@@ -6,10 +6,11 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from django.core.cache import cache
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from .models import APIKey, Organization, Project, random_token
+from .models import APIKey, Membership, Organization, Project, random_token
 
 # 43 base62 chars = 256 bits of entropy (same strength as OpenAI's keys).
 KEY_SECRET_LENGTH = 43
@@ -55,6 +56,65 @@ def project_get_or_create(*, organization: Organization, name: str) -> Project:
             return Project.objects.create(organization=organization, name=name)
     except IntegrityError:
         return organization.projects.get(name__iexact=name)
+
+
+def project_create(*, organization: Organization, name: str) -> Project:
+    """A new project ``name`` in ``organization`` (the console's "Create project").
+
+    Raises ``ValidationError`` when the organization already has a project of that
+    name (case-insensitive; the database constraint ``project_org_name_ci_unique`` decides).
+    """
+    try:
+        with transaction.atomic():
+            return Project.objects.create(organization=organization, name=name.strip())
+    except IntegrityError:
+        raise ValidationError(f"A project named '{name.strip()}' already exists.", code="duplicate") from None
+
+
+def membership_add(*, organization: Organization, user, role: str) -> Membership:
+    """Give ``user`` the ``role`` (a `Membership.Role` value) in ``organization``.
+
+    Raises ``ValidationError`` when the user is already a member (constraint
+    ``membership_user_org_unique``) or the role is unknown.
+    """
+    if role not in Membership.Role.values:
+        raise ValidationError(f"Unknown role '{role}'.", code="invalid_role")
+    try:
+        with transaction.atomic():
+            return Membership.objects.create(organization=organization, user=user, role=role)
+    except IntegrityError:
+        raise ValidationError(f"{user.get_username()} is already a member.", code="duplicate") from None
+
+
+def _check_not_last_owner(membership: Membership) -> None:
+    """Raise ``ValidationError`` when ``membership`` is its organization's only owner
+    (an organization always keeps an owner, as on GitHub and OpenAI)."""
+    if membership.role != Membership.Role.OWNER:
+        return
+    owners = (Membership.objects.select_for_update()
+              .filter(organization_id=membership.organization_id, role=Membership.Role.OWNER))
+    if len(owners) <= 1:
+        raise ValidationError("An organization must keep at least one owner.", code="last_owner")
+
+
+def membership_set_role(*, membership: Membership, role: str) -> Membership:
+    """Change a member's role. Raises ``ValidationError`` for an unknown role or when
+    it would leave the organization without an owner."""
+    if role not in Membership.Role.values:
+        raise ValidationError(f"Unknown role '{role}'.", code="invalid_role")
+    with transaction.atomic():
+        if role != Membership.Role.OWNER:
+            _check_not_last_owner(membership)
+        membership.role = role
+        membership.save(update_fields=["role"])
+    return membership
+
+
+def membership_remove(*, membership: Membership) -> None:
+    """Remove a member. Raises ``ValidationError`` when it is the last owner."""
+    with transaction.atomic():
+        _check_not_last_owner(membership)
+        membership.delete()
 
 
 def api_key_create(*, project: Project, name: str = "", expires_at: datetime | None = None,

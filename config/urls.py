@@ -1,6 +1,7 @@
-"""URL configuration: the ``/v1`` API, API docs, the admin."""
+"""URL configuration: the ``/v1`` API, API docs, the web console, the admin."""
 from django.contrib import admin
 from django.urls import include, path, re_path
+from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView
 
 from . import views
@@ -10,8 +11,10 @@ urlpatterns = [
     re_path(r"^v1/", views.v1_not_found),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularRedocView.as_view(url_name="schema"), name="api-docs"),
+    path("console/", include("accounts.urls")),
     path("admin/", admin.site.urls),
     path("healthz", views.healthz, name="healthz"),
+    path("", RedirectView.as_view(pattern_name="console:home"), name="root"),
 ]
 
 handler404 = "config.views.not_found"

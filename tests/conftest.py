@@ -9,6 +9,9 @@ from django.core.cache import cache
 from rest_framework.test import APIClient
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Playwright's sync API runs an event loop in the test's thread; Django's ORM refuses to run
+# inside one unless told it is safe (it is: the loop never runs our code concurrently).
+os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
 
 @pytest.fixture(autouse=True)
@@ -20,6 +23,13 @@ def _fresh_caches():
     embedding_models_cache_clear()
     yield
     embedding_models_cache_clear()
+
+
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(settings):
+    """Test users' passwords are hashed with MD5: PBKDF2's deliberate slowness (~0.3 s a hash)
+    would dominate the console tests and proves nothing here."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 @pytest.fixture
@@ -105,3 +115,31 @@ def assert_error(response, status, *, param, code, type="invalid_request_error")
     assert error["message"], error
     assert response["x-request-id"].startswith("req_")
     return error
+
+
+# --- Browser tests (pytest-playwright on Debian's Chromium; see .ci/run) ------------------------
+
+CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/lib/chromium/chromium")
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args):
+    """Launch Debian's Chromium (Playwright cannot download its own browser here)."""
+    return {**browser_type_launch_args, "executable_path": CHROMIUM,
+            "args": ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                     "--disable-background-networking", "--disable-component-update", "--disable-sync"]}
+
+
+@pytest.fixture(scope="session")
+def browser_context_args(browser_context_args):
+    return {**browser_context_args, "viewport": {"width": 1280, "height": 900}}
+
+
+@pytest.fixture
+def artifacts_dir():
+    """``test-artifacts/console/`` under the repository root: the browser tests' screenshots."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "test-artifacts" / "console"
+    path.mkdir(parents=True, exist_ok=True)
+    return path

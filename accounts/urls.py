@@ -1,0 +1,27 @@
+"""The tenant console's URLs, mounted at ``/console/`` (namespace ``console``).
+
+Every URL under ``orgs/<org>/`` must be served by a subclass of
+`accounts.console.OrganizationView` (tests/test_console_permissions.py checks it).
+"""
+from django.urls import include, path
+
+from . import views
+
+app_name = "console"
+
+organization_urls = [
+    path("", views.ProjectListView.as_view(), name="projects"),
+    path("projects/<str:project>/keys/", views.APIKeyListView.as_view(), name="keys"),
+    path("projects/<str:project>/keys/<str:key>/revoke/", views.APIKeyRevokeView.as_view(), name="key-revoke"),
+    path("members/", views.MemberListView.as_view(), name="members"),
+    path("members/<str:username>/", views.MemberUpdateView.as_view(), name="member-update"),
+    path("members/<str:username>/remove/", views.MemberRemoveView.as_view(), name="member-remove"),
+    path("", include("billing.urls")),
+]
+
+urlpatterns = [
+    path("", views.console_home, name="home"),
+    path("login/", views.SignInView.as_view(), name="login"),
+    path("logout/", views.SignOutView.as_view(), name="logout"),
+    path("orgs/<str:org>/", include(organization_urls)),
+]

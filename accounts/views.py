@@ -1,0 +1,222 @@
+"""The tenant console's pages for organizations, projects, API keys and members.
+
+Every page of an organization subclasses `accounts.console.OrganizationView` (tenant
+scoping and the 404 for other tenants' objects live there); role rules come from
+`accounts.roles` and are enforced here, server-side, with 403. Writes go through
+`accounts.services`, reads through `accounts.selectors`.
+"""
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth import get_user_model
+from django.contrib.auth import views as auth_views
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import ValidationError
+from django.http import Http404
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils.decorators import method_decorator
+from django.views.decorators.cache import never_cache
+
+from . import roles, selectors, services
+from .console import SESSION_ORGANIZATION, OrganizationView
+from .forms import APIKeyCreateForm, MemberAddForm, MemberRoleForm, ProjectCreateForm
+
+
+class SignInView(auth_views.LoginView):
+    """``/console/login/``: Django's sign-in (throttled by django-axes, see settings).
+
+    On a fresh install (no user at all) the page shows how to create the first one.
+    """
+
+    template_name = "console/login.html"
+    redirect_authenticated_user = True
+
+    def get_context_data(self, **kwargs):
+        context = super().get_context_data(**kwargs)
+        context["first_run"] = not get_user_model().objects.exists()
+        return context
+
+
+class SignOutView(auth_views.LogoutView):
+    """``/console/logout/`` (POST, as Django requires)."""
+
+
+@login_required
+def console_home(request):
+    """``/console/``: the organization named by ``?org=`` (the switcher), else the last
+    one used, else the first; a page explaining what to do when the user has none."""
+    organizations = list(selectors.organizations_for_user(user=request.user))
+    wanted = request.GET.get("org") or request.session.get(SESSION_ORGANIZATION)
+    if request.GET.get("org") and not any(o.public_id == wanted for o in organizations):
+        raise Http404("No such organization.")
+    for organization in organizations:
+        if organization.public_id == wanted:
+            return redirect("console:projects", org=organization.public_id)
+    if organizations:
+        return redirect("console:projects", org=organizations[0].public_id)
+    return render(request, "console/no_organization.html", {"organizations": []})
+
+
+class ProjectListView(OrganizationView):
+    """``/console/orgs/<org>/``: the organization's projects; owners and admins create them (POST)."""
+
+    template_name = "console/projects.html"
+    nav = "projects"
+
+    def get_context_data(self, form=None, **kwargs):
+        context = super().get_context_data(**kwargs)
+        context["projects"] = selectors.projects_for_organization(organization=self.organization)
+        context["form"] = form or ProjectCreateForm()
+        return context
+
+    def post(self, request, *args, **kwargs):
+        self.require(roles.can_manage_projects(self.role))
+        form = ProjectCreateForm(request.POST)
+        if form.is_valid():
+            try:
+                project = services.project_create(organization=self.organization, name=form.cleaned_data["name"])
+            except ValidationError as exc:
+                form.add_error("name", exc)
+            else:
+                messages.success(request, f"Project '{project.name}' created.")
+                return redirect("console:keys", org=self.organization.public_id, project=project.public_id)
+        return self.render_to_response(self.get_context_data(form=form), status=400)
+
+
+@method_decorator(never_cache, name="dispatch")
+class APIKeyListView(OrganizationView):
+    """``/console/orgs/<org>/projects/<project>/keys/``: the project's keys (masked, last used,
+    expiry, status). POST creates one and answers with the plaintext, shown this once
+    (the response is not cached and the plaintext is stored nowhere)."""
+
+    template_name = "console/keys.html"
+    nav = "projects"
+
+    def get_context_data(self, form=None, **kwargs):
+        context = super().get_context_data(**kwargs)
+        project = self.project(self.kwargs["project"])
+        keys = list(selectors.api_keys_for_project(project=project))
+        for key in keys:
+            key.can_revoke = key.revoked_at is None and roles.can_revoke_key(self.role, api_key=key,
+                                                                             user=self.request.user)
+        context.update(project=project, keys=keys, form=form or APIKeyCreateForm())
+        return context
+
+    def post(self, request, *args, **kwargs):
+        project = self.project(self.kwargs["project"])
+        self.require(roles.can_create_keys(self.role))
+        form = APIKeyCreateForm(request.POST)
+        if not form.is_valid():
+            return self.render_to_response(self.get_context_data(form=form), status=400)
+        created = services.api_key_create(project=project, name=form.cleaned_data["name"],
+                                          expires_at=form.expires_at, created_by=request.user)
+        context = OrganizationView.get_context_data(self, project=project, created=created)
+        return render(request, "console/key_created.html", context, status=201)
+
+
+class APIKeyRevokeView(OrganizationView):
+    """``.../keys/<key>/revoke/``: GET asks for confirmation, POST revokes (effective at once
+    with a shared cache: `accounts.services.api_key_revoke`)."""
+
+    template_name = "console/key_revoke.html"
+    nav = "projects"
+
+    def _key(self):
+        project = self.project(self.kwargs["project"])
+        key = self.api_key(project, self.kwargs["key"])
+        self.require(roles.can_revoke_key(self.role, api_key=key, user=self.request.user))
+        return project, key
+
+    def get(self, request, *args, **kwargs):
+        project, key = self._key()
+        return self.render_to_response(self.get_context_data(project=project, key=key))
+
+    def post(self, request, *args, **kwargs):
+        project, key = self._key()
+        services.api_key_revoke(api_key=key)
+        messages.success(request, f"Key '{key.name or key.public_id}' ({key.masked}) revoked.")
+        return redirect("console:keys", org=self.organization.public_id, project=project.public_id)
+
+
+class MemberListView(OrganizationView):
+    """``/console/orgs/<org>/members/``: members and roles; owners and admins add members (POST)."""
+
+    template_name = "console/members.html"
+    nav = "members"
+
+    def get_context_data(self, form=None, **kwargs):
+        context = super().get_context_data(**kwargs)
+        assignable = roles.assignable_roles(self.role)
+        members = list(selectors.memberships_for_organization(organization=self.organization))
+        for member in members:
+            member.manageable = member.role in assignable
+            if member.manageable:
+                member.role_form = MemberRoleForm(initial={"role": member.role}, roles=assignable,
+                                                  prefix=member.user.username)
+        context.update(members=members, form=form or MemberAddForm(roles=assignable or ["reader"]))
+        return context
+
+    def post(self, request, *args, **kwargs):
+        self.require(roles.can_manage_members(self.role))
+        form = MemberAddForm(request.POST, roles=roles.assignable_roles(self.role))
+        if form.is_valid():
+            try:
+                services.membership_add(organization=self.organization, user=form.cleaned_data["user"],
+                                        role=form.cleaned_data["role"])
+            except ValidationError as exc:
+                form.add_error("user", exc)
+            else:
+                messages.success(request, f"{form.cleaned_data['user'].get_username()} added.")
+                return redirect("console:members", org=self.organization.public_id)
+        return self.render_to_response(self.get_context_data(form=form), status=400)
+
+
+class MemberUpdateView(OrganizationView):
+    """``.../members/<username>/``: POST changes the role (only roles the actor may grant,
+    of a member whose current role the actor may take away; the last owner stays)."""
+
+    http_method_names = ["post"]
+
+    def post(self, request, *args, **kwargs):
+        membership = selectors.membership_get(organization=self.organization, username=self.kwargs["username"])
+        assignable = roles.assignable_roles(self.role)
+        self.require(roles.can_manage_members(self.role) and membership.role in assignable)
+        form = MemberRoleForm(request.POST, roles=assignable, prefix=membership.user.username)
+        if not form.is_valid():
+            messages.error(request, "Choose one of the roles offered.")
+        else:
+            try:
+                services.membership_set_role(membership=membership, role=form.cleaned_data["role"])
+            except ValidationError as exc:
+                messages.error(request, exc.messages[0])
+            else:
+                messages.success(request, f"{membership.user.get_username()} is now {membership.get_role_display()}.")
+        return redirect("console:members", org=self.organization.public_id)
+
+
+class MemberRemoveView(OrganizationView):
+    """``.../members/<username>/remove/``: GET asks for confirmation, POST removes."""
+
+    template_name = "console/member_remove.html"
+    nav = "members"
+
+    def _membership(self):
+        membership = selectors.membership_get(organization=self.organization, username=self.kwargs["username"])
+        self.require(roles.can_manage_members(self.role) and membership.role in roles.assignable_roles(self.role))
+        return membership
+
+    def get(self, request, *args, **kwargs):
+        return self.render_to_response(self.get_context_data(member=self._membership()))
+
+    def post(self, request, *args, **kwargs):
+        membership = self._membership()
+        try:
+            services.membership_remove(membership=membership)
+        except ValidationError as exc:
+            messages.error(request, exc.messages[0])
+            return redirect("console:members", org=self.organization.public_id)
+        messages.success(request, f"{membership.user.get_username()} removed.")
+        if membership.user_id == request.user.pk:
+            return redirect(reverse("console:home"))
+        return redirect("console:members", org=self.organization.public_id)
