@@ -1,0 +1,59 @@
+"""Start the API (gunicorn, as `make serve` does) on loopback for a benchmark; stop it after."""
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def manage(*args: str, env: dict) -> str:
+    """Run ``manage.py`` with ``env``; returns stdout (stderr passes through)."""
+    return subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=env, check=True,
+                          stdout=subprocess.PIPE, text=True).stdout
+
+
+@contextlib.contextmanager
+def api_server(extra_env: dict | None = None, workers: int | None = None):
+    """Yield ``(base_url, api_key)`` of a gunicorn API on a fresh embedded-default database
+    (SQLite in a temp dir) unless ``DATABASE_URL`` is set in the environment."""
+    with tempfile.TemporaryDirectory(prefix="bench-") as var_dir:
+        env = {**os.environ, "VAR_DIR": var_dir, "HF_HUB_OFFLINE": "1", **(extra_env or {})}
+        if workers:
+            env["WEB_CONCURRENCY"] = str(workers)
+        port = free_port()
+        env.update(HOST="127.0.0.1", PORT=str(port))
+        manage("migrate", "--noinput", "-v0", env=env)
+        manage("register_models", env=env)
+        key = manage("create_api_key", "--org", "bench", "--project", "bench", env=env).strip()
+        log = open(Path(var_dir) / "gunicorn.log", "w")
+        proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.py", "config.wsgi"],
+                                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.time() + 120
+            while True:
+                try:
+                    urllib.request.urlopen(f"{base}/healthz", timeout=2)
+                    break
+                except Exception:  # noqa: BLE001 - not up yet
+                    if proc.poll() is not None or time.time() > deadline:
+                        raise RuntimeError(open(Path(var_dir) / "gunicorn.log").read()) from None
+                    time.sleep(0.3)
+            yield base, key
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
