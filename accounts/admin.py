@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from .models import APIKey, Membership, Organization, Project
+from .models import AdminAPIKey, APIKey, Membership, Organization, Project
 
 
 class MembershipInline(admin.TabularInline):
@@ -51,3 +51,18 @@ class APIKeyAdmin(admin.ModelAdmin):
 class MembershipAdmin(admin.ModelAdmin):
     list_display = ("user", "organization", "role", "created_at")
     list_filter = ("role", "organization")
+
+
+@admin.register(AdminAPIKey)
+class AdminAPIKeyAdmin(admin.ModelAdmin):
+    """Organization admin keys (``sk-admin-``), shown masked; the hash is never displayed."""
+
+    list_display = ("name", "masked", "organization", "created_at", "last_used_at", "expires_at", "revoked_at")
+    list_filter = ("organization",)
+    search_fields = ("name", "public_id", "organization__name")
+    fields = ("public_id", "name", "organization", "masked", "created_at", "last_used_at", "expires_at",
+              "revoked_at")
+    readonly_fields = ("public_id", "masked", "created_at", "last_used_at")
+
+    def has_add_permission(self, request):
+        return False  # created with `create_api_key --admin` or the console (plaintext shown once)

@@ -7,8 +7,8 @@ from datetime import datetime
 from django.conf import settings
 from django.core.cache import cache
 
-from .models import APIKey
-from .services import api_key_cache_key, hash_key
+from .models import AdminAPIKey, APIKey
+from .services import admin_api_key_cache_key, api_key_cache_key, hash_key
 
 _MISSING = "missing"
 
@@ -65,5 +65,51 @@ def api_key_resolve(*, plaintext: str) -> ResolvedKey | None:
         return cached
     key = APIKey.objects.select_related("project__organization").filter(secret_hash=secret_hash).first()
     resolved = ResolvedKey.from_model(key) if key else None
+    cache.set(cache_key, resolved or _MISSING, timeout=settings.API_KEY_CACHE_SECONDS)
+    return resolved
+
+
+@dataclass(frozen=True)
+class ResolvedAdminKey:
+    """What a ``/v1/organization`` request needs to know about its admin key, cheap to cache."""
+
+    key_id: int
+    key_public_id: str
+    organization_id: int
+    organization_public_id: str
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+    @property
+    def is_authenticated(self) -> bool:
+        return True
+
+    @classmethod
+    def from_model(cls, key: AdminAPIKey) -> "ResolvedAdminKey":
+        return cls(
+            key_id=key.pk,
+            key_public_id=key.public_id,
+            organization_id=key.organization_id,
+            organization_public_id=key.organization.public_id,
+            expires_at=key.expires_at,
+            revoked_at=key.revoked_at,
+        )
+
+
+def admin_api_key_resolve(*, plaintext: str) -> ResolvedAdminKey | None:
+    """Look a plaintext admin key up by its SHA-256; ``None`` when no such key exists.
+
+    Cached for ``API_KEY_CACHE_SECONDS`` like `api_key_resolve`; the caller checks
+    revocation and expiry.
+    """
+    secret_hash = hash_key(plaintext)
+    cache_key = admin_api_key_cache_key(secret_hash)
+    cached = cache.get(cache_key)
+    if cached == _MISSING:
+        return None
+    if cached is not None:
+        return cached
+    key = AdminAPIKey.objects.select_related("organization").filter(secret_hash=secret_hash).first()
+    resolved = ResolvedAdminKey.from_model(key) if key else None
     cache.set(cache_key, resolved or _MISSING, timeout=settings.API_KEY_CACHE_SECONDS)
     return resolved
