@@ -184,34 +184,76 @@ def _replace_range(model, groups, *, start: datetime, end: datetime, stamp: date
     return len(rows)
 
 
+_ROLLUP_SQL = """
+    INSERT INTO {target} (bucket_start, organization_id, project_id, api_key_id, model_id,
+                          num_model_requests, input_tokens, updated_at)
+    SELECT date_trunc('{unit}', {time} AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS bucket,
+           organization_id, project_id, api_key_id, model_id, {requests}, {tokens}, %(stamp)s
+    FROM {source}
+    WHERE {time} >= %(start)s AND {time} < %(end)s
+    GROUP BY 1, 2, 3, 4, 5
+    ON CONFLICT (bucket_start, organization_id, project_id, api_key_id, model_id) DO UPDATE
+    SET num_model_requests = EXCLUDED.num_model_requests, input_tokens = EXCLUDED.input_tokens,
+        updated_at = EXCLUDED.updated_at
+"""
+
+
+def _rollup_postgres(model, *, unit: str, source: str, time: str, requests: str, tokens: str,
+                     start: datetime, end: datetime, stamp: datetime) -> int:
+    """One ``INSERT ... SELECT ... GROUP BY ... ON CONFLICT DO UPDATE`` (nothing travels through
+    Python), then delete the range's rows that no group produced. Returns the rows written."""
+    with connection.cursor() as cursor:
+        cursor.execute(_ROLLUP_SQL.format(target=model._meta.db_table, unit=unit, source=source, time=time,
+                                          requests=requests, tokens=tokens),
+                       {"start": start, "end": end, "stamp": stamp})
+        written = cursor.rowcount
+    model.objects.filter(bucket_start__gte=start, bucket_start__lt=end).exclude(updated_at=stamp).delete()
+    return written
+
+
+def rollup_in_sql() -> bool:
+    """Whether rollups run as single SQL statements (Postgres) rather than through the ORM."""
+    return connection.vendor == "postgresql"
+
+
 def usage_rollup_build(*, start: datetime, end: datetime) -> RollupResult:
     """Recompute the hourly rollups of ``[start, end)`` from raw records, then the daily rollups
     of every day those hours touch from the hourly ones (idempotent).
 
     ``start`` is rounded down to the hour and ``end`` up; each bucket in the range is
     replaced by the aggregate of its raw records (rows of buckets without records are
-    removed), so running it twice leaves the same rows and a late record changes exactly
-    its own hourly and daily bucket. Runs are serialized with a Postgres advisory lock.
-    Do not rebuild ranges whose raw records were dropped by retention (see
+    removed), so running it twice leaves the same rows (same ids) and a late record
+    changes exactly its own hourly and daily bucket. On Postgres the aggregate and the
+    upsert are one SQL statement per table, runs are serialized with an advisory lock;
+    other databases (the embedded SQLite default) go through the ORM. Do not rebuild
+    ranges whose raw records were dropped by retention (see
     ``platform/usage-partitioning.md``): their buckets would be emptied.
     """
     hour_start, hour_end = floor_hour(start), _ceil(end, floor_hour, timedelta(hours=1))
     day_start, day_end = floor_day(hour_start), _ceil(hour_end, floor_day, timedelta(days=1))
     with transaction.atomic():
-        if connection.vendor == "postgresql":
+        stamp = timezone.now()
+        if rollup_in_sql():
             with connection.cursor() as cursor:
                 cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_ROLLUP_LOCK])
-        stamp = timezone.now()
-        hourly = (UsageRecord.objects.filter(created_at__gte=hour_start, created_at__lt=hour_end)
-                  .annotate(bucket=TruncHour("created_at", tzinfo=UTC)).values("bucket", *_KEY)
-                  .annotate(n=Count("id"), tokens=Sum("prompt_tokens")).order_by())
-        hourly_rows = _replace_range(HourlyUsage, hourly.iterator(chunk_size=5000), start=hour_start,
-                                     end=hour_end, stamp=stamp)
-        daily = (HourlyUsage.objects.filter(bucket_start__gte=day_start, bucket_start__lt=day_end)
-                 .annotate(bucket=TruncDay("bucket_start", tzinfo=UTC)).values("bucket", *_KEY)
-                 .annotate(n=Sum("num_model_requests"), tokens=Sum("input_tokens")).order_by())
-        daily_rows = _replace_range(DailyUsage, daily.iterator(chunk_size=5000), start=day_start, end=day_end,
-                                    stamp=stamp)
+            hourly_rows = _rollup_postgres(
+                HourlyUsage, unit="hour", source=UsageRecord._meta.db_table, time="created_at",
+                requests="count(*)", tokens="sum(prompt_tokens)", start=hour_start, end=hour_end, stamp=stamp)
+            daily_rows = _rollup_postgres(
+                DailyUsage, unit="day", source=HourlyUsage._meta.db_table, time="bucket_start",
+                requests="sum(num_model_requests)", tokens="sum(input_tokens)", start=day_start, end=day_end,
+                stamp=stamp)
+        else:
+            hourly = (UsageRecord.objects.filter(created_at__gte=hour_start, created_at__lt=hour_end)
+                      .annotate(bucket=TruncHour("created_at", tzinfo=UTC)).values("bucket", *_KEY)
+                      .annotate(n=Count("id"), tokens=Sum("prompt_tokens")).order_by())
+            hourly_rows = _replace_range(HourlyUsage, hourly.iterator(chunk_size=5000), start=hour_start,
+                                         end=hour_end, stamp=stamp)
+            daily = (HourlyUsage.objects.filter(bucket_start__gte=day_start, bucket_start__lt=day_end)
+                     .annotate(bucket=TruncDay("bucket_start", tzinfo=UTC)).values("bucket", *_KEY)
+                     .annotate(n=Sum("num_model_requests"), tokens=Sum("input_tokens")).order_by())
+            daily_rows = _replace_range(DailyUsage, daily.iterator(chunk_size=5000), start=day_start,
+                                        end=day_end, stamp=stamp)
     return RollupResult(hour_start, hour_end, day_start, day_end, hourly_rows, daily_rows)
 
 

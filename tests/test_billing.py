@@ -264,3 +264,19 @@ def test_beat_schedule_and_rollup_task(db, organization, project, created_key):
     assert list(HourlyUsage.objects.values_list("input_tokens", "num_model_requests")) == [(42, 1)]
     assert list(DailyUsage.objects.values_list("input_tokens", "num_model_requests")) == [(42, 1)]
     close_statements.apply().get()
+
+
+def test_orm_rollup_path_builds_the_same_rows_as_the_sql_path(month, monkeypatch):
+    """The embedded (SQLite) default builds rollups through the ORM; on Postgres both paths agree."""
+    import billing.services
+
+    usage_rollup_build(start=MONTH_START, end=MONTH_END)
+    hourly, daily = rollup_snapshot(HourlyUsage), rollup_snapshot(DailyUsage)
+    monkeypatch.setattr(billing.services, "rollup_in_sql", lambda: False)
+    usage_rollup_build(start=MONTH_START, end=MONTH_END)
+    assert rollup_snapshot(HourlyUsage) == hourly and rollup_snapshot(DailyUsage) == daily
+    HourlyUsage.objects.all().delete()
+    DailyUsage.objects.all().delete()
+    usage_rollup_build(start=MONTH_START, end=MONTH_END)
+    assert rollup_rows(HourlyUsage) == sql_aggregate("hour")
+    assert rollup_rows(DailyUsage) == sql_aggregate("day")
