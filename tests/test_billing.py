@@ -280,3 +280,34 @@ def test_orm_rollup_path_builds_the_same_rows_as_the_sql_path(month, monkeypatch
     usage_rollup_build(start=MONTH_START, end=MONTH_END)
     assert rollup_rows(HourlyUsage) == sql_aggregate("hour")
     assert rollup_rows(DailyUsage) == sql_aggregate("day")
+
+
+def test_statement_download_is_for_the_organizations_owners_and_admins(month, django_user_model):
+    from django.test import Client
+
+    from accounts.models import Membership
+
+    org, other = month.orgs[0], month.orgs[1]
+    statement_close(organization=org, period_start=MONTH, now=datetime(2026, 11, 2, tzinfo=UTC))
+    owner = django_user_model.objects.create_user("owner", password="pw-123456789")
+    reader = django_user_model.objects.create_user("reader", password="pw-123456789")
+    Membership.objects.create(user=owner, organization=org, role=Membership.Role.OWNER)
+    Membership.objects.create(user=reader, organization=org, role=Membership.Role.READER)
+    url = f"/billing/statements/{org.public_id}/2026-10.csv"
+
+    anonymous = Client().get(url)
+    assert anonymous.status_code == 302 and settings.LOGIN_URL in anonymous["Location"]
+    browser = Client()
+    browser.force_login(owner)
+    response = browser.get(url)
+    assert response.status_code == 200 and response["Content-Type"].startswith("text/csv")
+    assert "attachment" in response["Content-Disposition"]
+    statement = Statement.objects.get(organization=org, period_start=MONTH)
+    assert response.content.decode() == statement_export_csv(statement)
+    body = browser.get(url.replace(".csv", ".json")).json()
+    assert body["status"] == "closed" and body["total_amount"] == str(statement.total_amount)
+    # Another organization's statement, a bad month, or a reader: 404.
+    assert browser.get(f"/billing/statements/{other.public_id}/2026-10.csv").status_code == 404
+    assert browser.get(f"/billing/statements/{org.public_id}/2026-13.csv").status_code == 404
+    browser.force_login(reader)
+    assert browser.get(url).status_code == 404
