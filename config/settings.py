@@ -188,6 +188,8 @@ BILLING_ROLLUP_LOOKBACK_HOURS = env.int("BILLING_ROLLUP_LOOKBACK_HOURS", default
 BILLING_ROLLUP_INTERVAL_SECONDS = env.int("BILLING_ROLLUP_INTERVAL_SECONDS", default=300)
 # A month's statements are closed (frozen) this many hours after the month ends.
 BILLING_CLOSE_GRACE_HOURS = env.int("BILLING_CLOSE_GRACE_HOURS", default=6)
+# Beat's record of last runs (the schedule itself is CELERY_BEAT_SCHEDULE below).
+CELERY_BEAT_SCHEDULE_FILENAME = env.str("CELERY_BEAT_SCHEDULE_FILENAME", default=str(VAR_DIR / "celerybeat-schedule"))
 CELERY_BEAT_SCHEDULE = {
     "billing-rollup-usage": {
         "task": "billing.rollup_usage",

@@ -256,6 +256,7 @@ def test_beat_schedule_and_rollup_task(db, organization, project, created_key):
 
     tasks = {entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
     assert tasks == {"billing.rollup_usage", "billing.close_statements"}
+    assert rollup_usage.queue == close_statements.queue == "billing"
     model = EmbeddingModel.objects.create(name="bill-task", local_path="/none", dimensions=8, max_input_tokens=8)
     UsageRecord.objects.create(request_id="req_now", organization=organization, project=project,
                                api_key=created_key.api_key, model=model, input_count=1, prompt_tokens=42,
