@@ -161,8 +161,8 @@ class _OrganizationAPIView(APIView):
             api_key_ids=None if api_key_ids is None else list(
                 APIKey.objects.filter(project__organization_id=org_id, public_id__in=api_key_ids)
                 .values_list("pk", flat=True)),
-            model_ids=None if model_names is None else list(
-                EmbeddingModel.objects.filter(name__in=model_names).values_list("pk", flat=True)),
+            model_ids=None if model_names is None else [
+                m.pk for m in EmbeddingModel.objects.all() if set(m.names) & set(model_names)],
         )
 
 
@@ -180,7 +180,7 @@ class UsageEmbeddingsView(_OrganizationAPIView):
 
     Query: ``start_time`` (required, unix s), ``end_time`` (default now, exclusive),
     ``bucket_width`` (``1m``/``1h``/``1d``, default ``1d``), ``project_ids``,
-    ``api_key_ids``, ``models``, ``group_by`` (``project_id``/``api_key_id``/``model``),
+    ``api_key_ids``, ``models`` (names or aliases), ``group_by`` (``project_id``/``api_key_id``/``model``),
     ``limit`` (buckets; 1d: 7/31, 1h: 24/168, 1m: 60/1440 default/max), ``page``.
     Results are ``organization.usage.embeddings.result`` objects; ungrouped fields are null.
     """

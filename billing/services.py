@@ -421,12 +421,18 @@ def statements_close_due(*, now: datetime | None = None) -> list[Statement]:
     period = month_start(month_start((now - timedelta(hours=settings.BILLING_CLOSE_GRACE_HOURS)).date())
                          - timedelta(days=1))
     start, end = month_bounds(period)
-    statements = Statement.objects.filter(period_start=period)
-    if statements.exists() and not statements.exclude(status=Statement.Status.CLOSED).exists():
-        return list(statements)  # closed on an earlier run; late records go to next month's adjustments
-    usage_rollup_build(start=start, end=end)
-    org_ids = set(DailyUsage.objects.filter(bucket_start__gte=start, bucket_start__lt=end)
+
+    def organizations_to_bill() -> set[int]:
+        ids = set(DailyUsage.objects.filter(bucket_start__gte=start, bucket_start__lt=end)
                   .values_list("organization_id", flat=True).distinct())
-    org_ids |= set(Statement.objects.filter(period_start=period).values_list("organization_id", flat=True))
+        return ids | set(Statement.objects.filter(period_start=period).values_list("organization_id", flat=True))
+
+    closed = set(Statement.objects.filter(period_start=period, status=Statement.Status.CLOSED)
+                 .values_list("organization_id", flat=True))
+    if closed and organizations_to_bill() <= closed:
+        # Closed on an earlier run: nothing to re-roll (late records go to next month's adjustments).
+        return list(Statement.objects.filter(period_start=period))
+    usage_rollup_build(start=start, end=end)
+    org_ids = organizations_to_bill()
     return [statement_close(organization=org, period_start=period, now=now, reroll=False)
             for org in Organization.objects.filter(pk__in=org_ids)]

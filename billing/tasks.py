@@ -1,5 +1,5 @@
-"""Celery tasks of billing, sent by beat (``CELERY_BEAT_SCHEDULE`` in settings) to the ``billing``
-queue, consumed by `celery -A config worker -Q billing` (see platform/Procfile)."""
+"""Celery tasks of billing, sent by beat (``CELERY_BEAT_SCHEDULE`` in settings; its ``options``
+route them to the ``billing`` queue, consumed by ``celery -A config worker -Q billing``)."""
 from __future__ import annotations
 
 from celery import shared_task
@@ -7,7 +7,7 @@ from celery import shared_task
 from . import services
 
 
-@shared_task(name="billing.rollup_usage", queue="billing", ignore_result=True)
+@shared_task(name="billing.rollup_usage", ignore_result=True)
 def rollup_usage() -> dict:
     """Re-roll the trailing ``BILLING_ROLLUP_LOOKBACK_HOURS`` into the hourly/daily rollups.
 
@@ -18,7 +18,7 @@ def rollup_usage() -> dict:
             "hourly_rows": result.hourly_rows, "daily_rows": result.daily_rows}
 
 
-@shared_task(name="billing.close_statements", queue="billing", ignore_result=True)
+@shared_task(name="billing.close_statements", ignore_result=True)
 def close_statements() -> list[str]:
     """Close (freeze) last month's statements once the grace period has passed; idempotent."""
     return [str(s) for s in services.statements_close_due()]

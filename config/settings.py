@@ -194,10 +194,12 @@ CELERY_BEAT_SCHEDULE = {
     "billing-rollup-usage": {
         "task": "billing.rollup_usage",
         "schedule": float(BILLING_ROLLUP_INTERVAL_SECONDS),
+        "options": {"queue": "billing", "expires": float(BILLING_ROLLUP_INTERVAL_SECONDS)},
     },
     "billing-close-statements": {
         "task": "billing.close_statements",
         "schedule": 3600.0,  # hourly; closing is idempotent and does nothing until the grace has passed
+        "options": {"queue": "billing", "expires": 3600.0},
     },
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
