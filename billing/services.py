@@ -167,20 +167,17 @@ _KEY = ("organization_id", "project_id", "api_key_id", "model_id")
 
 
 def _replace_range(model, groups, *, start: datetime, end: datetime, stamp: datetime) -> int:
-    """Upsert ``groups`` (dicts with bucket, the key ids, n, tokens) into the rollup ``model`` and
-    delete its rows in ``[start, end)`` that no group produced. Returns the rows written."""
+    """The ORM path (databases other than Postgres): replace the rollup ``model``'s rows in
+    ``[start, end)`` by ``groups`` (dicts with bucket, the key ids, n, tokens), inside the
+    caller's transaction. Returns the rows written."""
+    model.objects.filter(bucket_start__gte=start, bucket_start__lt=end).delete()
     rows = [
         model(bucket_start=g["bucket"], organization_id=g["organization_id"], project_id=g["project_id"],
               api_key_id=g["api_key_id"], model_id=g["model_id"], num_model_requests=g["n"],
               input_tokens=g["tokens"], updated_at=stamp)
         for g in groups
     ]
-    model.objects.bulk_create(
-        rows, batch_size=5000, update_conflicts=True,
-        unique_fields=["bucket_start", "organization", "project", "api_key", "model"],
-        update_fields=["num_model_requests", "input_tokens", "updated_at"],
-    )
-    model.objects.filter(bucket_start__gte=start, bucket_start__lt=end).exclude(updated_at=stamp).delete()
+    model.objects.bulk_create(rows, batch_size=500)
     return len(rows)
 
 
@@ -222,10 +219,11 @@ def usage_rollup_build(*, start: datetime, end: datetime) -> RollupResult:
 
     ``start`` is rounded down to the hour and ``end`` up; each bucket in the range is
     replaced by the aggregate of its raw records (rows of buckets without records are
-    removed), so running it twice leaves the same rows (same ids) and a late record
-    changes exactly its own hourly and daily bucket. On Postgres the aggregate and the
-    upsert are one SQL statement per table, runs are serialized with an advisory lock;
-    other databases (the embedded SQLite default) go through the ORM. Do not rebuild
+    removed), so running it twice leaves the same rows and a late record changes exactly
+    its own hourly and daily bucket. On Postgres the aggregate and the upsert are one
+    SQL statement per table (unchanged buckets keep their row ids) and runs are
+    serialized with an advisory lock; other databases (the embedded SQLite default)
+    delete and re-insert the range through the ORM in one transaction. Do not rebuild
     ranges whose raw records were dropped by retention (see
     ``platform/usage-partitioning.md``): their buckets would be emptied.
     """

@@ -142,6 +142,15 @@ def test_costs_match_records_priced_at_the_price_of_their_day(rolled):
     assert got.keys() == want.keys()
     for key, value in got.items():
         assert abs(Decimal(str(value)) - want[key]) < Decimal("1e-9"), key
+    # project_ids + group_by project_id: only that project, and its month adds up.
+    project = Project.objects.filter(organization=org).order_by("pk").first()
+    body = api.get(COSTS, {"start_time": T0, "end_time": T1, "limit": 31, "project_ids": project.public_id,
+                           "group_by": "project_id"}).json()
+    results = [r for b in body["data"] for r in b["results"]]
+    assert {r["project_id"] for r in results} == {project.public_id}
+    want_project = sum((Decimal(r.prompt_tokens) * unit_price(r.model_id, r.created_at, rolled) / Decimal(10**6)
+                        for r in UsageRecord.objects.filter(project=project)), Decimal(0))
+    assert abs(sum(Decimal(str(r["amount"]["value"])) for r in results) - want_project) < Decimal("1e-8")
     # The day of the price change is priced at the new price.
     change = int(datetime(PRICE_CHANGE.year, PRICE_CHANGE.month, PRICE_CHANGE.day, tzinfo=UTC).timestamp())
     assert (change, "bill-a") in got
