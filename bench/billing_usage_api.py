@@ -3,6 +3,7 @@ and time the usage API for a 30-day, daily-bucket query against the raw SQL aggr
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/emb_bench6 REDIS_URL=redis://127.0.0.1:6379/6 \
         .venv/bin/python bench/billing_usage_api.py [--rows 10000000] [--reseed] [--repeat 20]
+    .venv/bin/python bench/billing_usage_api.py --drop     # remove the bench database (~3.4 GB at 10M rows)
 
 The database (default ``emb_bench6``) is created when missing and migrated; the rows are
 reused on later runs when the count matches (``--reseed`` truncates and seeds again).
@@ -42,6 +43,19 @@ def ensure_database(url: str) -> None:
         if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
             conn.execute(f'CREATE DATABASE "{name}"')
             print(f"created database {name}")
+
+
+def drop_database(url: str) -> None:
+    import psycopg
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url)
+    name = parsed.path.lstrip("/")
+    if not name.startswith("emb_bench"):
+        raise SystemExit(f"refusing to drop {name!r}: not a bench database (emb_bench*)")
+    with psycopg.connect(parsed._replace(path="/postgres").geturl(), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+    print(f"dropped database {name}")
 
 
 def timed(label: str, fn, *args, **kwargs):
@@ -133,7 +147,11 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--reseed", action="store_true")
     parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--drop", action="store_true", help="drop the bench database and exit")
     args = parser.parse_args()
+    if args.drop:
+        drop_database(os.environ["DATABASE_URL"])
+        return
 
     ensure_database(os.environ["DATABASE_URL"])
     import django
