@@ -206,7 +206,8 @@ def main() -> None:
         cur.execute(sql, [org.pk, START, END])
         sql_tokens = sum(int(r[1]) for r in cur.fetchall())
     print(f"usage API, org with {org_rows:,} of the rows: {len(body['data'])} daily buckets, "
-          f"{api_tokens:,} tokens; raw SQL says {sql_tokens:,} ({'equal' if api_tokens == sql_tokens else 'DIFFERENT'})")
+          f"{api_tokens:,} tokens; raw SQL says {sql_tokens:,} "
+          f"({'equal' if api_tokens == sql_tokens else 'DIFFERENT'})")
 
     def raw_sql():
         with connection.cursor() as cur:
