@@ -14,8 +14,8 @@ from django.utils import timezone
 from django.utils.decorators import method_decorator
 from django.views.decorators.cache import never_cache
 
-from .models import APIKey, Membership, Organization, Project
-from .services import api_key_create, api_key_revoke
+from .models import AdminAPIKey, APIKey, Membership, Organization, Project
+from .services import admin_api_key_revoke, api_key_create, api_key_revoke
 
 
 class MembershipInline(admin.TabularInline):
@@ -146,3 +146,27 @@ class MembershipAdmin(admin.ModelAdmin):
     search_fields = ("user__username", "user__email", "organization__name")
     list_select_related = ("user", "organization")
     autocomplete_fields = ("user", "organization")
+
+
+@admin.register(AdminAPIKey)
+class AdminAPIKeyAdmin(admin.ModelAdmin):
+    """Organization admin keys (``sk-admin-``), shown masked; the hash is never displayed."""
+
+    list_display = ("name", "masked", "organization", "created_at", "last_used_at", "expires_at", "revoked_at")
+    list_filter = ("organization",)
+    search_fields = ("name", "public_id", "organization__name")
+    fields = ("public_id", "name", "organization", "masked", "created_at", "last_used_at", "expires_at",
+              "revoked_at")
+    readonly_fields = ("public_id", "organization", "masked", "created_at", "last_used_at", "revoked_at")
+    actions = ["revoke_keys"]
+
+    def has_add_permission(self, request):
+        return False  # created with `create_api_key --admin` or the console (plaintext shown once)
+
+    @admin.action(description="Revoke selected admin keys", permissions=["change"])
+    def revoke_keys(self, request, queryset):
+        revoked = 0
+        for key in queryset.filter(revoked_at__isnull=True):
+            admin_api_key_revoke(admin_api_key=key)
+            revoked += 1
+        self.message_user(request, f"Revoked {revoked} admin key(s).", messages.SUCCESS)

@@ -6,10 +6,10 @@ from django.core.cache import cache
 from django.utils import timezone
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 
-from config.errors import AuthenticationError
+from config.errors import AuthenticationError, PermissionDeniedError
 
-from .models import APIKey
-from .selectors import ResolvedKey, api_key_resolve
+from .models import AdminAPIKey, APIKey
+from .selectors import ResolvedAdminKey, ResolvedKey, admin_api_key_resolve, api_key_resolve
 
 # Longest plausible key; anything longer is refused before hashing.
 MAX_KEY_LENGTH = 256
@@ -47,6 +47,10 @@ class APIKeyAuthentication(BaseAuthentication):
             raise AuthenticationError("Incorrect API key provided.") from None
         if not plaintext.startswith("sk-") or len(plaintext) > MAX_KEY_LENGTH:
             raise AuthenticationError(f"Incorrect API key provided: {mask_key(plaintext)}.")
+        if plaintext.startswith(AdminAPIKey.PREFIX) and admin_api_key_resolve(plaintext=plaintext) is not None:
+            raise PermissionDeniedError(
+                f"Admin API keys ({mask_key(plaintext)}) can only call the /v1/organization endpoints; "
+                "use a project API key for this endpoint.", code="admin_key_not_allowed")
 
         resolved = api_key_resolve(plaintext=plaintext)
         if resolved is None:
@@ -69,3 +73,56 @@ class APIKeyAuthentication(BaseAuthentication):
         """Write ``last_used_at`` at most once per ``API_KEY_LAST_USED_WRITE_SECONDS`` per key."""
         if cache.add(f"apikey:used:{resolved.key_id}", 1, timeout=settings.API_KEY_LAST_USED_WRITE_SECONDS):
             APIKey.objects.filter(pk=resolved.key_id).update(last_used_at=now)
+
+
+class AdminAPIKeyAuthentication(BaseAuthentication):
+    """``Authorization: Bearer sk-admin-...`` for the ``/v1/organization`` API.
+
+    On success ``request.user`` and ``request.auth`` are the `ResolvedAdminKey`.
+    Raises `AuthenticationError` (401 ``invalid_api_key``) for malformed, unknown,
+    revoked or expired keys, and `PermissionDeniedError` (403 ``admin_key_required``)
+    for a valid *project* key; returns ``None`` when no key was sent (DRF: 401).
+    """
+
+    keyword = b"bearer"
+
+    def authenticate(self, request):
+        header = get_authorization_header(request).split()
+        if not header:
+            return None
+        if header[0].lower() != self.keyword or len(header) != 2:
+            raise AuthenticationError(
+                "Invalid Authorization header. Expected 'Authorization: Bearer YOUR_ADMIN_KEY'."
+            )
+        try:
+            plaintext = header[1].decode("ascii")
+        except UnicodeDecodeError:
+            raise AuthenticationError("Incorrect API key provided.") from None
+        if not plaintext.startswith("sk-") or len(plaintext) > MAX_KEY_LENGTH:
+            raise AuthenticationError(f"Incorrect API key provided: {mask_key(plaintext)}.")
+        if not plaintext.startswith(AdminAPIKey.PREFIX):
+            if api_key_resolve(plaintext=plaintext) is not None:
+                raise PermissionDeniedError(
+                    "This endpoint requires an admin API key (sk-admin-...); project API keys cannot read "
+                    "organization usage.", code="admin_key_required")
+            raise AuthenticationError(f"Incorrect API key provided: {mask_key(plaintext)}.")
+
+        resolved = admin_api_key_resolve(plaintext=plaintext)
+        if resolved is None:
+            raise AuthenticationError(f"Incorrect API key provided: {mask_key(plaintext)}.")
+        now = timezone.now()
+        if resolved.revoked_at is not None:
+            raise AuthenticationError(f"The API key {mask_key(plaintext)} has been revoked.")
+        if resolved.expires_at is not None and resolved.expires_at <= now:
+            raise AuthenticationError(f"The API key {mask_key(plaintext)} has expired.")
+        self._touch(resolved, now)
+        return resolved, resolved
+
+    def authenticate_header(self, request) -> str:
+        return 'Bearer realm="api"'
+
+    @staticmethod
+    def _touch(resolved: ResolvedAdminKey, now) -> None:
+        """Write ``last_used_at`` at most once per ``API_KEY_LAST_USED_WRITE_SECONDS`` per key."""
+        if cache.add(f"adminkey:used:{resolved.key_id}", 1, timeout=settings.API_KEY_LAST_USED_WRITE_SECONDS):
+            AdminAPIKey.objects.filter(pk=resolved.key_id).update(last_used_at=now)

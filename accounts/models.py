@@ -132,3 +132,45 @@ class APIKey(models.Model):
         """True when neither revoked nor expired at ``now`` (default: the current time)."""
         now = now or timezone.now()
         return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
+
+
+class AdminAPIKey(models.Model):
+    """An organization's admin key (``sk-admin-...``) for the ``/v1/organization/...`` API.
+
+    A separate kind from `APIKey`: it belongs to an organization, not a project, and
+    cannot call ``/v1/embeddings`` (OpenAI's "Admin API keys" work the same way). Stored
+    like `APIKey`: only the SHA-256 hex digest (unique index), plus ``prefix``/``last4``
+    for display; the plaintext exists only in the response that created it.
+    """
+
+    PREFIX = "sk-admin-"
+
+    public_id = models.CharField(max_length=32, unique=True, default=_key_id, editable=False)
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="admin_api_keys")
+    name = models.CharField(max_length=200, blank=True, default="")
+    secret_hash = models.CharField(max_length=64, unique=True, editable=False)
+    prefix = models.CharField(max_length=16, editable=False)
+    last4 = models.CharField(max_length=4, editable=False)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="+")
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["organization", "-created_at"], name="adminkey_org_created")]
+
+    def __str__(self) -> str:
+        return f"{self.name or self.public_id} ({self.masked})"
+
+    @property
+    def masked(self) -> str:
+        """Display form, e.g. ``sk-admin-AbCd...wxYz``; never the whole key."""
+        return f"{self.prefix}...{self.last4}"
+
+    def is_active(self, now=None) -> bool:
+        """True when neither revoked nor expired at ``now`` (default: the current time)."""
+        now = now or timezone.now()
+        return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)

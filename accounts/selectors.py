@@ -11,8 +11,8 @@ from django.db.models import Count, Q, QuerySet
 from django.http import Http404
 from django.utils import timezone
 
-from .models import APIKey, Membership, Organization, Project
-from .services import api_key_cache_key, hash_key
+from .models import AdminAPIKey, APIKey, Membership, Organization, Project
+from .services import admin_api_key_cache_key, api_key_cache_key, hash_key
 
 _MISSING = "missing"
 
@@ -137,3 +137,49 @@ def membership_get(*, organization: Organization, username: str) -> Membership:
     if membership is None:
         raise Http404("No such member.")
     return membership
+
+
+@dataclass(frozen=True)
+class ResolvedAdminKey:
+    """What a ``/v1/organization`` request needs to know about its admin key, cheap to cache."""
+
+    key_id: int
+    key_public_id: str
+    organization_id: int
+    organization_public_id: str
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+    @property
+    def is_authenticated(self) -> bool:
+        return True
+
+    @classmethod
+    def from_model(cls, key: AdminAPIKey) -> "ResolvedAdminKey":
+        return cls(
+            key_id=key.pk,
+            key_public_id=key.public_id,
+            organization_id=key.organization_id,
+            organization_public_id=key.organization.public_id,
+            expires_at=key.expires_at,
+            revoked_at=key.revoked_at,
+        )
+
+
+def admin_api_key_resolve(*, plaintext: str) -> ResolvedAdminKey | None:
+    """Look a plaintext admin key up by its SHA-256; ``None`` when no such key exists.
+
+    Cached for ``API_KEY_CACHE_SECONDS`` like `api_key_resolve`; the caller checks
+    revocation and expiry.
+    """
+    secret_hash = hash_key(plaintext)
+    cache_key = admin_api_key_cache_key(secret_hash)
+    cached = cache.get(cache_key)
+    if cached == _MISSING:
+        return None
+    if cached is not None:
+        return cached
+    key = AdminAPIKey.objects.select_related("organization").filter(secret_hash=secret_hash).first()
+    resolved = ResolvedAdminKey.from_model(key) if key else None
+    cache.set(cache_key, resolved or _MISSING, timeout=settings.API_KEY_CACHE_SECONDS)
+    return resolved

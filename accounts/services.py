@@ -10,7 +10,7 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from .models import APIKey, Membership, Organization, Project, random_token
+from .models import AdminAPIKey, APIKey, Membership, Organization, Project, random_token
 
 # 43 base62 chars = 256 bits of entropy (same strength as OpenAI's keys).
 KEY_SECRET_LENGTH = 43
@@ -24,6 +24,11 @@ def hash_key(plaintext: str) -> str:
 def api_key_cache_key(secret_hash: str) -> str:
     """The cache key under which the resolved key (`accounts.selectors.ResolvedKey`) is kept."""
     return f"apikey:{secret_hash}"
+
+
+def admin_api_key_cache_key(secret_hash: str) -> str:
+    """The cache key under which a resolved admin key (`accounts.selectors.ResolvedAdminKey`) is kept."""
+    return f"adminkey:{secret_hash}"
 
 
 @dataclass(frozen=True)
@@ -134,6 +139,43 @@ def api_key_create(*, project: Project, name: str = "", expires_at: datetime | N
         created_by=created_by,
     )
     return CreatedKey(api_key=api_key, plaintext=plaintext)
+
+
+@dataclass(frozen=True)
+class CreatedAdminKey:
+    """A new admin key: the stored row and the plaintext, which is never retrievable again."""
+
+    admin_api_key: AdminAPIKey
+    plaintext: str
+
+
+def admin_api_key_create(*, organization: Organization, name: str = "", expires_at: datetime | None = None,
+                         created_by=None) -> CreatedAdminKey:
+    """Create an admin key of ``organization`` (``sk-admin-`` + 43 base62 = 256 bits).
+
+    Admin keys read the organization's usage and costs (``/v1/organization/...``) and
+    cannot call ``/v1/embeddings``. Only the SHA-256 of the plaintext is stored.
+    """
+    plaintext = AdminAPIKey.PREFIX + random_token(KEY_SECRET_LENGTH)
+    admin_key = AdminAPIKey.objects.create(
+        organization=organization,
+        name=name,
+        secret_hash=hash_key(plaintext),
+        prefix=plaintext[: len(AdminAPIKey.PREFIX) + 4],
+        last4=plaintext[-4:],
+        expires_at=expires_at,
+        created_by=created_by,
+    )
+    return CreatedAdminKey(admin_api_key=admin_key, plaintext=plaintext)
+
+
+def admin_api_key_revoke(*, admin_api_key: AdminAPIKey) -> AdminAPIKey:
+    """Revoke ``admin_api_key`` now (idempotent) and drop it from the auth cache."""
+    if admin_api_key.revoked_at is None:
+        admin_api_key.revoked_at = timezone.now()
+        admin_api_key.save(update_fields=["revoked_at"])
+    cache.delete(admin_api_key_cache_key(admin_api_key.secret_hash))
+    return admin_api_key
 
 
 def api_key_revoke(*, api_key: APIKey) -> APIKey:

@@ -1,7 +1,39 @@
-"""Writes for metering."""
+"""Writes for metering and billing: usage records, prices, rollups, statements.
+
+Rules, in one place:
+
+* Token sums are exact integers; money is `Decimal`.
+* A price (per 1,000,000 input tokens) is in effect from its ``effective_from`` UTC
+  date until the model's next price; every hourly/daily bucket has one price.
+* Statement lines are ``input_tokens * unit_price / 1,000,000`` rounded
+  ROUND_HALF_UP to cents *per line*; a statement's total is the sum of its lines.
+* Rollups are recomputed from raw records and upserted (never incremented), under a
+  Postgres advisory lock, so re-running any range is idempotent.
+"""
 from __future__ import annotations
 
-from billing.models import UsageRecord
+import calendar
+from bisect import bisect_right
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import ROUND_HALF_UP, Decimal
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import Count, Sum
+from django.db.models.functions import TruncDay, TruncHour
+from django.utils import timezone
+
+from billing.models import DailyUsage, HourlyUsage, Price, Statement, StatementLine, UsageRecord
+from config.errors import InvalidRequestError
+
+CENT = Decimal("0.01")
+MILLION = Decimal(1_000_000)
+# The first price of a model is in effect from this date (i.e. for all of its past).
+EPOCH = date(1970, 1, 1)
+# pg_advisory_xact_lock key that serializes rollup runs (any constant; "bill" in ASCII).
+_ROLLUP_LOCK = 0x62696C6C
 
 
 def usage_record_create(*, request_id: str, organization_id: int, project_id: int, api_key_id: int | None,
@@ -24,3 +56,381 @@ def usage_record_create(*, request_id: str, organization_id: int, project_id: in
         service_tier=service_tier,
         latency_ms=latency_ms,
     )
+
+
+# --- Money ------------------------------------------------------------------------
+
+def amount_for(*, input_tokens: int, unit_price: Decimal) -> Decimal:
+    """``input_tokens * unit_price / 1e6`` rounded ROUND_HALF_UP to cents (the rule of a statement line)."""
+    return (Decimal(input_tokens) * unit_price / MILLION).quantize(CENT, rounding=ROUND_HALF_UP)
+
+
+def cost_for(*, input_tokens: int, unit_price: Decimal) -> Decimal:
+    """``input_tokens * unit_price / 1e6`` exactly (no rounding): what the costs API sums."""
+    return Decimal(input_tokens) * unit_price / MILLION
+
+
+# --- Prices -----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PriceSchedule:
+    """The prices of one model in effect over time: ``starts`` (sorted UTC dates) and their ``prices``."""
+
+    starts: list[date]
+    prices: list[Decimal]
+    currency: str
+
+    def at(self, day: date) -> tuple[date, Decimal]:
+        """``(effective_from, price per 1M tokens)`` in effect on ``day``."""
+        i = bisect_right(self.starts, day) - 1
+        if i < 0:  # before the first price: impossible once the epoch row exists
+            raise LookupError(f"no price in effect on {day}")
+        return self.starts[i], self.prices[i]
+
+
+def price_schedules(*, model_ids) -> dict[int, PriceSchedule]:
+    """The `PriceSchedule` of each model id.
+
+    A model without any `Price` row gets its first one here, from the registry's
+    ``EmbeddingModel.price_per_million_tokens`` and in effect from 1970-01-01: the
+    registry field is the initial list price; later changes go through `price_create`.
+    """
+    from embeddings.models import EmbeddingModel
+
+    model_ids = set(model_ids)
+    priced = set(Price.objects.filter(model_id__in=model_ids).values_list("model_id", flat=True).distinct())
+    for model in EmbeddingModel.objects.filter(pk__in=model_ids - priced):
+        Price.objects.get_or_create(model=model, effective_from=EPOCH, defaults={
+            "price_per_million_tokens": model.price_per_million_tokens, "currency": settings.BILLING_CURRENCY})
+    schedules: dict[int, PriceSchedule] = {}
+    for price in Price.objects.filter(model_id__in=model_ids).order_by("model_id", "effective_from"):
+        sched = schedules.setdefault(price.model_id, PriceSchedule([], [], price.currency))
+        sched.starts.append(price.effective_from)
+        sched.prices.append(price.price_per_million_tokens)
+    return schedules
+
+
+def price_create(*, model, price_per_million_tokens: Decimal, effective_from: date,
+                 currency: str | None = None) -> Price:
+    """Set ``model``'s price per 1M input tokens from ``effective_from`` (UTC date) on.
+
+    Usage before ``effective_from`` keeps the price then in effect. Raises
+    `InvalidRequestError` when the price is negative, when a price already starts on
+    that date, or when ``effective_from`` falls in a month already closed on a statement
+    (a closed bill never changes).
+    """
+    price = Decimal(price_per_million_tokens)
+    if price < 0:
+        raise InvalidRequestError("A price cannot be negative.", param="price_per_million_tokens")
+    price_schedules(model_ids=[model.pk])  # make sure the initial (registry) price exists first
+    last_closed = Statement.objects.filter(status=Statement.Status.CLOSED).order_by("-period_start").first()
+    if last_closed and effective_from < month_after(last_closed.period_start):
+        raise InvalidRequestError(
+            f"{effective_from} falls in a closed billing month ({last_closed.period_start:%Y-%m}); "
+            "a new price must start after the last closed month.", param="effective_from")
+    if Price.objects.filter(model=model, effective_from=effective_from).exists():
+        raise InvalidRequestError(f"{model.name} already has a price starting {effective_from}.",
+                                  param="effective_from")
+    return Price.objects.create(model=model, price_per_million_tokens=price, effective_from=effective_from,
+                                currency=currency or settings.BILLING_CURRENCY)
+
+
+# --- Rollups ----------------------------------------------------------------------
+
+def floor_hour(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def floor_day(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def _ceil(moment: datetime, floor, step: timedelta) -> datetime:
+    floored = floor(moment)
+    return floored if floored == moment else floored + step
+
+
+@dataclass(frozen=True)
+class RollupResult:
+    """What a rollup run covered: hourly buckets in ``[hour_start, hour_end)``, daily in
+    ``[day_start, day_end)``, and how many rollup rows each range now holds."""
+
+    hour_start: datetime
+    hour_end: datetime
+    day_start: datetime
+    day_end: datetime
+    hourly_rows: int
+    daily_rows: int
+
+
+_KEY = ("organization_id", "project_id", "api_key_id", "model_id")
+
+
+def _replace_range(model, groups, *, start: datetime, end: datetime, stamp: datetime) -> int:
+    """The ORM path (databases other than Postgres): replace the rollup ``model``'s rows in
+    ``[start, end)`` by ``groups`` (dicts with bucket, the key ids, n, tokens), inside the
+    caller's transaction. Returns the rows written."""
+    model.objects.filter(bucket_start__gte=start, bucket_start__lt=end).delete()
+    rows = [
+        model(bucket_start=g["bucket"], organization_id=g["organization_id"], project_id=g["project_id"],
+              api_key_id=g["api_key_id"], model_id=g["model_id"], num_model_requests=g["n"],
+              input_tokens=g["tokens"], updated_at=stamp)
+        for g in groups
+    ]
+    model.objects.bulk_create(rows, batch_size=500)
+    return len(rows)
+
+
+_ROLLUP_SQL = """
+    INSERT INTO {target} (bucket_start, organization_id, project_id, api_key_id, model_id,
+                          num_model_requests, input_tokens, updated_at)
+    SELECT date_trunc('{unit}', {time} AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS bucket,
+           organization_id, project_id, api_key_id, model_id, {requests}, {tokens}, %(stamp)s
+    FROM {source}
+    WHERE {time} >= %(start)s AND {time} < %(end)s
+    GROUP BY 1, 2, 3, 4, 5
+    ON CONFLICT (bucket_start, organization_id, project_id, api_key_id, model_id) DO UPDATE
+    SET num_model_requests = EXCLUDED.num_model_requests, input_tokens = EXCLUDED.input_tokens,
+        updated_at = EXCLUDED.updated_at
+"""
+
+
+def _rollup_postgres(model, *, unit: str, source: str, time: str, requests: str, tokens: str,
+                     start: datetime, end: datetime, stamp: datetime) -> int:
+    """One ``INSERT ... SELECT ... GROUP BY ... ON CONFLICT DO UPDATE`` (nothing travels through
+    Python), then delete the range's rows that no group produced. Returns the rows written."""
+    with connection.cursor() as cursor:
+        cursor.execute(_ROLLUP_SQL.format(target=model._meta.db_table, unit=unit, source=source, time=time,
+                                          requests=requests, tokens=tokens),
+                       {"start": start, "end": end, "stamp": stamp})
+        written = cursor.rowcount
+    model.objects.filter(bucket_start__gte=start, bucket_start__lt=end).exclude(updated_at=stamp).delete()
+    return written
+
+
+def rollup_in_sql() -> bool:
+    """Whether rollups run as single SQL statements (Postgres) rather than through the ORM."""
+    return connection.vendor == "postgresql"
+
+
+def usage_rollup_build(*, start: datetime, end: datetime) -> RollupResult:
+    """Recompute the hourly rollups of ``[start, end)`` from raw records, then the daily rollups
+    of every day those hours touch from the hourly ones (idempotent).
+
+    ``start`` is rounded down to the hour and ``end`` up; each bucket in the range is
+    replaced by the aggregate of its raw records (rows of buckets without records are
+    removed), so running it twice leaves the same rows and a late record changes exactly
+    its own hourly and daily bucket. On Postgres the aggregate and the upsert are one
+    SQL statement per table (unchanged buckets keep their row ids) and runs are
+    serialized with an advisory lock; other databases (the embedded SQLite default)
+    delete and re-insert the range through the ORM in one transaction. Do not rebuild
+    ranges whose raw records were dropped by retention (see
+    ``platform/usage-partitioning.md``): their buckets would be emptied.
+    """
+    hour_start, hour_end = floor_hour(start), _ceil(end, floor_hour, timedelta(hours=1))
+    day_start, day_end = floor_day(hour_start), _ceil(hour_end, floor_day, timedelta(days=1))
+    with transaction.atomic():
+        stamp = timezone.now()
+        if rollup_in_sql():
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_ROLLUP_LOCK])
+            hourly_rows = _rollup_postgres(
+                HourlyUsage, unit="hour", source=UsageRecord._meta.db_table, time="created_at",
+                requests="count(*)", tokens="sum(prompt_tokens)", start=hour_start, end=hour_end, stamp=stamp)
+            daily_rows = _rollup_postgres(
+                DailyUsage, unit="day", source=HourlyUsage._meta.db_table, time="bucket_start",
+                requests="sum(num_model_requests)", tokens="sum(input_tokens)", start=day_start, end=day_end,
+                stamp=stamp)
+        else:
+            hourly = (UsageRecord.objects.filter(created_at__gte=hour_start, created_at__lt=hour_end)
+                      .annotate(bucket=TruncHour("created_at", tzinfo=UTC)).values("bucket", *_KEY)
+                      .annotate(n=Count("id"), tokens=Sum("prompt_tokens")).order_by())
+            hourly_rows = _replace_range(HourlyUsage, hourly.iterator(chunk_size=5000), start=hour_start,
+                                         end=hour_end, stamp=stamp)
+            daily = (HourlyUsage.objects.filter(bucket_start__gte=day_start, bucket_start__lt=day_end)
+                     .annotate(bucket=TruncDay("bucket_start", tzinfo=UTC)).values("bucket", *_KEY)
+                     .annotate(n=Sum("num_model_requests"), tokens=Sum("input_tokens")).order_by())
+            daily_rows = _replace_range(DailyUsage, daily.iterator(chunk_size=5000), start=day_start,
+                                        end=day_end, stamp=stamp)
+    return RollupResult(hour_start, hour_end, day_start, day_end, hourly_rows, daily_rows)
+
+
+def usage_rollup_recent(*, now: datetime | None = None) -> RollupResult:
+    """The beat task's run: re-roll the last ``BILLING_ROLLUP_LOOKBACK_HOURS`` hours up to ``now``.
+
+    Records are stamped at insert time, so a record reaches the table at most a
+    transaction's length after its ``created_at``; re-rolling a few trailing hours on
+    every run picks such late records up. Older backfills re-roll their range with
+    ``manage.py billing_rollup --start ... --end ...``.
+    """
+    now = now or timezone.now()
+    return usage_rollup_build(start=now - timedelta(hours=settings.BILLING_ROLLUP_LOOKBACK_HOURS), end=now)
+
+
+# --- Statements -------------------------------------------------------------------
+
+def month_start(day: date) -> date:
+    return day.replace(day=1)
+
+
+def month_after(period_start: date) -> date:
+    days = calendar.monthrange(period_start.year, period_start.month)[1]
+    return period_start.replace(day=1) + timedelta(days=days)
+
+
+def month_bounds(period_start: date) -> tuple[datetime, datetime]:
+    """``[first instant, first instant of next month)`` of the month, in UTC."""
+    return (datetime.combine(period_start, time.min, tzinfo=UTC),
+            datetime.combine(month_after(period_start), time.min, tzinfo=UTC))
+
+
+@dataclass
+class PricedUsage:
+    """Usage of one (project, model, price) over a month: requests, tokens and the unit price."""
+
+    num_model_requests: int
+    input_tokens: int
+    unit_price: Decimal
+
+
+def priced_usage(*, organization_id: int, period_start: date) -> dict[tuple[int, int, date], PricedUsage]:
+    """The month's usage of an organization from the daily rollups, keyed by
+    ``(project_id, model_id, price_effective_from)``: each day's tokens go to the price in
+    effect that day."""
+    start, end = month_bounds(period_start)
+    rows = list(DailyUsage.objects.filter(organization_id=organization_id, bucket_start__gte=start,
+                                          bucket_start__lt=end)
+                .values("bucket_start", "project_id", "model_id")
+                .annotate(n=Sum("num_model_requests"), tokens=Sum("input_tokens")).order_by())
+    schedules = price_schedules(model_ids={r["model_id"] for r in rows})
+    out: dict[tuple[int, int, date], PricedUsage] = {}
+    for r in rows:
+        effective_from, unit_price = schedules[r["model_id"]].at(r["bucket_start"].astimezone(UTC).date())
+        key = (r["project_id"], r["model_id"], effective_from)
+        acc = out.setdefault(key, PricedUsage(0, 0, unit_price))
+        acc.num_model_requests += r["n"]
+        acc.input_tokens += r["tokens"]
+    return out
+
+
+def statement_build(*, organization, period_start: date) -> Statement:
+    """Create or recompute the draft statement of ``organization`` for the month of ``period_start``.
+
+    Usage lines: one per (project, model, price in effect), from the daily rollups.
+    Adjustment lines: for each earlier *closed* month, what its rollups now hold beyond
+    what was billed for it (records that arrived after it closed), priced as in that
+    month; the adjustment's amount is the rounded amount of all its tokens minus the
+    amounts already billed, so the cents always add up. A closed statement is returned
+    unchanged.
+    """
+    period_start = month_start(period_start)
+    with transaction.atomic():
+        statement, _ = Statement.objects.select_for_update().get_or_create(
+            organization=organization, period_start=period_start,
+            defaults={"currency": settings.BILLING_CURRENCY})
+        if statement.status == Statement.Status.CLOSED:
+            return statement
+        statement.lines.all().delete()
+        lines = [
+            StatementLine(statement=statement, kind=StatementLine.Kind.USAGE, usage_period_start=period_start,
+                          project_id=project_id, model_id=model_id, price_effective_from=effective_from,
+                          unit_price=u.unit_price, num_model_requests=u.num_model_requests,
+                          input_tokens=u.input_tokens,
+                          amount=amount_for(input_tokens=u.input_tokens, unit_price=u.unit_price))
+            for (project_id, model_id, effective_from), u in sorted(priced_usage(
+                organization_id=organization.pk, period_start=period_start).items())
+        ]
+        lines += _adjustment_lines(statement)
+        StatementLine.objects.bulk_create(lines)
+        statement.total_amount = sum((line.amount for line in lines), Decimal("0.00"))
+        statement.updated_at = timezone.now()
+        statement.save(update_fields=["total_amount", "updated_at"])
+    return statement
+
+
+def _adjustment_lines(statement: Statement) -> list[StatementLine]:
+    closed_months = (Statement.objects.filter(organization_id=statement.organization_id,
+                                              status=Statement.Status.CLOSED,
+                                              period_start__lt=statement.period_start)
+                     .values_list("period_start", flat=True))
+    lines = []
+    for month in sorted(closed_months):
+        billed: dict[tuple, list] = defaultdict(lambda: [0, 0, Decimal("0.00")])
+        for line in StatementLine.objects.filter(statement__organization_id=statement.organization_id,
+                                                 usage_period_start=month).exclude(statement=statement):
+            acc = billed[(line.project_id, line.model_id, line.price_effective_from)]
+            acc[0] += line.num_model_requests
+            acc[1] += line.input_tokens
+            acc[2] += line.amount
+        for key, u in sorted(priced_usage(organization_id=statement.organization_id, period_start=month).items()):
+            requests, tokens, amount = billed.get(key, (0, 0, Decimal("0.00")))
+            if u.input_tokens == tokens and u.num_model_requests == requests:
+                continue
+            project_id, model_id, effective_from = key
+            lines.append(StatementLine(
+                statement=statement, kind=StatementLine.Kind.ADJUSTMENT, usage_period_start=month,
+                project_id=project_id, model_id=model_id, price_effective_from=effective_from,
+                unit_price=u.unit_price, num_model_requests=u.num_model_requests - requests,
+                input_tokens=u.input_tokens - tokens,
+                amount=amount_for(input_tokens=u.input_tokens, unit_price=u.unit_price) - amount))
+    return lines
+
+
+def statement_close(*, organization, period_start: date, now: datetime | None = None,
+                    reroll: bool = True) -> Statement:
+    """Re-roll the month from raw records (unless ``reroll`` is false: the caller just did),
+    recompute the statement and freeze it.
+
+    Raises `InvalidRequestError` when the month has not ended yet at ``now``. Closing a
+    closed statement returns it unchanged.
+    """
+    period_start = month_start(period_start)
+    start, end = month_bounds(period_start)
+    now = now or timezone.now()
+    if now < end:
+        raise InvalidRequestError(f"{period_start:%Y-%m} has not ended yet; it cannot be closed.",
+                                  param="period")
+    existing = Statement.objects.filter(organization=organization, period_start=period_start).first()
+    if existing and existing.status == Statement.Status.CLOSED:
+        return existing
+    if reroll:
+        usage_rollup_build(start=start, end=end)
+    with transaction.atomic():
+        statement = statement_build(organization=organization, period_start=period_start)
+        statement = Statement.objects.select_for_update().get(pk=statement.pk)
+        if statement.status != Statement.Status.CLOSED:
+            statement.status = Statement.Status.CLOSED
+            statement.closed_at = now
+            statement.save(update_fields=["status", "closed_at"])
+    return statement
+
+
+def statements_close_due(*, now: datetime | None = None) -> list[Statement]:
+    """Close last month's statements once ``BILLING_CLOSE_GRACE_HOURS`` have passed since it ended.
+
+    Every organization with usage that month (or with an open draft for it) gets a
+    closed statement. Idempotent: already closed statements are left as they are.
+    Returns the statements closed (or found closed) by this call.
+    """
+    from accounts.models import Organization
+
+    now = now or timezone.now()
+    # The latest month that ended at least the grace period ago.
+    period = month_start(month_start((now - timedelta(hours=settings.BILLING_CLOSE_GRACE_HOURS)).date())
+                         - timedelta(days=1))
+    start, end = month_bounds(period)
+
+    def organizations_to_bill() -> set[int]:
+        ids = set(DailyUsage.objects.filter(bucket_start__gte=start, bucket_start__lt=end)
+                  .values_list("organization_id", flat=True).distinct())
+        return ids | set(Statement.objects.filter(period_start=period).values_list("organization_id", flat=True))
+
+    closed = set(Statement.objects.filter(period_start=period, status=Statement.Status.CLOSED)
+                 .values_list("organization_id", flat=True))
+    if closed and organizations_to_bill() <= closed:
+        # Closed on an earlier run: nothing to re-roll (late records go to next month's adjustments).
+        return list(Statement.objects.filter(period_start=period))
+    usage_rollup_build(start=start, end=end)
+    org_ids = organizations_to_bill()
+    return [statement_close(organization=org, period_start=period, now=now, reroll=False)
+            for org in Organization.objects.filter(pk__in=org_ids)]

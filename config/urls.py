@@ -8,11 +8,13 @@ from . import views
 
 urlpatterns = [
     path("v1/", include("embeddings.urls")),
+    path("v1/organization/", include("billing.api_urls")),
     re_path(r"^v1/", views.v1_not_found),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularRedocView.as_view(url_name="schema"), name="api-docs"),
     path("console/", include("accounts.urls")),
     path("admin/", admin.site.urls),
+    path("billing/", include("billing.download_urls")),
     path("healthz", views.healthz, name="healthz"),
     path("", RedirectView.as_view(pattern_name="console:home"), name="root"),
 ]
