@@ -5,7 +5,7 @@ Every console URL below ``/console/orgs/<org>/`` is served by a subclass of
 page cannot forget the scoping: ``dispatch`` signs the user in or redirects,
 resolves ``<org>`` (a public id) through the *user's own memberships* and answers
 404 when the user is not a member; every object is then looked up inside
-``self.organization`` (`project`, `api_key`), so another tenant's object is a 404
+``self.organization`` (`project`, `api_key`, `admin_api_key`), so another tenant's object is a 404
 too (PostHog's ``TeamAndOrgViewSetMixin`` is the model). Role rules are checked
 server-side with `require`, which answers 403.
 """
@@ -16,8 +16,9 @@ from django.core.exceptions import PermissionDenied
 from django.views.generic import TemplateView
 
 from . import roles
-from .models import APIKey, Membership, Organization, Project
-from .selectors import api_key_get, membership_get_for_user, organizations_for_user, project_get
+from .models import AdminAPIKey, APIKey, Membership, Organization, Project
+from .selectors import (admin_api_key_get, api_key_get, membership_get_for_user, organizations_for_user,
+                        project_get)
 
 SESSION_ORGANIZATION = "console_organization"
 
@@ -42,7 +43,8 @@ class OrganizationView(LoginRequiredMixin, TemplateView):
         self.membership = membership_get_for_user(user=request.user, organization_public_id=kwargs.pop("org"))
         self.organization = self.membership.organization
         self.role = self.membership.role
-        request.session[SESSION_ORGANIZATION] = self.organization.public_id
+        if request.session.get(SESSION_ORGANIZATION) != self.organization.public_id:
+            request.session[SESSION_ORGANIZATION] = self.organization.public_id  # saves the session: once
         return super().dispatch(request, *args, **kwargs)
 
     # Lookups, always inside this organization (404 outside it).
@@ -51,6 +53,9 @@ class OrganizationView(LoginRequiredMixin, TemplateView):
 
     def api_key(self, project: Project, public_id: str) -> APIKey:
         return api_key_get(project=project, public_id=public_id)
+
+    def admin_api_key(self, public_id: str) -> AdminAPIKey:
+        return admin_api_key_get(organization=self.organization, public_id=public_id)
 
     @staticmethod
     def require(allowed: bool) -> None:
@@ -70,6 +75,8 @@ class OrganizationView(LoginRequiredMixin, TemplateView):
                 "manage_projects": roles.can_manage_projects(self.role),
                 "create_keys": roles.can_create_keys(self.role),
                 "manage_members": roles.can_manage_members(self.role),
+                "admin_keys": roles.can_manage_admin_keys(self.role),
+                "billing": roles.can_view_billing(self.role),
             },
         )
         return context

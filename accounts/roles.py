@@ -36,6 +36,19 @@ def can_manage_members(role: str) -> bool:
     return role in MANAGERS
 
 
+def can_manage_admin_keys(role: str) -> bool:
+    """See, create and revoke the organization's admin keys: owner, admin. An admin key reads
+    all of the organization's usage and costs, so even its list is for managers only
+    (OpenAI's admin keys are for organization owners)."""
+    return role in MANAGERS
+
+
+def can_view_billing(role: str) -> bool:
+    """See and download statements: owner, admin (OpenAI and most SaaS consoles restrict
+    billing to owners/admins)."""
+    return role in MANAGERS
+
+
 def assignable_roles(role: str) -> list[str]:
     """The roles a member with ``role`` may grant or take away (owner: all; admin: all but owner)."""
     if role == Role.OWNER:

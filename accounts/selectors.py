@@ -139,6 +139,19 @@ def membership_get(*, organization: Organization, username: str) -> Membership:
     return membership
 
 
+def admin_api_keys_for_organization(*, organization: Organization) -> QuerySet[AdminAPIKey]:
+    """``organization``'s admin keys, newest first, revoked ones included (hash deferred: never displayed)."""
+    return organization.admin_api_keys.select_related("created_by").defer("secret_hash").order_by("-created_at")
+
+
+def admin_api_key_get(*, organization: Organization, public_id: str) -> AdminAPIKey:
+    """The admin key ``public_id`` of ``organization``; ``Http404`` otherwise (also for another tenant's)."""
+    key = organization.admin_api_keys.filter(public_id=public_id).first()
+    if key is None:
+        raise Http404("No such admin key.")
+    return key
+
+
 @dataclass(frozen=True)
 class ResolvedAdminKey:
     """What a ``/v1/organization`` request needs to know about its admin key, cheap to cache."""

@@ -16,6 +16,8 @@ organization_urls = [
     path("members/", views.MemberListView.as_view(), name="members"),
     path("members/<str:username>/", views.MemberUpdateView.as_view(), name="member-update"),
     path("members/<str:username>/remove/", views.MemberRemoveView.as_view(), name="member-remove"),
+    path("admin-keys/", views.AdminAPIKeyListView.as_view(), name="admin-keys"),
+    path("admin-keys/<str:key>/revoke/", views.AdminAPIKeyRevokeView.as_view(), name="admin-key-revoke"),
     path("", include("billing.urls")),
 ]
 

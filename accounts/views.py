@@ -220,3 +220,56 @@ class MemberRemoveView(OrganizationView):
         if membership.user_id == request.user.pk:
             return redirect(reverse("console:home"))
         return redirect("console:members", org=self.organization.public_id)
+
+
+@method_decorator(never_cache, name="dispatch")
+class AdminAPIKeyListView(OrganizationView):
+    """``/console/orgs/<org>/admin-keys/``: the organization's admin keys (``sk-admin-...``, for
+    ``/v1/organization/usage/embeddings`` and ``/v1/organization/costs``), masked, with last use,
+    expiry and status. POST creates one and answers with the plaintext, shown this once (not
+    cached, stored nowhere). Owners and admins only (`accounts.roles.can_manage_admin_keys`):
+    an admin key reads all of the organization's usage and costs, so others get 403."""
+
+    template_name = "console/admin_keys.html"
+    nav = "admin-keys"
+
+    def get(self, request, *args, **kwargs):
+        self.require(roles.can_manage_admin_keys(self.role))
+        return super().get(request, *args, **kwargs)
+
+    def get_context_data(self, form=None, **kwargs):
+        context = super().get_context_data(**kwargs)
+        keys = selectors.admin_api_keys_for_organization(organization=self.organization)
+        context.update(keys=keys, form=form or APIKeyCreateForm())
+        return context
+
+    def post(self, request, *args, **kwargs):
+        self.require(roles.can_manage_admin_keys(self.role))
+        form = APIKeyCreateForm(request.POST)
+        if not form.is_valid():
+            return self.render_to_response(self.get_context_data(form=form), status=400)
+        created = services.admin_api_key_create(organization=self.organization, name=form.cleaned_data["name"],
+                                                expires_at=form.expires_at, created_by=request.user)
+        context = OrganizationView.get_context_data(self, created=created)
+        return render(request, "console/admin_key_created.html", context, status=201)
+
+
+class AdminAPIKeyRevokeView(OrganizationView):
+    """``.../admin-keys/<key>/revoke/``: GET asks for confirmation, POST revokes (effective at
+    once with a shared cache: `accounts.services.admin_api_key_revoke`). Owners and admins only."""
+
+    template_name = "console/admin_key_revoke.html"
+    nav = "admin-keys"
+
+    def _key(self):
+        self.require(roles.can_manage_admin_keys(self.role))
+        return self.admin_api_key(self.kwargs["key"])
+
+    def get(self, request, *args, **kwargs):
+        return self.render_to_response(self.get_context_data(key=self._key()))
+
+    def post(self, request, *args, **kwargs):
+        key = self._key()
+        services.admin_api_key_revoke(admin_api_key=key)
+        messages.success(request, f"Admin key '{key.name or key.public_id}' ({key.masked}) revoked.")
+        return redirect("console:admin-keys", org=self.organization.public_id)

@@ -1,24 +1,38 @@
 """Statement exports (CSV, JSON) for the console and ``manage.py billing_statement``.
 
 The rows are the statement's stored lines, so a closed statement exports the same
-bytes forever. Money is written as decimal strings (never floats).
+bytes forever; an open month exports the lines of `billing.services.statement_draft`
+(computed, not stored). Lines are sorted in Python (kind, usage period, project id,
+model, price date), so the order never depends on the database's collation. Money is
+written as decimal strings (never floats).
 """
 from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Iterable
 
-from billing.models import Statement
+from billing.models import Statement, StatementLine
 
 CSV_COLUMNS = ["organization_id", "period", "kind", "usage_period", "project_id", "project_name", "model",
                "price_effective_from", "unit_price_per_million_tokens", "currency", "num_model_requests",
                "input_tokens", "amount"]
 
 
-def statement_export_rows(statement: Statement) -> list[dict]:
-    """One dict per line (keys: `CSV_COLUMNS`), in the statement's line order."""
-    lines = statement.lines.select_related("project", "model").order_by(
-        "kind", "usage_period_start", "project__public_id", "model__name", "price_effective_from")
+def _lines(statement: Statement, lines: Iterable[StatementLine] | None) -> list[StatementLine]:
+    if lines is None:
+        lines = statement.lines.select_related("project", "model")
+    return sorted(lines, key=lambda line: (line.kind, line.usage_period_start, line.project.public_id,
+                                           line.model.name, line.price_effective_from))
+
+
+def statement_export_rows(statement: Statement, lines: Iterable[StatementLine] | None = None) -> list[dict]:
+    """One dict per line (keys: `CSV_COLUMNS`), in the statement's line order.
+
+    ``lines``: the lines of an unsaved statement (`billing.services.StatementDraft`);
+    by default the statement's stored lines.
+    """
+    lines = _lines(statement, lines)
     org_id = statement.organization.public_id
     return [{
         "organization_id": org_id,
@@ -37,17 +51,19 @@ def statement_export_rows(statement: Statement) -> list[dict]:
     } for line in lines]
 
 
-def statement_export_csv(statement: Statement) -> str:
-    """The statement's lines as CSV text (header `CSV_COLUMNS`, one row per line)."""
+def statement_export_csv(statement: Statement, lines: Iterable[StatementLine] | None = None) -> str:
+    """The statement's lines as CSV text (header `CSV_COLUMNS`, one row per line); ``lines``
+    as in `statement_export_rows`."""
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(statement_export_rows(statement))
+    writer.writerows(statement_export_rows(statement, lines))
     return out.getvalue()
 
 
-def statement_export_json(statement: Statement) -> dict:
-    """The statement as a JSON-ready dict: header fields, ``total_amount`` and ``lines``."""
+def statement_export_json(statement: Statement, lines: Iterable[StatementLine] | None = None) -> dict:
+    """The statement as a JSON-ready dict: header fields, ``total_amount`` and ``lines``
+    (``lines`` as in `statement_export_rows`)."""
     return {
         "object": "billing.statement",
         "organization_id": statement.organization.public_id,
@@ -57,5 +73,5 @@ def statement_export_json(statement: Statement) -> dict:
         "currency": statement.currency,
         "total_amount": str(statement.total_amount),
         "closed_at": statement.closed_at.isoformat() if statement.closed_at else None,
-        "lines": statement_export_rows(statement),
+        "lines": statement_export_rows(statement, lines),
     }

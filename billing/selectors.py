@@ -1,8 +1,9 @@
-"""Reads of usage records."""
+"""Reads of usage records and statements."""
 from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from decimal import Decimal
 
 from django.db.models import Count, QuerySet, Sum
 from django.db.models.functions import TruncDate
@@ -83,3 +84,53 @@ def usage_recent(*, organization, project=None, start: dt.date, end: dt.date,
     return list(_usage_records(organization=organization, project=project, start=start, end=end)
                 .select_related("project", "api_key", "model").defer("api_key__secret_hash")
                 .order_by("-created_at")[:limit])
+
+
+# --- The console's billing page ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StatementSummary:
+    """One month on the billing page: ``period`` (first day, UTC), ``status`` (``draft`` or
+    ``closed``), ``total_amount`` (Decimal, ``currency``), and the billed requests and input
+    tokens summed over its lines (adjustment lines included)."""
+
+    period: dt.date
+    status: str
+    currency: str
+    total_amount: Decimal
+    num_model_requests: int
+    input_tokens: int
+    line_count: int
+    closed_at: dt.datetime | None
+
+
+def statements_for_organization(*, organization, today: dt.date) -> list[StatementSummary]:
+    """``organization``'s statements, newest first: every closed one as stored, plus the open
+    months as drafts computed now without writing (`billing.services.statement_draft`): the
+    month of ``today`` always, the month before while it is not closed yet and had usage, and
+    any month with a stored draft."""
+    from billing.models import Statement
+    from billing.services import month_start, statement_draft
+
+    closed = (Statement.objects.filter(organization=organization, status=Statement.Status.CLOSED)
+              .annotate(requests=Sum("lines__num_model_requests"), tokens=Sum("lines__input_tokens"),
+                        n_lines=Count("lines")))
+    out = [StatementSummary(s.period_start, s.status, s.currency, s.total_amount, s.requests or 0, s.tokens or 0,
+                            s.n_lines, s.closed_at) for s in closed]
+    closed_periods = {s.period for s in out}
+    current = month_start(today)
+    previous = month_start(current - dt.timedelta(days=1))
+    stored_drafts = set(Statement.objects.filter(organization=organization, status=Statement.Status.DRAFT)
+                        .values_list("period_start", flat=True))
+    for period in sorted({current, previous} | stored_drafts - closed_periods, reverse=True):
+        if period in closed_periods or period > current:
+            continue
+        draft = statement_draft(organization=organization, period_start=period)
+        if period == previous and period not in stored_drafts and not draft.lines:
+            continue  # nothing to bill last month
+        out.append(StatementSummary(period, draft.statement.status, draft.statement.currency,
+                                    draft.statement.total_amount,
+                                    sum(line.num_model_requests for line in draft.lines),
+                                    sum(line.input_tokens for line in draft.lines), len(draft.lines), None))
+    return sorted(out, key=lambda s: s.period, reverse=True)

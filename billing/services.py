@@ -88,21 +88,27 @@ class PriceSchedule:
         return self.starts[i], self.prices[i]
 
 
-def price_schedules(*, model_ids) -> dict[int, PriceSchedule]:
+def price_schedules(*, model_ids, write: bool = True) -> dict[int, PriceSchedule]:
     """The `PriceSchedule` of each model id.
 
     A model without any `Price` row gets its first one here, from the registry's
     ``EmbeddingModel.price_per_million_tokens`` and in effect from 1970-01-01: the
     registry field is the initial list price; later changes go through `price_create`.
+    With ``write=False`` (read-only callers such as the console's draft statements) that
+    first price is used without storing its row: the same schedule, no INSERT.
     """
     from embeddings.models import EmbeddingModel
 
     model_ids = set(model_ids)
     priced = set(Price.objects.filter(model_id__in=model_ids).values_list("model_id", flat=True).distinct())
-    for model in EmbeddingModel.objects.filter(pk__in=model_ids - priced):
-        Price.objects.get_or_create(model=model, effective_from=EPOCH, defaults={
-            "price_per_million_tokens": model.price_per_million_tokens, "currency": settings.BILLING_CURRENCY})
     schedules: dict[int, PriceSchedule] = {}
+    for model in EmbeddingModel.objects.filter(pk__in=model_ids - priced):
+        if write:
+            Price.objects.get_or_create(model=model, effective_from=EPOCH, defaults={
+                "price_per_million_tokens": model.price_per_million_tokens, "currency": settings.BILLING_CURRENCY})
+        else:
+            schedules[model.pk] = PriceSchedule([EPOCH], [Decimal(model.price_per_million_tokens)],
+                                                settings.BILLING_CURRENCY)
     for price in Price.objects.filter(model_id__in=model_ids).order_by("model_id", "effective_from"):
         sched = schedules.setdefault(price.model_id, PriceSchedule([], [], price.currency))
         sched.starts.append(price.effective_from)
@@ -293,16 +299,17 @@ class PricedUsage:
     unit_price: Decimal
 
 
-def priced_usage(*, organization_id: int, period_start: date) -> dict[tuple[int, int, date], PricedUsage]:
+def priced_usage(*, organization_id: int, period_start: date,
+                 write: bool = True) -> dict[tuple[int, int, date], PricedUsage]:
     """The month's usage of an organization from the daily rollups, keyed by
     ``(project_id, model_id, price_effective_from)``: each day's tokens go to the price in
-    effect that day."""
+    effect that day. ``write``: see `price_schedules`."""
     start, end = month_bounds(period_start)
     rows = list(DailyUsage.objects.filter(organization_id=organization_id, bucket_start__gte=start,
                                           bucket_start__lt=end)
                 .values("bucket_start", "project_id", "model_id")
                 .annotate(n=Sum("num_model_requests"), tokens=Sum("input_tokens")).order_by())
-    schedules = price_schedules(model_ids={r["model_id"] for r in rows})
+    schedules = price_schedules(model_ids={r["model_id"] for r in rows}, write=write)
     out: dict[tuple[int, int, date], PricedUsage] = {}
     for r in rows:
         effective_from, unit_price = schedules[r["model_id"]].at(r["bucket_start"].astimezone(UTC).date())
@@ -331,16 +338,7 @@ def statement_build(*, organization, period_start: date) -> Statement:
         if statement.status == Statement.Status.CLOSED:
             return statement
         statement.lines.all().delete()
-        lines = [
-            StatementLine(statement=statement, kind=StatementLine.Kind.USAGE, usage_period_start=period_start,
-                          project_id=project_id, model_id=model_id, price_effective_from=effective_from,
-                          unit_price=u.unit_price, num_model_requests=u.num_model_requests,
-                          input_tokens=u.input_tokens,
-                          amount=amount_for(input_tokens=u.input_tokens, unit_price=u.unit_price))
-            for (project_id, model_id, effective_from), u in sorted(priced_usage(
-                organization_id=organization.pk, period_start=period_start).items())
-        ]
-        lines += _adjustment_lines(statement)
+        lines = _statement_lines(statement)
         StatementLine.objects.bulk_create(lines)
         statement.total_amount = sum((line.amount for line in lines), Decimal("0.00"))
         statement.updated_at = timezone.now()
@@ -348,7 +346,61 @@ def statement_build(*, organization, period_start: date) -> Statement:
     return statement
 
 
-def _adjustment_lines(statement: Statement) -> list[StatementLine]:
+@dataclass
+class StatementDraft:
+    """A statement computed without writing anything: an unsaved `Statement` (status
+    ``draft``) and its unsaved `StatementLine` rows, in the shape `billing.exports` takes."""
+
+    statement: Statement
+    lines: list[StatementLine]
+
+
+def statement_draft(*, organization, period_start: date) -> StatementDraft:
+    """What `statement_build` would store for the month of ``period_start`` right now, computed
+    read-only (no row is written, not even a model's first `Price`: see `price_schedules`).
+
+    The console shows and exports open months with it, so a GET never writes. Lines carry
+    their ``project`` and ``model`` objects (for the exports' names). Use `statement_build`
+    or `statement_close` to store a statement.
+    """
+    from accounts.models import Project
+    from embeddings.models import EmbeddingModel
+
+    period_start = month_start(period_start)
+    statement = Statement(organization=organization, period_start=period_start,
+                          currency=settings.BILLING_CURRENCY, status=Statement.Status.DRAFT)
+    existing = (Statement.objects.filter(organization=organization, period_start=period_start)
+                .values_list("pk", flat=True).first())
+    lines = _statement_lines(statement, exclude_statement_id=existing, write=False)
+    projects = Project.objects.in_bulk({line.project_id for line in lines})
+    models = EmbeddingModel.objects.in_bulk({line.model_id for line in lines})
+    for line in lines:
+        line.project, line.model = projects[line.project_id], models[line.model_id]
+    statement.total_amount = sum((line.amount for line in lines), Decimal("0.00"))
+    return StatementDraft(statement=statement, lines=lines)
+
+
+def _statement_lines(statement: Statement, *, exclude_statement_id: int | None = None,
+                     write: bool = True) -> list[StatementLine]:
+    """The usage and adjustment lines of ``statement`` (unsaved). ``exclude_statement_id``: the
+    stored statement of the same month, whose lines are not "already billed" (defaults to
+    ``statement.pk``)."""
+    period_start = statement.period_start
+    lines = [
+        StatementLine(statement=statement, kind=StatementLine.Kind.USAGE, usage_period_start=period_start,
+                      project_id=project_id, model_id=model_id, price_effective_from=effective_from,
+                      unit_price=u.unit_price, num_model_requests=u.num_model_requests,
+                      input_tokens=u.input_tokens,
+                      amount=amount_for(input_tokens=u.input_tokens, unit_price=u.unit_price))
+        for (project_id, model_id, effective_from), u in sorted(priced_usage(
+            organization_id=statement.organization_id, period_start=period_start, write=write).items())
+    ]
+    lines += _adjustment_lines(statement, exclude_statement_id=exclude_statement_id or statement.pk, write=write)
+    return lines
+
+
+def _adjustment_lines(statement: Statement, *, exclude_statement_id: int | None,
+                      write: bool = True) -> list[StatementLine]:
     closed_months = (Statement.objects.filter(organization_id=statement.organization_id,
                                               status=Statement.Status.CLOSED,
                                               period_start__lt=statement.period_start)
@@ -357,12 +409,14 @@ def _adjustment_lines(statement: Statement) -> list[StatementLine]:
     for month in sorted(closed_months):
         billed: dict[tuple, list] = defaultdict(lambda: [0, 0, Decimal("0.00")])
         for line in StatementLine.objects.filter(statement__organization_id=statement.organization_id,
-                                                 usage_period_start=month).exclude(statement=statement):
+                                                 usage_period_start=month).exclude(
+                                                     statement_id=exclude_statement_id):
             acc = billed[(line.project_id, line.model_id, line.price_effective_from)]
             acc[0] += line.num_model_requests
             acc[1] += line.input_tokens
             acc[2] += line.amount
-        for key, u in sorted(priced_usage(organization_id=statement.organization_id, period_start=month).items()):
+        for key, u in sorted(priced_usage(organization_id=statement.organization_id, period_start=month,
+                                          write=write).items()):
             requests, tokens, amount = billed.get(key, (0, 0, Decimal("0.00")))
             if u.input_tokens == tokens and u.num_model_requests == requests:
                 continue

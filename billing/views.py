@@ -1,13 +1,24 @@
-"""The tenant console's usage page (scoped by `accounts.console.OrganizationView`)."""
+"""The tenant console's usage and billing pages and statement downloads (all scoped by
+`accounts.console.OrganizationView`)."""
 from __future__ import annotations
 
+from datetime import date
+
+from django.conf import settings
+from django.http import Http404, HttpResponse, JsonResponse
+from django.utils import timezone
+
+from accounts import roles
 from accounts.console import OrganizationView
 from accounts.selectors import projects_for_organization
 from accounts.templatetags.console import human_count
 
 from .charts import daily_stacked_bars
+from .exports import statement_export_csv, statement_export_json
 from .forms import UsageFilterForm
-from .selectors import usage_daily, usage_recent
+from .models import Statement
+from .selectors import statements_for_organization, usage_daily, usage_recent
+from .services import month_after, statement_draft
 
 
 class UsageView(OrganizationView):
@@ -38,3 +49,56 @@ class UsageView(OrganizationView):
             recent=usage_recent(**scope),
         )
         return context
+
+
+class BillingView(OrganizationView):
+    """``/console/orgs/<org>/billing/``: the organization's monthly statements, newest first
+    (closed ones as stored, open months as drafts computed now: `statements_for_organization`),
+    with totals and CSV/JSON downloads. Owners and admins only (`accounts.roles.can_view_billing`);
+    a GET writes nothing."""
+
+    template_name = "console/billing.html"
+    nav = "billing"
+
+    def get(self, request, *args, **kwargs):
+        self.require(roles.can_view_billing(self.role))
+        return super().get(request, *args, **kwargs)
+
+    def get_context_data(self, **kwargs):
+        context = super().get_context_data(**kwargs)
+        statements = statements_for_organization(organization=self.organization, today=timezone.now().date())
+        context.update(statements=statements, grace_hours=settings.BILLING_CLOSE_GRACE_HOURS,
+                       rollup_minutes=max(1, settings.BILLING_ROLLUP_INTERVAL_SECONDS // 60))
+        return context
+
+
+class StatementDownloadView(OrganizationView):
+    """``/console/orgs/<org>/billing/statements/<YYYY-MM>.csv`` (or ``.json``): the month's
+    statement as an attachment, in `billing.exports`' formats. A closed statement as stored
+    (the same bytes forever); an open month as a draft computed now, without writing
+    (`billing.services.statement_draft`). Owners and admins only (403 otherwise); a month
+    that is not a month, or one in the future, is 404."""
+
+    def get(self, request, *args, **kwargs):
+        self.require(roles.can_view_billing(self.role))
+        year, month = (int(part) for part in self.kwargs["period"].split("-"))
+        if not 1 <= month <= 12 or year < 1970:
+            raise Http404("No such statement.")
+        period = date(year, month, 1)
+        if period >= month_after(timezone.now().date().replace(day=1)):
+            raise Http404("No statement for a month that has not started.")
+        statement = Statement.objects.filter(organization=self.organization, period_start=period,
+                                             status=Statement.Status.CLOSED).first()
+        lines = None
+        if statement is None:
+            draft = statement_draft(organization=self.organization, period_start=period)
+            statement, lines = draft.statement, draft.lines
+        fmt = self.kwargs["fmt"]
+        if fmt == "json":
+            response = JsonResponse(statement_export_json(statement, lines), json_dumps_params={"indent": 2})
+        else:
+            response = HttpResponse(statement_export_csv(statement, lines), content_type="text/csv; charset=utf-8")
+        filename = f"statement-{self.organization.public_id}-{period:%Y-%m}.{fmt}"
+        response["Content-Disposition"] = f'attachment; filename="{filename}"'
+        response["Cache-Control"] = "private, no-store"
+        return response

@@ -14,7 +14,6 @@ urlpatterns = [
     path("api/docs/", SpectacularRedocView.as_view(url_name="schema"), name="api-docs"),
     path("console/", include("accounts.urls")),
     path("admin/", admin.site.urls),
-    path("billing/", include("billing.download_urls")),
     path("healthz", views.healthz, name="healthz"),
     path("", RedirectView.as_view(pattern_name="console:home"), name="root"),
 ]

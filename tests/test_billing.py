@@ -287,31 +287,44 @@ def test_orm_rollup_path_builds_the_same_rows_as_the_sql_path(month, monkeypatch
 
 
 def test_statement_download_is_for_the_organizations_owners_and_admins(month, django_user_model):
+    """The console's download (``/console/orgs/<org>/billing/statements/<YYYY-MM>.<fmt>``, an
+    `OrganizationView`): owners and admins get the file, members and readers 403, another
+    organization's statement 404, anonymous users the sign-in page."""
     from django.test import Client
+    from django.urls import reverse
 
     from accounts.models import Membership
 
     org, other = month.orgs[0], month.orgs[1]
     statement_close(organization=org, period_start=MONTH, now=datetime(2026, 11, 2, tzinfo=UTC))
-    owner = django_user_model.objects.create_user("owner", password="pw-123456789")
-    reader = django_user_model.objects.create_user("reader", password="pw-123456789")
-    Membership.objects.create(user=owner, organization=org, role=Membership.Role.OWNER)
-    Membership.objects.create(user=reader, organization=org, role=Membership.Role.READER)
-    url = f"/billing/statements/{org.public_id}/2026-10.csv"
+    users = {}
+    for role in Membership.Role.values:
+        users[role] = django_user_model.objects.create_user(role, password="pw-123456789")
+        Membership.objects.create(user=users[role], organization=org, role=role)
 
-    anonymous = Client().get(url)
-    assert anonymous.status_code == 302 and settings.LOGIN_URL in anonymous["Location"]
-    browser = Client()
-    browser.force_login(owner)
-    response = browser.get(url)
-    assert response.status_code == 200 and response["Content-Type"].startswith("text/csv")
-    assert "attachment" in response["Content-Disposition"]
+    def url(organization, period="2026-10", fmt="csv"):
+        return reverse("console:statement-download", kwargs={"org": organization.public_id, "period": period,
+                                                             "fmt": fmt})
+
+    anonymous = Client().get(url(org))
+    assert anonymous.status_code == 302 and anonymous["Location"].startswith("/console/login/?next=")
     statement = Statement.objects.get(organization=org, period_start=MONTH)
-    assert response.content.decode() == statement_export_csv(statement)
-    body = browser.get(url.replace(".csv", ".json")).json()
-    assert body["status"] == "closed" and body["total_amount"] == str(statement.total_amount)
-    # Another organization's statement, a bad month, or a reader: 404.
-    assert browser.get(f"/billing/statements/{other.public_id}/2026-10.csv").status_code == 404
-    assert browser.get(f"/billing/statements/{org.public_id}/2026-13.csv").status_code == 404
-    browser.force_login(reader)
-    assert browser.get(url).status_code == 404
+    for role in ("owner", "admin"):
+        browser = Client()
+        browser.force_login(users[role])
+        response = browser.get(url(org))
+        assert response.status_code == 200 and response["Content-Type"].startswith("text/csv")
+        assert response["Content-Disposition"] == f'attachment; filename="statement-{org.public_id}-2026-10.csv"'
+        assert response.content.decode() == statement_export_csv(statement)
+        body = browser.get(url(org, fmt="json")).json()
+        assert body == statement_export_json(statement)
+        assert body["status"] == "closed" and body["total_amount"] == str(statement.total_amount)
+    # Another organization's statement, a bad or future month: 404; a member or a reader: 403.
+    assert browser.get(url(other)).status_code == 404
+    assert browser.get(url(org, period="2026-13")).status_code == 404
+    assert browser.get(url(org, period="2999-01")).status_code == 404
+    for role in ("member", "reader"):
+        browser.force_login(users[role])
+        assert browser.get(url(org)).status_code == 403
+        assert browser.get(url(org, fmt="json")).status_code == 403
+    assert Client().get(f"/billing/statements/{org.public_id}/2026-10.csv").status_code == 404  # old route gone

@@ -191,3 +191,63 @@ def test_quota_bars_and_api_docs_render(page, live_server, artifacts_dir, db):
     page.goto(f"{live_server.url}/api/docs/")
     expect(page.get_by_role("heading", name=re.compile("Create embeddings"))).to_be_visible(timeout=15000)
     page.screenshot(path=artifacts_dir / "13-api-docs.png")
+
+
+def test_owner_creates_an_admin_key_and_downloads_a_statement(page, live_server, owner, artifacts_dir):
+    """Admin keys and Billing in the nav; the admin key copied from the console reads the
+    usage API; the current month's draft statement downloads as JSON equal to the export."""
+    from datetime import UTC, datetime, timedelta
+
+    from django.utils import timezone
+
+    from accounts.models import Organization
+    from accounts.services import api_key_create, project_get_or_create
+    from billing.exports import statement_export_json
+    from billing.models import UsageRecord
+    from billing.services import month_start, statement_draft, usage_rollup_build
+    from embeddings.models import EmbeddingModel
+
+    organization = Organization.objects.get(name="Acme")
+    project = project_get_or_create(organization=organization, name="Search")
+    key = api_key_create(project=project, name="prod", created_by=owner).api_key
+    model = EmbeddingModel.objects.create(name="bill-browser", local_path="/none", dimensions=8,
+                                          max_input_tokens=256, price_per_million_tokens="0.020000")
+    start = datetime.combine(month_start(timezone.now().date()), datetime.min.time(), tzinfo=UTC)
+    UsageRecord.objects.create(request_id="req_browser_bill", organization=organization, project=project,
+                               api_key=key, model=model, input_count=1, prompt_tokens=1_234_567,
+                               total_tokens=1_234_567, latency_ms=3, created_at=start + timedelta(minutes=1))
+    usage_rollup_build(start=start, end=timezone.now() + timedelta(hours=1))
+
+    sign_in(page, live_server, "olivia")
+    page.get_by_role("link", name="Admin keys").click()
+    expect(page.get_by_text("No admin keys yet.")).to_be_visible()
+    page.get_by_label("Name").fill("grafana")
+    page.get_by_role("button", name="Create admin key").click()
+    expect(page.get_by_role("heading", name="Save your admin key")).to_be_visible()
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=live_server.url)
+    page.get_by_role("button", name="Copy").click()
+    expect(page.get_by_role("button", name="Copied")).to_be_visible()
+    admin_key = page.evaluate("navigator.clipboard.readText()")
+    assert re.fullmatch(r"sk-admin-[A-Za-z0-9]{43}", admin_key)
+    page.screenshot(path=artifacts_dir / "14-admin-key-created.png", full_page=True)
+    start_time = int(start.timestamp())
+    request = urllib.request.Request(f"{live_server.url}/v1/organization/usage/embeddings?start_time={start_time}",
+                                     headers={"Authorization": f"Bearer {admin_key}"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        results = [r for b in json.loads(response.read())["data"] for r in b["results"]]
+    assert sum(r["input_tokens"] for r in results) == 1_234_567
+    page.get_by_role("link", name="Done").click()
+    expect(page.locator("#admin-keys tbody tr", has_text="grafana")).to_contain_text("active")
+    page.screenshot(path=artifacts_dir / "15-admin-keys.png", full_page=True)
+
+    page.get_by_role("link", name="Billing").click()
+    row = page.locator("#statements tbody tr").first
+    expect(row).to_contain_text("draft")
+    expect(row).to_contain_text("1,234,567")
+    expect(row.locator(".amount")).to_have_text("0.02 USD")
+    page.screenshot(path=artifacts_dir / "16-billing.png", full_page=True)
+    with page.expect_download() as download:
+        row.get_by_role("link", name="JSON").click()
+    body = json.loads(open(download.value.path()).read())
+    draft = statement_draft(organization=organization, period_start=start.date())
+    assert body == statement_export_json(draft.statement, draft.lines) and body["total_amount"] == "0.02"

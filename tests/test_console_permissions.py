@@ -54,7 +54,7 @@ def _organization_patterns(resolver=None, prefix=""):
 
 def test_every_organization_page_is_served_by_the_scoping_base_view():
     patterns = list(_organization_patterns())
-    assert len(patterns) >= 7, patterns
+    assert len(patterns) >= 11, patterns
     for route, view_class in patterns:
         assert view_class is not None and issubclass(view_class, OrganizationView), route
 
@@ -70,6 +70,8 @@ def object_urls(org, project, key, username):
         reverse("console:member-update", kwargs={"org": o, "username": username}),
         reverse("console:member-remove", kwargs={"org": o, "username": username}),
         reverse("console:usage", kwargs={"org": o}),
+        reverse("console:admin-keys", kwargs={"org": o}),
+        reverse("console:billing", kwargs={"org": o}),
     ]
 
 
