@@ -87,3 +87,65 @@ def api_key_revoke(*, api_key: APIKey) -> APIKey:
         api_key.save(update_fields=["revoked_at"])
     cache.delete(api_key_cache_key(api_key.secret_hash))
     return api_key
+
+
+# --- Limits (quotas and rate limits) -------------------------------------------------------------
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET = _Unset()
+"""Marks a limit that `limit_set` leaves as it is (``None`` clears it: unlimited)."""
+
+
+def limit_set(*, organization: Organization, project: Project | None = None, api_key: APIKey | None = None,
+              monthly_tokens: int | None | _Unset = UNSET, rpm: int | None | _Unset = UNSET,
+              tpm: int | None | _Unset = UNSET):
+    """Set the limits of one scope: the organization, a project of it, or a key of that project.
+
+    ``monthly_tokens`` (tokens per calendar month, UTC, hard), ``rpm`` (requests per minute),
+    ``tpm`` (tokens per minute): an int >= 0 sets the limit, ``None`` clears it (unlimited),
+    `UNSET` (the default) leaves it. Keys take RPM/TPM only. Returns the `accounts.models.Limit` row.
+
+    Takes effect at once: the cached copy is dropped when the transaction commits (with a
+    per-process cache, the embedded default does not cache limits).
+
+    Raises ``ValueError`` for a project/key outside the organization/project, a negative value,
+    or a monthly quota on a key.
+    """
+    from .models import Limit
+
+    if api_key is not None:
+        project = project or api_key.project
+        if api_key.project_id != project.pk:
+            raise ValueError(f"Key {api_key.public_id} does not belong to project {project.public_id}.")
+        if monthly_tokens not in (UNSET, None):
+            raise ValueError("Keys take RPM/TPM caps only; set monthly quotas on the project or organization.")
+    if project is not None and project.organization_id != organization.pk:
+        raise ValueError(f"Project {project.public_id} does not belong to organization {organization.public_id}.")
+    values = {name: value for name, value in (("monthly_tokens", monthly_tokens), ("rpm", rpm), ("tpm", tpm))
+              if value is not UNSET}
+    for name, value in values.items():
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+            raise ValueError(f"{name} must be a non-negative integer or None, not {value!r}.")
+
+    with transaction.atomic():
+        limit, _ = Limit.objects.select_for_update().get_or_create(
+            organization=organization, project=project, api_key=api_key)
+        for name, value in values.items():
+            setattr(limit, name, value)
+        limit.save()
+        # Dropped now and again on commit (a reader may re-cache the old row in between).
+        limit_cache_drop(limit=limit)
+        transaction.on_commit(lambda: limit_cache_drop(limit=limit))
+    return limit
+
+
+def limit_cache_drop(*, limit) -> None:
+    """Drop the cached copy of ``limit``'s scope (after an edit outside `limit_set`, e.g. the admin)."""
+    from .selectors import limits_cache_key
+
+    pk = {"organization": limit.organization_id, "project": limit.project_id, "key": limit.api_key_id}[limit.scope]
+    cache.delete(limits_cache_key(limit.scope, pk))
