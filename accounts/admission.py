@@ -59,16 +59,32 @@ MONTHLY_TTL_GRACE_MS = 40 * 24 * 3600 * 1000
 MAX_REBUILD_ROUNDS = 5
 
 ADMISSION_LUA = r"""
--- KEYS: the monthly counter hashes first (ARGV[2] of them), then the token-bucket hashes.
--- ARGV[1] op: reserve | refund | settle | init | reconcile
--- ARGV[2] number of monthly keys, ARGV[3] bucket period (ms);
+-- KEYS: the monthly counter hashes first (ARGV[2] of them), then the token-bucket hashes,
+-- then (reserve with a limits version, and version/bump) the limits-version key.
+-- ARGV[1] op: reserve | refund | settle | init | reconcile | version | bump
+-- ARGV[2] number of monthly keys, ARGV[3] bucket period (ms), ARGV[4] the limits version the
+-- caller's cached limits belong to ('' = limits read from the database now: no check);
 -- then 3 values per key: limit (-1 = none), cost (or db sum), extra (generation / expiry ms / s0).
 local op = ARGV[1]
 local nm = tonumber(ARGV[2])
 local period = tonumber(ARGV[3])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
-local function arg(i, j) return ARGV[3 + (i - 1) * 3 + j] end
+local function arg(i, j) return ARGV[4 + (i - 1) * 3 + j] end
+local nk = #KEYS
+
+if op == 'version' or op == 'bump' or (op == 'reserve' and ARGV[4] ~= '') then
+  -- Limits are cached per process under this version; any change sets a new one, so a
+  -- reservation is never made against limits older than the last change (checked atomically).
+  local v = redis.call('GET', KEYS[nk])
+  if op == 'bump' or not v then
+    v = ARGV[5] or tostring(now)
+    redis.call('SET', KEYS[nk], v)
+  end
+  if op ~= 'reserve' then return v end
+  if v ~= ARGV[4] then return {'stale', v} end
+  nk = nk - 1
+end
 
 local function level_of(i, limit)
   local st = redis.call('HMGET', KEYS[i], 'u', 't')
@@ -102,7 +118,7 @@ if op == 'reserve' then
     values[i], gens[i] = used, st[2] or ''
     if reject == 0 and limit >= 0 and used + cost > limit then reject = i end
   end
-  for i = nm + 1, #KEYS do
+  for i = nm + 1, nk do
     local limit, cost = tonumber(arg(i, 1)), tonumber(arg(i, 2))
     local level = level_of(i, limit)
     values[i] = level
@@ -117,7 +133,7 @@ if op == 'reserve' then
       values[i] = redis.call('HINCRBY', KEYS[i], 'u', cost)
       redis.call('HINCRBY', KEYS[i], 'r', cost)
     end
-    for i = nm + 1, #KEYS do
+    for i = nm + 1, nk do
       local limit, cost = tonumber(arg(i, 1)), tonumber(arg(i, 2))
       if cost > 0 then
         values[i] = values[i] + cost
@@ -127,7 +143,7 @@ if op == 'reserve' then
   end
   local out = {'ok', reject, retry}
   if reject ~= 0 then out[1] = 'rejected' end
-  for i = 1, #KEYS do out[#out + 1] = tostring(values[i]) end
+  for i = 1, nk do out[#out + 1] = tostring(values[i]) end
   for i = 1, nm do out[#out + 1] = gens[i] end
   return out
 elseif op == 'refund' or op == 'settle' then
@@ -194,9 +210,9 @@ class RedisBackend:
                                            health_check_interval=30)
         self.script = self.client.register_script(ADMISSION_LUA)
 
-    def run(self, op: str, keys: list[str], monthly_count: int, args: list) -> list | int | str:
+    def run(self, op: str, keys: list[str], monthly_count: int, args: list, version: str = "") -> list | int | str:
         try:
-            result = self.script(keys=keys, args=[op, monthly_count, PERIOD_MS, *args])
+            result = self.script(keys=keys, args=[op, monthly_count, PERIOD_MS, version, *args])
         except self.redis_errors as exc:
             raise AdmissionUnavailable(str(exc)) from exc
         return _decode(result)
@@ -243,6 +259,7 @@ class LocalBackend:
         self._data: dict[str, dict[str, str]] = {}
         self._expiry: dict[str, float] = {}  # key -> ms
         self._rebuild_locks: dict[str, threading.Lock] = {}
+        self._versions: dict[str, str] = {}
 
     def _get(self, key: str, now: float) -> dict[str, str] | None:
         expiry = self._expiry.get(key)
@@ -251,10 +268,20 @@ class LocalBackend:
             self._expiry.pop(key, None)
         return self._data.get(key)
 
-    def run(self, op: str, keys: list[str], monthly_count: int, args: list) -> list | int | str:
+    def run(self, op: str, keys: list[str], monthly_count: int, args: list, version: str = "") -> list | int | str:
         with self._lock:
             now = time.time() * 1000
-            return self._run(op, keys, monthly_count, [str(a) for a in args], now)
+            args = [str(a) for a in args]
+            if op in ("version", "bump") or (op == "reserve" and version):
+                current = self._versions.get(keys[-1])
+                if op == "bump" or current is None:
+                    current = self._versions[keys[-1]] = args[0] if args else repr(now)
+                if op != "reserve":
+                    return current
+                if current != version:
+                    return ["stale", current]
+                keys = keys[:-1]
+            return self._run(op, keys, monthly_count, args, now)
 
     def _run(self, op, keys, nm, args, now):  # noqa: C901 (a transliteration of the Lua script)
         def arg(i, j):
@@ -621,6 +648,61 @@ class Reservation:
         return False
 
 
+def limits_version_key() -> str:
+    """Store key of the limits version (a token that changes on every limit change)."""
+    return f"{settings.ADMISSION_KEY_PREFIX}:limits-version"
+
+
+class _LimitsCache:
+    """This process's copy of the limits per key, valid while the store's limits version is
+    the one it was read under (checked atomically by every reservation) and for at most
+    ``LIMITS_CACHE_SECONDS``."""
+
+    def __init__(self):
+        self.version: str | None = None
+        self.entries: dict[int, tuple[str, float, list]] = {}
+
+    def reset(self, version: str | None) -> None:
+        self.version, self.entries = version, {}
+
+
+_limits_cache = _LimitsCache()
+
+
+def _applied_limits(backend, key) -> tuple[list, str]:
+    """``(applied limits, version)`` for ``key``: from this process's cache when it is current,
+    else read from the database under the store's current version. Version ``""`` (the embedded
+    default, ``LIMITS_CACHE_SECONDS = 0``): read from the database every time, nothing to check."""
+    from accounts.selectors import limits_for_key
+
+    ttl = settings.LIMITS_CACHE_SECONDS
+    if not ttl:
+        return limits_for_key(key=key), ""
+    cache = _limits_cache
+    entry = cache.entries.get(key.key_id)
+    now = time.monotonic()
+    if entry and entry[0] == cache.version and entry[1] > now:
+        return entry[2], entry[0]
+    version = backend.run("version", [limits_version_key()], 0, [])
+    applied = limits_for_key(key=key)  # read after learning the version: never newer-version-stale
+    if version != cache.version:
+        cache.reset(version)
+    cache.entries[key.key_id] = (version, now + ttl, applied)
+    return applied, version
+
+
+def admission_limits_changed() -> None:
+    """Tell every process that limits changed (a new limits version): their next reservation
+    re-reads the limits from the database. Call after the change is committed (and, to be safe
+    inside a transaction, also before). A store that is down is logged, not raised: processes
+    then pick the change up within ``LIMITS_CACHE_SECONDS``."""
+    try:
+        admission_backend().run("bump", [limits_version_key()], 0, [secrets.token_hex(8)])
+    except AdmissionUnavailable as exc:
+        logger.warning("Limits changed but the admission store is unreachable (%s); processes see the "
+                       "change within LIMITS_CACHE_SECONDS", exc)
+
+
 def _rebuild_missing(backend, checks: list[Check], month_start: datetime, month_end: datetime) -> None:
     """Recreate missing monthly counters from `billing.UsageRecord` (the source of truth).
 
@@ -656,21 +738,27 @@ def admission_reserve(*, key, tokens: int, service_tier: str) -> Reservation:
     """
     from accounts.selectors import limits_for_key
 
-    applied = limits_for_key(key=key)
     month_start, month_end = month_bounds(datetime.now(dt_timezone.utc))
-    monthly, buckets = build_checks(applied=applied, tokens=tokens, service_tier=service_tier,
-                                    month_start=month_start)
-    checks = monthly + buckets
     backend = admission_backend()
     try:
         for _ in range(MAX_REBUILD_ROUNDS):
-            result = backend.run("reserve", [c.key for c in checks], len(monthly), _args(checks, [""] * len(checks)))
-            if result[0] != "missing":
+            applied, version = _applied_limits(backend, key)
+            monthly, buckets = build_checks(applied=applied, tokens=tokens, service_tier=service_tier,
+                                            month_start=month_start)
+            checks = monthly + buckets
+            keys = [c.key for c in checks] + ([limits_version_key()] if version else [])
+            result = backend.run("reserve", keys, len(monthly), _args(checks, [""] * len(checks)), version)
+            if result[0] == "stale":  # limits changed since this process read them
+                _limits_cache.reset(result[1])
+            elif result[0] == "missing":
+                _rebuild_missing(backend, [monthly[i - 1] for i in result[1]], month_start, month_end)
+            else:
                 break
-            _rebuild_missing(backend, [monthly[i - 1] for i in result[1]], month_start, month_end)
         else:
-            raise AdmissionUnavailable("monthly counters kept disappearing")
+            raise AdmissionUnavailable("limits or monthly counters kept changing")
     except AdmissionUnavailable as exc:
+        monthly, buckets = build_checks(applied=limits_for_key(key=key), tokens=tokens,
+                                        service_tier=service_tier, month_start=month_start)
         if settings.ADMISSION_REDIS_DOWN_POLICY == "open":
             logger.warning("Admission store unreachable (%s); admitting without limits (policy: open)", exc)
             return Reservation(monthly, buckets, [], ratelimit_headers(

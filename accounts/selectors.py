@@ -72,18 +72,12 @@ def api_key_resolve(*, plaintext: str) -> ResolvedKey | None:
 
 # --- Limits (quotas and rate limits) -------------------------------------------------------------
 
-def limits_cache_key(kind: str, pk: int) -> str:
-    """Cache key of one scope's `accounts.admission.ScopeLimits` (``kind``: organization/project/key)."""
-    return f"limits:{kind}:{pk}"
-
-
 def limits_for_key(*, key: ResolvedKey) -> list:
     """The limits that apply to a request made with ``key``: ``[(Scope, ScopeLimits)]`` for its
     organization, its project and the key itself, in that order (unset limits are ``None``).
 
-    Read through the cache for ``LIMITS_CACHE_SECONDS`` (0 = always the database, the embedded
-    default); `accounts.services.limit_set` drops the cached copy, so with a shared cache
-    (Redis) a change applies to the next request. A cache that is down falls back to the database.
+    One database query. (`accounts.admission` caches the result per process, invalidated by
+    the limits version that every change sets.)
     """
     from django.db.models import Q
 
@@ -93,20 +87,13 @@ def limits_for_key(*, key: ResolvedKey) -> list:
     scopes = [Scope("organization", key.organization_id, key.organization_public_id),
               Scope("project", key.project_id, key.project_public_id),
               Scope("key", key.key_id, key.key_public_id)]
-    ttl = settings.LIMITS_CACHE_SECONDS
-    cache_keys = [limits_cache_key(s.kind, s.pk) for s in scopes]
-    found = (cache.get_many(cache_keys) or {}) if ttl else {}
-    if len(found) < len(scopes):
-        rows = Limit.objects.filter(Q(organization_id=key.organization_id, project=None, api_key=None)
-                                    | Q(project_id=key.project_id, api_key=None) | Q(api_key_id=key.key_id))
-        fresh = {limits_cache_key(s.kind, s.pk): ScopeLimits() for s in scopes}
-        for row in rows:
-            pk = {"organization": row.organization_id, "project": row.project_id, "key": row.api_key_id}[row.scope]
-            fresh[limits_cache_key(row.scope, pk)] = ScopeLimits(row.monthly_tokens, row.rpm, row.tpm)
-        if ttl:
-            cache.set_many(fresh, timeout=ttl)
-        found = fresh
-    return [(scope, found[cache_key]) for scope, cache_key in zip(scopes, cache_keys)]
+    found = {(s.kind, s.pk): ScopeLimits() for s in scopes}
+    rows = Limit.objects.filter(Q(organization_id=key.organization_id, project=None, api_key=None)
+                                | Q(project_id=key.project_id, api_key=None) | Q(api_key_id=key.key_id))
+    for row in rows:
+        pk = {"organization": row.organization_id, "project": row.project_id, "key": row.api_key_id}[row.scope]
+        found[(row.scope, pk)] = ScopeLimits(row.monthly_tokens, row.rpm, row.tpm)
+    return [(scope, found[(scope.kind, scope.pk)]) for scope in scopes]
 
 
 def usage_tokens_between(*, scope, start: datetime, end: datetime) -> int:

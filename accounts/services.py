@@ -99,6 +99,10 @@ class _Unset:
 UNSET = _Unset()
 """Marks a limit that `limit_set` leaves as it is (``None`` clears it: unlimited)."""
 
+# The largest value each limit column holds (Postgres integer / bigint; counters stay exact in Lua
+# doubles up to 2**53).
+LIMIT_MAX = {"monthly_tokens": 2**53, "rpm": 2**31 - 1, "tpm": 2**53}
+
 
 def limit_set(*, organization: Organization, project: Project | None = None, api_key: APIKey | None = None,
               monthly_tokens: int | None | _Unset = UNSET, rpm: int | None | _Unset = UNSET,
@@ -109,8 +113,9 @@ def limit_set(*, organization: Organization, project: Project | None = None, api
     ``tpm`` (tokens per minute): an int >= 0 sets the limit, ``None`` clears it (unlimited),
     `UNSET` (the default) leaves it. Keys take RPM/TPM only. Returns the `accounts.models.Limit` row.
 
-    Takes effect at once: the cached copy is dropped when the transaction commits (with a
-    per-process cache, the embedded default does not cache limits).
+    Takes effect at once: every process's cached copy is invalidated when the transaction
+    commits (a new limits version that each reservation checks atomically; the embedded
+    default does not cache limits).
 
     Raises ``ValueError`` for a project/key outside the organization/project, a negative value,
     or a monthly quota on a key.
@@ -128,8 +133,9 @@ def limit_set(*, organization: Organization, project: Project | None = None, api
     values = {name: value for name, value in (("monthly_tokens", monthly_tokens), ("rpm", rpm), ("tpm", tpm))
               if value is not UNSET}
     for name, value in values.items():
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-            raise ValueError(f"{name} must be a non-negative integer or None, not {value!r}.")
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                  or not 0 <= value <= LIMIT_MAX[name]):
+            raise ValueError(f"{name} must be an integer from 0 to {LIMIT_MAX[name]:,} or None, not {value!r}.")
 
     with transaction.atomic():
         limit, _ = Limit.objects.select_for_update().get_or_create(
@@ -144,8 +150,8 @@ def limit_set(*, organization: Organization, project: Project | None = None, api
 
 
 def limit_cache_drop(*, limit) -> None:
-    """Drop the cached copy of ``limit``'s scope (after an edit outside `limit_set`, e.g. the admin)."""
-    from .selectors import limits_cache_key
+    """Make every process re-read the limits (after a change to ``limit``, also from the admin):
+    `accounts.admission.admission_limits_changed`."""
+    from .admission import admission_limits_changed
 
-    pk = {"organization": limit.organization_id, "project": limit.project_id, "key": limit.api_key_id}[limit.scope]
-    cache.delete(limits_cache_key(limit.scope, pk))
+    admission_limits_changed()

@@ -183,8 +183,10 @@ if ADMISSION_REDIS_DOWN_POLICY not in ("closed", "open"):
     raise ValueError("ADMISSION_REDIS_DOWN_POLICY must be 'closed' or 'open'")
 ADMISSION_RETRY_AFTER_SECONDS = env.int("ADMISSION_RETRY_AFTER_SECONDS", default=5)
 ADMISSION_KEY_PREFIX = env.str("ADMISSION_KEY_PREFIX", default="adm")
-# Seconds a scope's limits are cached (dropped on every change, so edits apply at once with a
-# shared cache); the embedded default reads them from the database every time (0).
+# Seconds each API process may keep a key's limits in memory. Every change sets a new limits
+# version in Redis that each reservation checks atomically, so edits apply to the next request;
+# this is only the bound for a change made while Redis was unreachable. The embedded default
+# reads the limits from the database on every request (0).
 LIMITS_CACHE_SECONDS = env.int("LIMITS_CACHE_SECONDS", default=30 if REDIS_URL else 0)
 
 LOGGING = {

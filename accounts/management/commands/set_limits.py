@@ -18,7 +18,7 @@ def limit_value(text: str):
         value = int(text.replace("_", ""))
     except ValueError:
         raise CommandError(f"Invalid limit {text!r}: give a non-negative integer or 'none'.") from None
-    if value < 0:
+    if value < 0:  # the upper bounds are checked by `limit_set`
         raise CommandError(f"Invalid limit {text!r}: give a non-negative integer or 'none'.")
     return value
 
