@@ -37,6 +37,7 @@ Redis down: ``ADMISSION_REDIS_DOWN_POLICY`` = ``closed`` (default: 503 with
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import secrets
@@ -227,9 +228,24 @@ class RedisBackend:
         except self.redis_errors as exc:
             raise AdmissionUnavailable(str(exc)) from exc
 
+    @contextlib.contextmanager
     def lock(self, name: str):
-        """A lock shared by every process (redis-py's `Lock`), for rebuilds."""
-        return self.client.lock(name, timeout=30, blocking_timeout=10)
+        """A lock shared by every process (redis-py's `Lock`), for rebuilds; Redis errors
+        (including not getting the lock within 10 s) become `AdmissionUnavailable`."""
+        lock = self.client.lock(name, timeout=30, blocking_timeout=10)
+        try:
+            acquired = lock.acquire()
+        except self.redis_errors as exc:
+            raise AdmissionUnavailable(str(exc)) from exc
+        if not acquired:
+            raise AdmissionUnavailable(f"lock {name} not acquired within 10 s")
+        try:
+            yield
+        finally:
+            try:
+                lock.release()
+            except self.redis_errors:
+                pass  # expired (30 s) or Redis gone: the rebuild's write was "only if missing" anyway
 
     def delete(self, keys: list[str]) -> None:
         try:

@@ -9,8 +9,8 @@ Prints:
 1. The admission step alone in a tight loop (`admission_reserve` + `Reservation.settle`, what
    one request adds), for a key with every limit kind set on all three scopes (organization:
    monthly + RPM + TPM; project: monthly + RPM + TPM; key: RPM + TPM), on the Redis backend
-   (``REDIS_URL``) and on the in-process backend (embedded default). Also the limits lookup
-   alone (cache hit) and one Redis PING round trip, for scale.
+   (``REDIS_URL``) and on the in-process backend (embedded default). Also, for scale, the
+   limits read from the database (what a process does after a limit change) and one Redis PING.
 2. Whole ``POST /v1/embeddings`` requests (one sentence, real model, Django's in-process test
    client, no network) with admission on vs. patched out, interleaved in the same run: p50 of
    each and the difference.
@@ -94,7 +94,7 @@ def main() -> None:
         settings.ADMISSION_REDIS_URL = url
         print(f"  admission (reserve + settle), {name:<10} {summary(loop(admit, args.n))}")
     settings.ADMISSION_REDIS_URL = saved
-    print(f"  limits lookup alone (cache)            {summary(loop(lambda: limits_for_key(key=key), args.n))}")
+    print(f"  limits read from the database (a miss) {summary(loop(lambda: limits_for_key(key=key), args.n))}")
     if saved:
         client = admission.admission_backend().client
         print(f"  one Redis PING round trip              {summary(loop(client.ping, args.n))}")
