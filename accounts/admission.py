@@ -32,6 +32,11 @@ the generation it reserved in; a settle whose generation is gone (Redis lost the
 counter and it was rebuilt while the request ran) adds its tokens again, so the
 counter can be high (safe) but never low once that request is done.
 
+Limits are read from Postgres (`accounts.models.Limit`) and kept per process; every change
+sets a new *limits version* in the store, and each reservation passes the version its limits
+were read under: the script refuses (``stale``) when it is not current, so a change applies to
+the very next request in every process without a cache lookup per request.
+
 Redis down: ``ADMISSION_REDIS_DOWN_POLICY`` = ``closed`` (default: 503 with
 ``Retry-After``) or ``open`` (admit without limits, log a warning). Never a 500.
 """
@@ -571,6 +576,10 @@ def ratelimit_headers(states: list[BucketState], *, known: bool = True) -> dict[
     return headers
 
 
+# The official OpenAI clients honour this header: no automatic retries where waiting cannot help
+# (quota exhausted until the month ends; a request larger than the whole bucket; a limit of 0).
+NO_RETRY = {"x-should-retry": "false"}
+
 _KIND_TEXT = {"rpm": "requests per min (RPM)", "tpm": "tokens per min (TPM)"}
 
 
@@ -587,17 +596,18 @@ def _rejection(check: Check, value: float, retry_ms: float, month_end: datetime,
             f"You exceeded your current quota: the monthly token quota (monthly_tokens) of {who} is "
             f"{check.limit} tokens; {int(value)} are used and this request needs {check.cost}. The quota "
             f"resets at {month_end:%Y-%m-%dT%H:%M:%SZ}; ask your administrator to raise it.",
-            type="insufficient_quota", code="insufficient_quota", headers={**headers, **_retry_headers(seconds)})
+            type="insufficient_quota", code="insufficient_quota",
+            headers={**headers, **_retry_headers(seconds), **NO_RETRY})
     error_type = "requests" if check.kind == "rpm" else "tokens"
     if retry_ms < 0 and check.limit == 0:
         return RateLimitError(f"Rate limit reached for {who} on {_KIND_TEXT[check.kind]}: Limit 0; no requests "
                               "are allowed. Ask your administrator to raise it.",
-                              type=error_type, code="rate_limit_exceeded", headers=headers)
+                              type=error_type, code="rate_limit_exceeded", headers={**headers, **NO_RETRY})
     if retry_ms < 0:  # larger than the whole bucket: no wait helps, so no Retry-After
         return RateLimitError(
             f"Request too large for {who} on {_KIND_TEXT[check.kind]}: Limit {check.limit}, Requested "
             f"{check.cost}. The input or output tokens must be reduced in order to run successfully.",
-            type=error_type, code="rate_limit_exceeded", headers=headers)
+            type=error_type, code="rate_limit_exceeded", headers={**headers, **NO_RETRY})
     used = min(check.limit, math.ceil(value - 1e-9))
     return RateLimitError(
         f"Rate limit reached for {who} on {_KIND_TEXT[check.kind]}: Limit {check.limit}, Used {used}, "

@@ -195,6 +195,10 @@ def test_64_concurrent_requests_against_a_quota_that_fits_exactly_n(wide_live_se
     n = 20
     limit_set(organization=project.organization, monthly_tokens=10_000)
     limit_set(organization=project.organization, project=project, monthly_tokens=n * HELLO_TOKENS)
+    # Key and limits cached, counters built (and the reservation given back) before the burst, so
+    # only the requests that are admitted need a database connection (the Postgres these tests
+    # share has few to spare).
+    admission_reserve(key=api_key_resolve(plaintext=created_key.plaintext), tokens=1, service_tier="default").refund()
     url = f"{wide_live_server}/v1/embeddings"
     headers = {"Authorization": f"Bearer {created_key.plaintext}"}
     start = threading.Barrier(64)
@@ -283,6 +287,22 @@ def test_reconcile_command_rebuilds_counters_and_shows_what_changed(client, proj
     assert line.split()[2:6] == ["999", str(HELLO_TOKENS), "0", str(HELLO_TOKENS)] and line.endswith("changed")
     assert lines[-1] == "2 counters, 1 changed."
     assert used(project_scope(project)) == HELLO_TOKENS
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_openai_client_gets_typed_errors_and_does_not_retry_an_exhausted_quota(live_server, created_key,
+                                                                                   default_model, project):
+    import openai
+
+    limit_set(organization=project.organization, project=project, monthly_tokens=HELLO_TOKENS)
+    api = openai.OpenAI(base_url=f"{live_server.url}/v1", api_key=created_key.plaintext, max_retries=2)
+    assert api.embeddings.create(**HELLO).usage.total_tokens == HELLO_TOKENS
+    started = time.monotonic()
+    with pytest.raises(openai.RateLimitError) as raised:
+        api.embeddings.create(**HELLO)
+    assert raised.value.code == "insufficient_quota" and raised.value.type == "insufficient_quota"
+    assert raised.value.response.headers["x-should-retry"] == "false"
+    assert time.monotonic() - started < 5  # answered at once: the client's backoff retries were skipped
 
 
 # --- Service tiers ----------------------------------------------------------------------------------
@@ -450,6 +470,9 @@ def backend_kind(request, settings):
 def test_concurrent_reservations_never_overshoot_on_either_backend(backend_kind, project, created_key):
     limit_set(organization=project.organization, project=project, monthly_tokens=10 * 7, rpm=1000)
     key = api_key_resolve(plaintext=created_key.plaintext)
+    # Limits cached and counters built once first, so the 64 threads need no database connection
+    # (the Postgres these tests share has few to spare).
+    admission_reserve(key=key, tokens=7, service_tier="default").refund()
     start = threading.Barrier(64)
 
     def reserve(_):
