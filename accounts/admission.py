@@ -735,7 +735,10 @@ def _rebuild_missing(backend, checks: list[Check], month_start: datetime, month_
     Under a lock per counter (shared by all processes with Redis) so that one process reads
     the database; creation is "only if still missing", so a counter that reservations are
     already using is never overwritten. While a counter is missing nothing is admitted
-    against it (the script answers ``missing``), so no reservation can be lost in between.
+    against it (the script answers ``missing``), so no reservation made after the loss can be
+    lost. (Requests that were in flight when Redis lost the counter are not in the usage
+    table yet; each adds its tokens back when it settles, so until they finish the counter
+    reads low by at most the tokens they had in flight. Redis persistence avoids even that.)
     """
     from accounts.selectors import usage_tokens_between
 
