@@ -1,4 +1,4 @@
-"""The Django admin for staff: organizations, projects, keys, memberships.
+"""The Django admin for staff: organizations, projects, keys, memberships, limits.
 
 API keys: "Add" creates the key through `accounts.services.api_key_create` and shows
 the plaintext once, on the response page (it is stored nowhere); "Revoke" is an
@@ -8,14 +8,15 @@ never displayed, not even read-only.
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
+from django.db import transaction
 from django.db.models import Count, Q
 from django.template.response import TemplateResponse
 from django.utils import timezone
 from django.utils.decorators import method_decorator
 from django.views.decorators.cache import never_cache
 
-from .models import AdminAPIKey, APIKey, Membership, Organization, Project
-from .services import admin_api_key_revoke, api_key_create, api_key_revoke
+from .models import AdminAPIKey, APIKey, Limit, Membership, Organization, Project
+from .services import admin_api_key_revoke, api_key_create, api_key_revoke, limit_cache_drop
 
 
 class MembershipInline(admin.TabularInline):
@@ -170,3 +171,29 @@ class AdminAPIKeyAdmin(admin.ModelAdmin):
             admin_api_key_revoke(admin_api_key=key)
             revoked += 1
         self.message_user(request, f"Revoked {revoked} admin key(s).", messages.SUCCESS)
+
+
+@admin.register(Limit)
+class LimitAdmin(admin.ModelAdmin):
+    """Quotas and rate limits per organization / project / key (empty = unlimited).
+
+    Edits apply to the next request (the cached copy is dropped on save).
+    """
+
+    list_display = ("__str__", "organization", "project", "api_key", "monthly_tokens", "rpm", "tpm", "updated_at")
+    list_filter = ("organization",)
+    search_fields = ("organization__name", "organization__public_id", "project__name", "project__public_id",
+                     "api_key__public_id", "api_key__name")
+    autocomplete_fields = ("organization", "project")
+    raw_id_fields = ("api_key",)
+    readonly_fields = ("updated_at",)
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        limit_cache_drop(limit=obj)
+        transaction.on_commit(lambda: limit_cache_drop(limit=obj))
+
+    def delete_model(self, request, obj):
+        super().delete_model(request, obj)
+        limit_cache_drop(limit=obj)
+        transaction.on_commit(lambda: limit_cache_drop(limit=obj))

@@ -92,6 +92,8 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     })
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+DJANGO_REDIS_LOG_IGNORED_EXCEPTIONS = True
+
 # --- Redis: cache, Celery ------------------------------------------------------
 REDIS_URL = env.str("REDIS_URL", default="")
 
@@ -104,6 +106,9 @@ if REDIS_URL:
             "OPTIONS": {
                 "SOCKET_CONNECT_TIMEOUT": 2,  # seconds
                 "SOCKET_TIMEOUT": 2,
+                # A cache that is down is a miss, not a 500: API keys and limits are then read from
+                # the database (admission has its own Redis-down policy, ADMISSION_REDIS_DOWN_POLICY).
+                "IGNORE_EXCEPTIONS": True,
             },
         }
     }
@@ -195,6 +200,24 @@ EMBEDDINGS_TORCH_THREADS = env.int("EMBEDDINGS_TORCH_THREADS", default=0)
 # Device for inference: "auto" (CUDA when present), "cpu", "cuda", "cuda:1", ...
 EMBEDDINGS_DEVICE = env.str("EMBEDDINGS_DEVICE", default="auto")
 
+# --- Quotas and rate limits (accounts.admission) ------------------------------------------------
+# Where reservations live: a Redis shared by every API process; empty = in-process (per process).
+ADMISSION_REDIS_URL = env.str("ADMISSION_REDIS_URL", default=REDIS_URL)
+# Seconds to wait for that Redis before treating it as down.
+ADMISSION_REDIS_TIMEOUT = env.float("ADMISSION_REDIS_TIMEOUT", default=1.0)
+# Redis down: "closed" answers 503 + Retry-After (no request runs unmetered against a quota);
+# "open" admits without limits (logged; usage is still metered in Postgres).
+ADMISSION_REDIS_DOWN_POLICY = env.str("ADMISSION_REDIS_DOWN_POLICY", default="closed")
+if ADMISSION_REDIS_DOWN_POLICY not in ("closed", "open"):
+    raise ValueError("ADMISSION_REDIS_DOWN_POLICY must be 'closed' or 'open'")
+ADMISSION_RETRY_AFTER_SECONDS = env.int("ADMISSION_RETRY_AFTER_SECONDS", default=5)
+ADMISSION_KEY_PREFIX = env.str("ADMISSION_KEY_PREFIX", default="adm")
+# Seconds each API process may keep a key's limits in memory. Every change sets a new limits
+# version in Redis that each reservation checks atomically, so edits apply to the next request;
+# this is only the bound for a change made while Redis was unreachable. The embedded default
+# reads the limits from the database on every request (0).
+LIMITS_CACHE_SECONDS = env.int("LIMITS_CACHE_SECONDS", default=30 if REDIS_URL else 0)
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -205,6 +228,7 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     "loggers": {
         "django.request": {"level": "ERROR"},
+        "django_redis.cache": {"level": "WARNING"},
     },
 }
 

@@ -13,6 +13,7 @@ from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts.admission import RateLimitHeadersMixin, admission_reserve
 from billing.services import usage_record_create
 from config.errors import NotFoundError, PermissionDeniedError
 
@@ -37,7 +38,7 @@ def check_project_scope(request) -> None:
             code="mismatched_organization")
 
 
-class EmbeddingsView(APIView):
+class EmbeddingsView(RateLimitHeadersMixin, APIView):
     """``POST /v1/embeddings``: OpenAI's embeddings endpoint."""
 
     @extend_schema(
@@ -62,26 +63,28 @@ class EmbeddingsView(APIView):
         # 3. Tokenize: exact counts, per-input and per-request limits.
         tokenized = services.tokenize_inputs(request=body, model=model)
 
-        # 4. Admit: quotas and rate limits (not enforced yet: see the quotas issue).
+        # 4. Admit: reserve the exact token count against every applicable quota and rate limit
+        #    at once (429 / 503 otherwise); the reservation also gives the x-ratelimit-* headers.
+        request.reservation = admission_reserve(key=key, tokens=tokenized.total_tokens, service_tier=service_tier)
+        with request.reservation:  # any exception in 5-6 refunds the reservation (and propagates)
+            # 5. Encode.
+            vectors = services.encode_inputs(model=model, token_ids=tokenized.token_ids, dimensions=body.dimensions)
 
-        # 5. Encode.
-        vectors = services.encode_inputs(model=model, token_ids=tokenized.token_ids, dimensions=body.dimensions)
-
-        # 6. Meter: one record per successful request.
-        latency_ms = int((time.perf_counter() - request.started_at) * 1000)
-        usage_record_create(
-            request_id=request.request_id,
-            organization_id=key.organization_id,
-            project_id=key.project_id,
-            api_key_id=key.key_id,
-            model_id=model.pk,
-            input_count=len(tokenized.token_ids),
-            prompt_tokens=tokenized.total_tokens,
-            total_tokens=tokenized.total_tokens,
-            user=body.user,
-            service_tier=service_tier,
-            latency_ms=latency_ms,
-        )
+            # 6. Meter: one record per successful request.
+            latency_ms = int((time.perf_counter() - request.started_at) * 1000)
+            usage_record_create(
+                request_id=request.request_id,
+                organization_id=key.organization_id,
+                project_id=key.project_id,
+                api_key_id=key.key_id,
+                model_id=model.pk,
+                input_count=len(tokenized.token_ids),
+                prompt_tokens=tokenized.total_tokens,
+                total_tokens=tokenized.total_tokens,
+                user=body.user,
+                service_tier=service_tier,
+                latency_ms=latency_ms,
+            )
 
         # 7. Respond.
         return Response({

@@ -1,0 +1,70 @@
+"""``manage.py set_limits --org ORG [--project PROJECT] [--key KEY_ID] [--monthly-tokens N] [--rpm N] [--tpm N]``.
+
+Sets the limits of an organization, one of its projects, or one key (``--key``: RPM/TPM
+only). ``none`` clears a limit (unlimited); options left out keep their value. Takes
+effect at once. Prints the scope's limits after the change.
+"""
+from django.core.management.base import BaseCommand, CommandError
+
+from accounts.models import APIKey, Organization
+from accounts.services import UNSET, limit_set
+
+
+def limit_value(text: str):
+    """``"none"`` -> ``None``; a non-negative integer (``_`` allowed: ``1_000_000``) -> int."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        raise CommandError(f"Invalid limit {text!r}: give a non-negative integer or 'none'.") from None
+    if value < 0:  # the upper bounds are checked by `limit_set`
+        raise CommandError(f"Invalid limit {text!r}: give a non-negative integer or 'none'.")
+    return value
+
+
+class Command(BaseCommand):
+    help = "Set the monthly token quota / RPM / TPM of an organization, project or key ('none' clears)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--org", required=True, help="Organization name or public id (org_...).")
+        parser.add_argument("--project", help="Project name or public id (proj_...) in the organization.")
+        parser.add_argument("--key", help="API key public id (key_...) in the organization.")
+        parser.add_argument("--monthly-tokens", dest="monthly_tokens", type=limit_value, default=UNSET,
+                            help="Tokens per calendar month (UTC), hard; 'none' = unlimited.")
+        parser.add_argument("--rpm", type=limit_value, default=UNSET, help="Requests per minute; 'none' = unlimited.")
+        parser.add_argument("--tpm", type=limit_value, default=UNSET, help="Tokens per minute; 'none' = unlimited.")
+
+    def handle(self, *args, org, project, key, monthly_tokens, rpm, tpm, **options):
+        organization = (Organization.objects.filter(public_id=org).first()
+                        or Organization.objects.filter(name__iexact=org).first())
+        if organization is None:
+            raise CommandError(f"No organization named {org!r}.")
+        proj = None
+        if project:
+            proj = (organization.projects.filter(public_id=project).first()
+                    or organization.projects.filter(name__iexact=project).first())
+            if proj is None:
+                raise CommandError(f"No project {project!r} in organization {organization.name!r}.")
+        api_key = None
+        if key:
+            api_key = APIKey.objects.select_related("project").filter(
+                public_id=key, project__organization=organization).first()
+            if api_key is None:
+                raise CommandError(f"No key {key!r} in organization {organization.name!r}.")
+        if monthly_tokens is UNSET and rpm is UNSET and tpm is UNSET:
+            raise CommandError("Nothing to set: give --monthly-tokens, --rpm and/or --tpm.")
+        try:
+            limit = limit_set(organization=organization, project=proj, api_key=api_key,
+                              monthly_tokens=monthly_tokens, rpm=rpm, tpm=tpm)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+
+        def show(value):
+            return "unlimited" if value is None else f"{value:,}"
+
+        target = {"organization": organization.public_id, "project": getattr(limit.project, "public_id", ""),
+                  "key": getattr(api_key, "public_id", "")}[limit.scope]
+        parts = [f"monthly_tokens={show(limit.monthly_tokens)}"] if limit.scope != "key" else []
+        parts += [f"rpm={show(limit.rpm)}", f"tpm={show(limit.tpm)}"]
+        self.stdout.write(f"{limit.scope} {target}: " + " ".join(parts))
