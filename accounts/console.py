@@ -17,8 +17,8 @@ from django.views.generic import TemplateView
 
 from . import roles
 from .models import AdminAPIKey, APIKey, Membership, Organization, Project
-from .selectors import (admin_api_key_get, api_key_get, membership_get_for_user, organizations_for_user,
-                        project_get)
+from .selectors import (LimitUsage, admin_api_key_get, api_key_get, limits_usage_summary, membership_get_for_user,
+                        organizations_for_user, project_get)
 
 SESSION_ORGANIZATION = "console_organization"
 
@@ -80,3 +80,29 @@ class OrganizationView(LoginRequiredMixin, TemplateView):
             },
         )
         return context
+
+
+_LIMIT_KINDS = {
+    # kind: (what it limits, unit, period)
+    "monthly_tokens": ("Monthly tokens", "tokens", "this month"),
+    # RPM/TPM are token buckets that drain continuously: "used" is the bucket's level now.
+    "rpm": ("Requests per minute", "requests", "per minute, now"),
+    "tpm": ("Tokens per minute", "tokens", "per minute, now"),
+}
+
+
+def limit_bar(usage: LimitUsage) -> dict:
+    """One `LimitUsage` as the plain dict ``console/_limit_bar.html`` draws
+    (``label``, ``used``, ``limit`` or None, ``unit``, ``period``, ``resets_at``)."""
+    what, unit, period = _LIMIT_KINDS[usage.kind]
+    scope = {"organization": "Organization", "project": "Project", "key": "Key"}[usage.scope]
+    return {"label": f"{what} · {scope} {usage.scope_name}", "used": usage.used, "limit": usage.limit,
+            "unit": unit, "period": period, "resets_at": usage.resets_at}
+
+
+def limit_bars(*, organization: Organization, project: Project | None = None) -> list[dict]:
+    """The quota and rate-limit bars of ``organization`` (and ``project`` and its keys):
+    every limit that is set, plus this month's tokens even when unlimited ("12.3M tokens
+    this month · no limit"). Reads `accounts.selectors.limits_usage_summary`."""
+    return [limit_bar(usage) for usage in limits_usage_summary(organization=organization, project=project)
+            if usage.limit is not None or usage.kind == "monthly_tokens"]

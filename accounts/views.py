@@ -19,7 +19,7 @@ from django.utils.decorators import method_decorator
 from django.views.decorators.cache import never_cache
 
 from . import roles, selectors, services
-from .console import SESSION_ORGANIZATION, OrganizationView
+from .console import SESSION_ORGANIZATION, OrganizationView, limit_bars
 from .forms import APIKeyCreateForm, MemberAddForm, MemberRoleForm, ProjectCreateForm
 
 
@@ -68,6 +68,7 @@ class ProjectListView(OrganizationView):
         context = super().get_context_data(**kwargs)
         context["projects"] = selectors.projects_for_organization(organization=self.organization)
         context["form"] = form or ProjectCreateForm()
+        context["limit_bars"] = limit_bars(organization=self.organization)
         return context
 
     def post(self, request, *args, **kwargs):

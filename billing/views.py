@@ -9,7 +9,7 @@ from django.http import Http404, HttpResponse, JsonResponse
 from django.utils import timezone
 
 from accounts import roles
-from accounts.console import OrganizationView
+from accounts.console import OrganizationView, limit_bars
 from accounts.selectors import projects_for_organization
 from accounts.templatetags.console import human_count
 
@@ -47,6 +47,7 @@ class UsageView(OrganizationView):
             total_requests=sum(r.requests for r in rows),
             total_tokens=sum(r.total_tokens for r in rows),
             recent=usage_recent(**scope),
+            limit_bars=limit_bars(organization=self.organization, project=filters["project"]),
         )
         return context
 
