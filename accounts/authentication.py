@@ -22,107 +22,98 @@ def mask_key(plaintext: str) -> str:
     return f"{plaintext[:8]}****{plaintext[-4:]}"
 
 
-class APIKeyAuthentication(BaseAuthentication):
-    """``Authorization: Bearer sk-...``: resolves the key and sets ``request.auth``.
+class BearerKeyAuthentication(BaseAuthentication):
+    """Shared steps of bearer-key authentication (subclasses say which kind of key).
 
-    On success ``request.user`` and ``request.auth`` are both the `ResolvedKey`.
-    Raises `AuthenticationError` (401 ``invalid_api_key``) for malformed, unknown,
-    revoked or expired keys; returns ``None`` when no key was sent, which DRF turns
-    into 401 via ``NotAuthenticated``.
+    Parses ``Authorization: Bearer sk-...``, resolves the key through `resolve`, refuses
+    revoked and expired keys, and writes ``last_used_at`` at most once per
+    ``API_KEY_LAST_USED_WRITE_SECONDS`` per key. Raises `AuthenticationError` (401
+    ``invalid_api_key``); returns ``None`` when no key was sent (DRF: 401).
     """
 
     keyword = b"bearer"
+    model: type  # the key model whose ``last_used_at`` is written
+    used_cache_prefix: str
+
+    def resolve(self, plaintext: str):
+        """The resolved key for a well-formed ``plaintext``; raise for the wrong kind or an unknown key."""
+        raise NotImplementedError
+
+    def check(self, resolved, plaintext: str) -> None:
+        """Further refusals of a resolved, unrevoked, unexpired key (none by default)."""
 
     def authenticate(self, request):
         header = get_authorization_header(request).split()
         if not header:
             return None
         if header[0].lower() != self.keyword or len(header) != 2:
-            raise AuthenticationError(
-                "Invalid Authorization header. Expected 'Authorization: Bearer YOUR_KEY'."
-            )
+            raise AuthenticationError("Invalid Authorization header. Expected 'Authorization: Bearer YOUR_KEY'.")
         try:
             plaintext = header[1].decode("ascii")
         except UnicodeDecodeError:
             raise AuthenticationError("Incorrect API key provided.") from None
         if not plaintext.startswith("sk-") or len(plaintext) > MAX_KEY_LENGTH:
             raise AuthenticationError(f"Incorrect API key provided: {mask_key(plaintext)}.")
-        if plaintext.startswith(AdminAPIKey.PREFIX) and admin_api_key_resolve(plaintext=plaintext) is not None:
-            raise PermissionDeniedError(
-                f"Admin API keys ({mask_key(plaintext)}) can only call the /v1/organization endpoints; "
-                "use a project API key for this endpoint.", code="admin_key_not_allowed")
-
-        resolved = api_key_resolve(plaintext=plaintext)
-        if resolved is None:
-            raise AuthenticationError(f"Incorrect API key provided: {mask_key(plaintext)}.")
+        resolved = self.resolve(plaintext)
         now = timezone.now()
         if resolved.revoked_at is not None:
             raise AuthenticationError(f"The API key {mask_key(plaintext)} has been revoked.")
         if resolved.expires_at is not None and resolved.expires_at <= now:
             raise AuthenticationError(f"The API key {mask_key(plaintext)} has expired.")
-        if resolved.project_archived_at is not None:
-            raise AuthenticationError(f"The project of API key {mask_key(plaintext)} has been archived.")
-        self._touch(resolved, now)
+        self.check(resolved, plaintext)
+        if cache.add(f"{self.used_cache_prefix}:{resolved.key_id}", 1,
+                     timeout=settings.API_KEY_LAST_USED_WRITE_SECONDS):
+            self.model.objects.filter(pk=resolved.key_id).update(last_used_at=now)
         return resolved, resolved
 
     def authenticate_header(self, request) -> str:
         return 'Bearer realm="api"'
 
-    @staticmethod
-    def _touch(resolved: ResolvedKey, now) -> None:
-        """Write ``last_used_at`` at most once per ``API_KEY_LAST_USED_WRITE_SECONDS`` per key."""
-        if cache.add(f"apikey:used:{resolved.key_id}", 1, timeout=settings.API_KEY_LAST_USED_WRITE_SECONDS):
-            APIKey.objects.filter(pk=resolved.key_id).update(last_used_at=now)
 
+class APIKeyAuthentication(BearerKeyAuthentication):
+    """Project keys (``sk-proj-...``) for ``/v1/embeddings`` and ``/v1/models``.
 
-class AdminAPIKeyAuthentication(BaseAuthentication):
-    """``Authorization: Bearer sk-admin-...`` for the ``/v1/organization`` API.
-
-    On success ``request.user`` and ``request.auth`` are the `ResolvedAdminKey`.
-    Raises `AuthenticationError` (401 ``invalid_api_key``) for malformed, unknown,
-    revoked or expired keys, and `PermissionDeniedError` (403 ``admin_key_required``)
-    for a valid *project* key; returns ``None`` when no key was sent (DRF: 401).
+    On success ``request.user`` and ``request.auth`` are both the `ResolvedKey`. A valid
+    admin key gets `PermissionDeniedError` (403 ``admin_key_not_allowed``); a key of an
+    archived project is refused like a revoked one (401).
     """
 
-    keyword = b"bearer"
+    model = APIKey
+    used_cache_prefix = "apikey:used"
 
-    def authenticate(self, request):
-        header = get_authorization_header(request).split()
-        if not header:
-            return None
-        if header[0].lower() != self.keyword or len(header) != 2:
-            raise AuthenticationError(
-                "Invalid Authorization header. Expected 'Authorization: Bearer YOUR_ADMIN_KEY'."
-            )
-        try:
-            plaintext = header[1].decode("ascii")
-        except UnicodeDecodeError:
-            raise AuthenticationError("Incorrect API key provided.") from None
-        if not plaintext.startswith("sk-") or len(plaintext) > MAX_KEY_LENGTH:
+    def resolve(self, plaintext: str) -> ResolvedKey:
+        if plaintext.startswith(AdminAPIKey.PREFIX) and admin_api_key_resolve(plaintext=plaintext) is not None:
+            raise PermissionDeniedError(
+                f"Admin API keys ({mask_key(plaintext)}) can only call the /v1/organization endpoints; "
+                "use a project API key for this endpoint.", code="admin_key_not_allowed")
+        resolved = api_key_resolve(plaintext=plaintext)
+        if resolved is None:
             raise AuthenticationError(f"Incorrect API key provided: {mask_key(plaintext)}.")
+        return resolved
+
+    def check(self, resolved: ResolvedKey, plaintext: str) -> None:
+        if resolved.project_archived_at is not None:
+            raise AuthenticationError(f"The project of API key {mask_key(plaintext)} has been archived.")
+
+
+class AdminAPIKeyAuthentication(BearerKeyAuthentication):
+    """Admin keys (``sk-admin-...``) for the ``/v1/organization`` API.
+
+    On success ``request.user`` and ``request.auth`` are the `ResolvedAdminKey`. A valid
+    *project* key gets `PermissionDeniedError` (403 ``admin_key_required``).
+    """
+
+    model = AdminAPIKey
+    used_cache_prefix = "adminkey:used"
+
+    def resolve(self, plaintext: str) -> ResolvedAdminKey:
         if not plaintext.startswith(AdminAPIKey.PREFIX):
             if api_key_resolve(plaintext=plaintext) is not None:
                 raise PermissionDeniedError(
                     "This endpoint requires an admin API key (sk-admin-...); project API keys cannot read "
                     "organization usage.", code="admin_key_required")
             raise AuthenticationError(f"Incorrect API key provided: {mask_key(plaintext)}.")
-
         resolved = admin_api_key_resolve(plaintext=plaintext)
         if resolved is None:
             raise AuthenticationError(f"Incorrect API key provided: {mask_key(plaintext)}.")
-        now = timezone.now()
-        if resolved.revoked_at is not None:
-            raise AuthenticationError(f"The API key {mask_key(plaintext)} has been revoked.")
-        if resolved.expires_at is not None and resolved.expires_at <= now:
-            raise AuthenticationError(f"The API key {mask_key(plaintext)} has expired.")
-        self._touch(resolved, now)
-        return resolved, resolved
-
-    def authenticate_header(self, request) -> str:
-        return 'Bearer realm="api"'
-
-    @staticmethod
-    def _touch(resolved: ResolvedAdminKey, now) -> None:
-        """Write ``last_used_at`` at most once per ``API_KEY_LAST_USED_WRITE_SECONDS`` per key."""
-        if cache.add(f"adminkey:used:{resolved.key_id}", 1, timeout=settings.API_KEY_LAST_USED_WRITE_SECONDS):
-            AdminAPIKey.objects.filter(pk=resolved.key_id).update(last_used_at=now)
+        return resolved

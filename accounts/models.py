@@ -92,8 +92,8 @@ class Project(models.Model):
         return f"{self.organization.name}/{self.name}"
 
 
-class APIKey(models.Model):
-    """A bearer key of a project.
+class KeyBase(models.Model):
+    """What every bearer key stores (abstract): never the plaintext.
 
     Only the SHA-256 hex digest of the key is stored (unique index; keys are 256-bit
     random strings, so an unsalted fast hash is right: PostHog, Sentry do the same).
@@ -101,10 +101,9 @@ class APIKey(models.Model):
     plaintext exists only in the response that created the key.
     """
 
-    PREFIX = "sk-proj-"
+    PREFIX = "sk-"
 
     public_id = models.CharField(max_length=32, unique=True, default=_key_id, editable=False)
-    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="api_keys")
     name = models.CharField(max_length=200, blank=True, default="")
     secret_hash = models.CharField(max_length=64, unique=True, editable=False)
     prefix = models.CharField(max_length=16, editable=False)
@@ -117,8 +116,8 @@ class APIKey(models.Model):
     revoked_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
+        abstract = True
         ordering = ["-created_at"]
-        indexes = [models.Index(fields=["project", "-created_at"], name="apikey_project_created")]
 
     def __str__(self) -> str:
         return f"{self.name or self.public_id} ({self.masked})"
@@ -134,46 +133,30 @@ class APIKey(models.Model):
         return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
 
 
-class AdminAPIKey(models.Model):
+class APIKey(KeyBase):
+    """A bearer key of a project (``sk-proj-...``), for ``/v1/embeddings`` and ``/v1/models``."""
+
+    PREFIX = "sk-proj-"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="api_keys")
+
+    class Meta(KeyBase.Meta):
+        indexes = [models.Index(fields=["project", "-created_at"], name="apikey_project_created")]
+
+
+class AdminAPIKey(KeyBase):
     """An organization's admin key (``sk-admin-...``) for the ``/v1/organization/...`` API.
 
     A separate kind from `APIKey`: it belongs to an organization, not a project, and
-    cannot call ``/v1/embeddings`` (OpenAI's "Admin API keys" work the same way). Stored
-    like `APIKey`: only the SHA-256 hex digest (unique index), plus ``prefix``/``last4``
-    for display; the plaintext exists only in the response that created it.
+    cannot call ``/v1/embeddings`` (OpenAI's "Admin API keys" work the same way).
     """
 
     PREFIX = "sk-admin-"
 
-    public_id = models.CharField(max_length=32, unique=True, default=_key_id, editable=False)
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="admin_api_keys")
-    name = models.CharField(max_length=200, blank=True, default="")
-    secret_hash = models.CharField(max_length=64, unique=True, editable=False)
-    prefix = models.CharField(max_length=16, editable=False)
-    last4 = models.CharField(max_length=4, editable=False)
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
-                                   related_name="+")
-    created_at = models.DateTimeField(default=timezone.now, editable=False)
-    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
-    expires_at = models.DateTimeField(null=True, blank=True)
-    revoked_at = models.DateTimeField(null=True, blank=True)
 
-    class Meta:
-        ordering = ["-created_at"]
+    class Meta(KeyBase.Meta):
         indexes = [models.Index(fields=["organization", "-created_at"], name="adminkey_org_created")]
-
-    def __str__(self) -> str:
-        return f"{self.name or self.public_id} ({self.masked})"
-
-    @property
-    def masked(self) -> str:
-        """Display form, e.g. ``sk-admin-AbCd...wxYz``; never the whole key."""
-        return f"{self.prefix}...{self.last4}"
-
-    def is_active(self, now=None) -> bool:
-        """True when neither revoked nor expired at ``now`` (default: the current time)."""
-        now = now or timezone.now()
-        return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
 
 
 class Limit(models.Model):

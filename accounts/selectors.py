@@ -55,6 +55,20 @@ class ResolvedKey:
         )
 
 
+def _cached_resolve(cache_key: str, lookup, resolve):
+    """``resolve(lookup())`` cached under ``cache_key`` for ``API_KEY_CACHE_SECONDS``, its absence
+    (``None``) too, so unknown keys do not reach the database on every try."""
+    cached = cache.get(cache_key)
+    if cached == _MISSING:
+        return None
+    if cached is not None:
+        return cached
+    row = lookup()
+    resolved = resolve(row) if row else None
+    cache.set(cache_key, resolved or _MISSING, timeout=settings.API_KEY_CACHE_SECONDS)
+    return resolved
+
+
 def api_key_resolve(*, plaintext: str) -> ResolvedKey | None:
     """Look a plaintext key up by its SHA-256; ``None`` when no such key exists.
 
@@ -62,16 +76,10 @@ def api_key_resolve(*, plaintext: str) -> ResolvedKey | None:
     expired keys are returned as they are, the caller decides.
     """
     secret_hash = hash_key(plaintext)
-    cache_key = api_key_cache_key(secret_hash)
-    cached = cache.get(cache_key)
-    if cached == _MISSING:
-        return None
-    if cached is not None:
-        return cached
-    key = APIKey.objects.select_related("project__organization").filter(secret_hash=secret_hash).first()
-    resolved = ResolvedKey.from_model(key) if key else None
-    cache.set(cache_key, resolved or _MISSING, timeout=settings.API_KEY_CACHE_SECONDS)
-    return resolved
+    return _cached_resolve(
+        api_key_cache_key(secret_hash),
+        lambda: APIKey.objects.select_related("project__organization").filter(secret_hash=secret_hash).first(),
+        ResolvedKey.from_model)
 
 
 # --- The console's reads (every one scoped by organization) ---------------------------------
@@ -187,16 +195,10 @@ def admin_api_key_resolve(*, plaintext: str) -> ResolvedAdminKey | None:
     revocation and expiry.
     """
     secret_hash = hash_key(plaintext)
-    cache_key = admin_api_key_cache_key(secret_hash)
-    cached = cache.get(cache_key)
-    if cached == _MISSING:
-        return None
-    if cached is not None:
-        return cached
-    key = AdminAPIKey.objects.select_related("organization").filter(secret_hash=secret_hash).first()
-    resolved = ResolvedAdminKey.from_model(key) if key else None
-    cache.set(cache_key, resolved or _MISSING, timeout=settings.API_KEY_CACHE_SECONDS)
-    return resolved
+    return _cached_resolve(
+        admin_api_key_cache_key(secret_hash),
+        lambda: AdminAPIKey.objects.select_related("organization").filter(secret_hash=secret_hash).first(),
+        ResolvedAdminKey.from_model)
 
 
 # --- Limits (quotas and rate limits) -------------------------------------------------------------

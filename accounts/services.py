@@ -122,22 +122,23 @@ def membership_remove(*, membership: Membership) -> None:
         membership.delete()
 
 
+def _key_create(model, **fields):
+    """Insert a key of ``model`` (`APIKey` or `AdminAPIKey`): ``model.PREFIX`` + 43 base62 chars
+    (256 bits); only the SHA-256 and the display parts are stored. Returns ``(row, plaintext)``."""
+    plaintext = model.PREFIX + random_token(KEY_SECRET_LENGTH)
+    row = model.objects.create(secret_hash=hash_key(plaintext), prefix=plaintext[: len(model.PREFIX) + 4],
+                               last4=plaintext[-4:], **fields)
+    return row, plaintext
+
+
 def api_key_create(*, project: Project, name: str = "", expires_at: datetime | None = None,
                    created_by=None) -> CreatedKey:
     """Create a key for ``project``; returns the row and the plaintext (``sk-proj-`` + 43 base62).
 
     The plaintext is not stored anywhere; only its SHA-256 is.
     """
-    plaintext = APIKey.PREFIX + random_token(KEY_SECRET_LENGTH)
-    api_key = APIKey.objects.create(
-        project=project,
-        name=name,
-        secret_hash=hash_key(plaintext),
-        prefix=plaintext[: len(APIKey.PREFIX) + 4],
-        last4=plaintext[-4:],
-        expires_at=expires_at,
-        created_by=created_by,
-    )
+    api_key, plaintext = _key_create(APIKey, project=project, name=name, expires_at=expires_at,
+                                     created_by=created_by)
     return CreatedKey(api_key=api_key, plaintext=plaintext)
 
 
@@ -156,16 +157,8 @@ def admin_api_key_create(*, organization: Organization, name: str = "", expires_
     Admin keys read the organization's usage and costs (``/v1/organization/...``) and
     cannot call ``/v1/embeddings``. Only the SHA-256 of the plaintext is stored.
     """
-    plaintext = AdminAPIKey.PREFIX + random_token(KEY_SECRET_LENGTH)
-    admin_key = AdminAPIKey.objects.create(
-        organization=organization,
-        name=name,
-        secret_hash=hash_key(plaintext),
-        prefix=plaintext[: len(AdminAPIKey.PREFIX) + 4],
-        last4=plaintext[-4:],
-        expires_at=expires_at,
-        created_by=created_by,
-    )
+    admin_key, plaintext = _key_create(AdminAPIKey, organization=organization, name=name, expires_at=expires_at,
+                                       created_by=created_by)
     return CreatedAdminKey(admin_api_key=admin_key, plaintext=plaintext)
 
 
