@@ -64,8 +64,9 @@ class EmbeddingsView(APIView):
 
         # 4. Admit: quotas and rate limits (not enforced yet: see the quotas issue).
 
-        # 5. Encode.
-        vectors = services.encode_inputs(model=model, token_ids=tokenized.token_ids, dimensions=body.dimensions)
+        # 5. Encode: inline when small, else chunks on the workers (raises APIError 503/504/500).
+        vectors = services.encode_inputs(model=model, token_ids=tokenized.token_ids, dimensions=body.dimensions,
+                                         service_tier=service_tier, request_id=request.request_id)
 
         # 6. Meter: one record per successful request.
         latency_ms = int((time.perf_counter() - request.started_at) * 1000)
