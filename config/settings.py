@@ -150,6 +150,10 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_CONNECTION_TIMEOUT = 2  # seconds to open a broker connection
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": EMBEDDINGS_VISIBILITY_TIMEOUT,
+    # Each worker looks for chunks of dead workers (unacked past the visibility timeout) every
+    # this many seconds, and redelivers them (kombu's default scans only every 100 s).
+    "unacked_restore_interval": env.int("EMBEDDINGS_UNACKED_RESTORE_INTERVAL", default=10),
+    "unacked_restore_throttle": 1,
     "socket_connect_timeout": 2,  # seconds
 }
 # Publishing when the broker is down: give up after ~0.5 s (the API answers 503, never hangs).

@@ -161,6 +161,7 @@ class MicroBatcher:
         if not batch:
             return
         rows = [ids for item in batch for ids in item.token_ids]
+        logger.log(self.log_level, "batch started model=%s items=%d inputs=%d", self.name, len(batch), len(rows))
         started = time.perf_counter()
         try:
             vectors = self.engine.encode(rows)

@@ -42,7 +42,8 @@ def unpack_vectors(packed: dict) -> np.ndarray:
     return data.reshape(packed["shape"]).astype(np.float32)
 
 
-@shared_task(name="embeddings.encode_chunk", acks_late=True, reject_on_worker_lost=True, ignore_result=False)
+@shared_task(name="embeddings.encode_chunk", acks_late=True, reject_on_worker_lost=True, ignore_result=False,
+             resultrepr_maxsize=64)  # the success log line shows the shape, not kilobytes of base64
 def encode_chunk(model_path: str, model_name: str, token_ids: list[list[int]], service_tier: str = "default",
                  deadline: float | None = None) -> dict:
     """Embed one chunk of a request in this worker's micro-batcher.
