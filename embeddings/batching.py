@@ -10,7 +10,8 @@ owns the model. Callers (Celery task threads in a worker, request threads in the
    default-tier item first, then flex-tier items in what budget is left, so flex work
    never goes ahead of default work that is waiting (``service_tier`` priority);
 4. runs one `Engine.encode` over all rows (sorted by length and cut into forward
-   passes of the engine's padded-token budget), and resolves each item's future.
+   passes of the engine's padded-token budget), and resolves each item's future. If
+   the batch raises, each item is retried alone, so one bad submission fails only itself.
 
 While the model is busy new items pile up, so the next batch is bigger: batches grow
 with load, as TEI's queue does (``core/src/queue.rs``: batching by a token budget).
@@ -165,10 +166,17 @@ class MicroBatcher:
         started = time.perf_counter()
         try:
             vectors = self.engine.encode(rows)
-        except BaseException as exc:  # noqa: BLE001 - every waiter must hear of it
+        except Exception as exc:  # noqa: BLE001 - every waiter must hear of it
             logger.exception("batch failed model=%s items=%d inputs=%d", self.name, len(batch), len(rows))
+            if len(batch) == 1:
+                batch[0].future.set_exception(exc)
+                return
+            # One bad submission must not fail the others that shared its batch: run each alone.
             for item in batch:
-                item.future.set_exception(exc)
+                try:
+                    item.future.set_result(self.engine.encode(item.token_ids))
+                except Exception as item_exc:  # noqa: BLE001
+                    item.future.set_exception(item_exc)
             return
         ms = (time.perf_counter() - started) * 1000
         start = 0
