@@ -113,8 +113,13 @@ CELERY_TIMEZONE = "UTC"
 # --- Embedding workers (see embeddings/tasks.py, embeddings/batching.py, platform/README.md) ------
 # Requests with more tokens than this (special tokens included) are split into chunks and sent
 # to the workers; smaller ones are encoded in the API process. 0: the API never loads a model.
-# Default chosen from bench/throughput.py (README "Workers").
-EMBEDDINGS_INLINE_MAX_TOKENS = env.int("EMBEDDINGS_INLINE_MAX_TOKENS", default=2048)
+# Default from bench/throughput.py on the 2-core CI machine: dispatching costs ~4 ms per request
+# (median, 1 input) against an encode rate of ~1,900 tokens/s, i.e. 5-10% of the encode time
+# of a 72-143-token request. 128 keeps single queries (10-40 tokens), for which the round trip
+# would be 20-50% of the latency, inline, and sends every real batch to the workers, where it
+# shares forward passes with other requests and leaves the API's CPU free. On GPU workers the
+# case for dispatching is stronger still (an API host's CPU is far slower than the GPU).
+EMBEDDINGS_INLINE_MAX_TOKENS = env.int("EMBEDDINGS_INLINE_MAX_TOKENS", default=128)
 # Tokens per dispatched chunk (one Celery task); a worker coalesces chunks of many requests.
 EMBEDDINGS_CHUNK_TOKENS = env.int("EMBEDDINGS_CHUNK_TOKENS", default=8192)
 # Seconds the API waits for all chunks of a request before answering 504; chunks still queued
