@@ -113,9 +113,9 @@ CELERY_TIMEZONE = "UTC"
 # --- Embedding workers (see embeddings/tasks.py, embeddings/batching.py, platform/README.md) ------
 # Requests with more tokens than this (special tokens included) are split into chunks and sent
 # to the workers; smaller ones are encoded in the API process. 0: the API never loads a model.
-# Default from bench/throughput.py on the 2-core CI machine: dispatching costs ~4 ms per request
-# (median, 1 input) against an encode rate of ~1,900 tokens/s, i.e. 5-10% of the encode time
-# of a 72-143-token request. 128 keeps single queries (10-40 tokens), for which the round trip
+# Default from bench/throughput.py on the 2-core CI machine (two runs): dispatching costs 4-6 ms
+# per request (median, 1 input) against an encode rate of 1,900-2,800 tokens/s, i.e. 10% of the
+# encode time of a ~70-160-token request. 128 keeps single queries (10-40 tokens), for which the round trip
 # would be 20-50% of the latency, inline, and sends every real batch to the workers, where it
 # shares forward passes with other requests and leaves the API's CPU free. On GPU workers the
 # case for dispatching is stronger still (an API host's CPU is far slower than the GPU).
