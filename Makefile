@@ -15,7 +15,7 @@ export HF_HUB_OFFLINE := 1
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/embeddings
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 
-.PHONY: install serve test check-services migrate clean
+.PHONY: install serve worker test check-services migrate clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ migrate: install
 # the environment: the embedded default (SQLite under var/, no Redis, tasks in-process).
 serve: migrate
 	exec $(VENV)/bin/gunicorn -c config/gunicorn.py config.wsgi
+
+# An embedding worker (needs REDIS_URL): one process per GPU (CUDA_VISIBLE_DEVICES=N), or one per
+# CPU host. Consumes `embeddings` and `embeddings-flex`; see platform/README.md.
+worker: migrate
+	exec $(PY) -m celery -A config worker -Q embeddings,embeddings-flex -l info -n embeddings@%h
 
 check-services: install
 	@DATABASE_URL="$${DATABASE_URL:-$(TEST_DATABASE_URL)}" REDIS_URL="$${REDIS_URL:-$(TEST_REDIS_URL)}" \

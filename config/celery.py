@@ -1,12 +1,15 @@
-"""The Celery app. Workers: ``celery -A config worker -Q embeddings``.
+"""The Celery app. Workers: ``celery -A config worker`` (``make worker``; see platform/README.md).
 
-Configuration comes from Django settings under the ``CELERY_`` namespace.
+Configuration comes from Django settings under the ``CELERY_`` namespace (queues
+``embeddings`` and ``embeddings-flex``, late acks, the threads pool, the Redis
+visibility timeout, time limits). Tasks live in ``embeddings/tasks.py``.
 """
 import os
 
 from celery import Celery
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 app = Celery("config")
 app.config_from_object("django.conf:settings", namespace="CELERY")

@@ -96,13 +96,35 @@ class ServiceUnavailableError(APIError):
     type = "server_error"
     code = "service_unavailable"
 
+    def __init__(self, message: str, *, retry_after: int = 1, **kwargs):
+        headers = {"Retry-After": str(retry_after), **(kwargs.pop("headers", None) or {})}
+        super().__init__(message, headers=headers, **kwargs)
 
-class TimeoutError_(APIError):
-    """504: the deadline for the work passed (e.g. a worker did not answer in time)."""
+
+class GatewayTimeoutError(APIError):
+    """504 ``timeout``: the deadline for the work passed (e.g. a worker did not answer in time)."""
 
     status_code = 504
     type = "server_error"
     code = "timeout"
+
+
+class InternalServerError(APIError):
+    """500 ``internal_error``: the work failed on our side (e.g. a worker raised).
+
+    The message names the request id (as OpenAI's does) so support can find the
+    server-side log; it never carries the underlying exception's text.
+    """
+
+    status_code = 500
+    type = "server_error"
+    code = "internal_error"
+
+    def __init__(self, *, request_id: str, **kwargs):
+        super().__init__(
+            "The server had an error while processing your request. Sorry about that! "
+            f"You can retry your request, or contact us if the error persists. (Request ID: {request_id})",
+            **kwargs)
 
 
 def error_body(message: str, *, type: str = "invalid_request_error", param: str | None = None,

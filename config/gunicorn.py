@@ -24,7 +24,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def post_worker_init(worker):
-    """Load the active models before the worker takes requests (no cold first request)."""
+    """Load the active models' tokenizers before the worker takes requests (no cold first request),
+    and their weights only where requests may be encoded here (``EMBEDDINGS_INLINE_MAX_TOKENS > 0``
+    or no broker): with the threshold at 0 the API process never loads a model."""
     from embeddings.services import warm_up
 
     warm_up()

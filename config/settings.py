@@ -121,9 +121,70 @@ CELERY_RESULT_BACKEND = env.str("CELERY_RESULT_BACKEND", default=REDIS_URL or "c
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=not REDIS_URL)
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TASK_SERIALIZER = "json"
-CELERY_RESULT_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"  # vectors travel as base64 float32 bytes inside it (embeddings.tasks)
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = "UTC"
+
+# --- Embedding workers (see embeddings/tasks.py, embeddings/batching.py, platform/README.md) ------
+# Requests with more tokens than this (special tokens included) are split into chunks and sent
+# to the workers; smaller ones are encoded in the API process. 0: the API never loads a model.
+# Default from bench/throughput.py on the 2-core CI machine (two runs): dispatching costs 4-6 ms
+# per request (median, 1 input) against an encode rate of 1,900-2,800 tokens/s, i.e. 10% of the
+# encode time of a ~70-160-token request. 128 keeps single queries (10-40 tokens), for which the round trip
+# would be 20-50% of the latency, inline, and sends every real batch to the workers, where it
+# shares forward passes with other requests and leaves the API's CPU free. On GPU workers the
+# case for dispatching is stronger still (an API host's CPU is far slower than the GPU).
+EMBEDDINGS_INLINE_MAX_TOKENS = env.int("EMBEDDINGS_INLINE_MAX_TOKENS", default=128)
+# Tokens per dispatched chunk (one Celery task); a worker coalesces chunks of many requests.
+EMBEDDINGS_CHUNK_TOKENS = env.int("EMBEDDINGS_CHUNK_TOKENS", default=8192)
+# Seconds the API waits for all chunks of a request before answering 504; chunks still queued
+# then expire (the worker drops them). Below gunicorn's WEB_TIMEOUT (120 s).
+EMBEDDINGS_DISPATCH_TIMEOUT = env.float("EMBEDDINGS_DISPATCH_TIMEOUT", default=60.0)
+# Real tokens one micro-batch may hold (the engine then cuts it into forward passes of
+# EMBEDDINGS_BATCH_TOKENS padded tokens, sorted by length).
+EMBEDDINGS_MAX_BATCH_TOKENS = env.int("EMBEDDINGS_MAX_BATCH_TOKENS", default=65536)
+# Milliseconds an idle batcher waits after the first item for others to join (TEI waits ~0).
+EMBEDDINGS_BATCH_WAIT_MS = env.float("EMBEDDINGS_BATCH_WAIT_MS", default=2.0)
+EMBEDDINGS_QUEUE = "embeddings"
+EMBEDDINGS_FLEX_QUEUE = "embeddings-flex"  # service_tier "flex": default-tier work overtakes it
+# Seconds a delivered, unacknowledged chunk may stay with a worker before Redis hands it to
+# another one. Must exceed the longest a chunk can be held (queued in the worker + its batch):
+# that is bounded by the dispatch deadline, since expired chunks are dropped.
+EMBEDDINGS_VISIBILITY_TIMEOUT = env.int(
+    "EMBEDDINGS_VISIBILITY_TIMEOUT", default=max(300, int(EMBEDDINGS_DISPATCH_TIMEOUT * 2)))
+
+CELERY_TASK_DEFAULT_QUEUE = EMBEDDINGS_QUEUE
+CELERY_TASK_CREATE_MISSING_QUEUES = True
+# Ack after the task ran; a chunk on a worker that died is delivered again (no lost work).
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+# Threads pool: every reserved chunk waits in the worker's micro-batcher, so up to
+# concurrency chunks (of many requests) can be coalesced into one forward pass.
+CELERY_WORKER_POOL = env.str("CELERY_WORKER_POOL", default="threads")
+CELERY_WORKER_CONCURRENCY = env.int("CELERY_WORKER_CONCURRENCY", default=64)
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_WORKER_ENABLE_REMOTE_CONTROL = False
+CELERY_WORKER_SEND_TASK_EVENTS = False
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BROKER_CONNECTION_TIMEOUT = 2  # seconds to open a broker connection
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": EMBEDDINGS_VISIBILITY_TIMEOUT,
+    # Each worker looks for chunks of dead workers (unacked past the visibility timeout) every
+    # this many seconds, and redelivers them (kombu's default scans only every 100 s).
+    "unacked_restore_interval": env.int("EMBEDDINGS_UNACKED_RESTORE_INTERVAL", default=10),
+    "unacked_restore_throttle": 1,
+    "socket_connect_timeout": 2,  # seconds
+}
+# Publishing when the broker is down: give up after ~0.5 s (the API answers 503, never hangs).
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2,
+                                    "interval_max": 0.3}
+CELERY_REDIS_SOCKET_CONNECT_TIMEOUT = 2  # seconds (result backend)
+CELERY_RESULT_EXPIRES = 300  # seconds: results nobody fetched are deleted by Redis
+# Hard limits per chunk (prefork/solo pools enforce them; on the threads pool the task
+# enforces its own deadline, see embeddings.tasks).
+CELERY_TASK_TIME_LIMIT = int(EMBEDDINGS_DISPATCH_TIMEOUT) + 30
+CELERY_TASK_SOFT_TIME_LIMIT = int(EMBEDDINGS_DISPATCH_TIMEOUT) + 15
 
 # --- Auth, sessions, passwords -------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [

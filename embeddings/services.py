@@ -5,19 +5,26 @@ The view (`embeddings.views.EmbeddingsView`) calls them top to bottom.
 from __future__ import annotations
 
 import base64
+import logging
+import time
 from dataclasses import dataclass
 from decimal import Decimal
 
 import numpy as np
 from django.conf import settings
 
-from config.errors import InvalidRequestError
+from config.errors import (APIError, GatewayTimeoutError, InternalServerError, InvalidRequestError,
+                           ServiceUnavailableError)
 
+from .batching import MicroBatcher
+from .batching import batcher_for as get_batcher
 from .engine import Engine, get_engine, renormalize
 from .models import EmbeddingModel
 from .selectors import embedding_models_cache_clear
 from .serializers import EmbeddingsRequest
 from .tokenization import ModelTokenizer, get_tokenizer
+
+logger = logging.getLogger(__name__)
 
 # OpenAI: "the maximum number of tokens summed across all inputs in a single request is 300,000".
 MAX_TOKENS_PER_REQUEST = 300_000
@@ -117,12 +124,106 @@ def tokenize_inputs(*, request: EmbeddingsRequest, model: EmbeddingModel) -> Tok
     return TokenizedInputs(token_ids=token_ids, total_tokens=total)
 
 
-def encode_inputs(*, model: EmbeddingModel, token_ids: list[list[int]], dimensions: int | None) -> np.ndarray:
-    """Embed tokenized inputs in this process: ``(n, dimensions or model.dimensions)`` float32, L2-normalized."""
-    vectors = engine_for(model).encode(token_ids)
+def encode_inputs(*, model: EmbeddingModel, token_ids: list[list[int]], dimensions: int | None,
+                  service_tier: str = "default", request_id: str = "") -> np.ndarray:
+    """Embed tokenized inputs: ``(n, dimensions or model.dimensions)`` float32, L2-normalized, in input order.
+
+    Dispatch policy: a request of at most ``EMBEDDINGS_INLINE_MAX_TOKENS`` tokens is
+    encoded in this process (through its micro-batcher, so concurrent small requests
+    share forward passes); a larger one is split into chunks and sent to the workers
+    (`encode_dispatched`). ``service_tier`` is ``"default"`` or ``"flex"``.
+
+    Raises (all `config.errors.APIError`): `ServiceUnavailableError` (503, broker down),
+    `GatewayTimeoutError` (504, deadline passed), `InternalServerError` (500, a worker
+    failed; the message names ``request_id``).
+    """
+    total = sum(len(ids) for ids in token_ids)
+    if total <= settings.EMBEDDINGS_INLINE_MAX_TOKENS:
+        vectors = batcher_for(model).encode(token_ids, tier=service_tier)
+    else:
+        vectors = encode_dispatched(model=model, token_ids=token_ids, service_tier=service_tier,
+                                    request_id=request_id)
     if dimensions is not None and dimensions < vectors.shape[1]:
         vectors = renormalize(vectors, dimensions)
     return vectors
+
+
+def chunk_by_tokens(token_ids: list[list[int]], budget: int) -> list[list[list[int]]]:
+    """Cut ``token_ids`` into consecutive chunks of at most ``budget`` tokens each (an input
+    longer than the budget is a chunk of its own). Concatenated, the chunks are the input."""
+    chunks: list[list[list[int]]] = []
+    current: list[list[int]] = []
+    used = 0
+    for ids in token_ids:
+        if current and used + len(ids) > budget:
+            chunks.append(current)
+            current, used = [], 0
+        current.append(ids)
+        used += len(ids)
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def encode_dispatched(*, model: EmbeddingModel, token_ids: list[list[int]], service_tier: str = "default",
+                      request_id: str = "", timeout: float | None = None) -> np.ndarray:
+    """Send ``token_ids`` to the ``embeddings`` queue (``embeddings-flex`` for flex) in chunks of
+    ``EMBEDDINGS_CHUNK_TOKENS`` tokens, wait for all of them until the deadline
+    (``timeout`` s, default ``EMBEDDINGS_DISPATCH_TIMEOUT``), and merge in input order.
+
+    With no broker (embedded default, ``CELERY_TASK_ALWAYS_EAGER``) the same tasks run in
+    this process. Chunks carry ``expires`` = the deadline: a worker drops those the
+    caller stopped waiting for. Results are deleted once read.
+
+    Returns ``(n, model.dimensions)`` float32. Raises `ServiceUnavailableError` (503,
+    ``Retry-After``) when the broker cannot be reached, `GatewayTimeoutError` (504) when
+    the deadline passes, `InternalServerError` (500, naming ``request_id``) when a worker
+    failed.
+    """
+    from celery.exceptions import TaskRevokedError
+    from celery.exceptions import TimeoutError as CeleryTimeoutError
+    from kombu.exceptions import OperationalError
+
+    from .tasks import encode_chunk, unpack_vectors
+
+    timeout = settings.EMBEDDINGS_DISPATCH_TIMEOUT if timeout is None else timeout
+    queue = settings.EMBEDDINGS_FLEX_QUEUE if service_tier == "flex" else settings.EMBEDDINGS_QUEUE
+    started = time.monotonic()
+    deadline = time.time() + timeout
+    results = []
+    try:
+        for chunk in chunk_by_tokens(token_ids, settings.EMBEDDINGS_CHUNK_TOKENS):
+            results.append(encode_chunk.apply_async(
+                args=(model.local_path, model.name, chunk, service_tier, deadline),
+                queue=queue, expires=timeout))
+        parts = []
+        for result in results:
+            left = timeout - (time.monotonic() - started)
+            if left <= 0:
+                raise CeleryTimeoutError()
+            parts.append(unpack_vectors(result.get(timeout=left, propagate=True)))
+    except OperationalError as exc:
+        logger.warning("Broker unreachable for request %s: %s", request_id, exc)
+        raise ServiceUnavailableError(
+            "The embedding workers are unreachable right now. Please retry shortly.",
+            retry_after=2) from exc
+    except (CeleryTimeoutError, TaskRevokedError, TimeoutError) as exc:
+        logger.warning("Request %s: %d chunks not done within %.1f s", request_id, len(results), timeout)
+        raise GatewayTimeoutError(
+            f"The request timed out: the embedding workers did not finish within {timeout:g} s. "
+            "Please retry, or send fewer inputs per request.") from exc
+    except APIError:
+        raise
+    except Exception as exc:
+        logger.exception("Worker failed on request %s", request_id)
+        raise InternalServerError(request_id=request_id) from exc
+    finally:
+        for result in results:
+            try:
+                result.forget()
+            except Exception:  # noqa: BLE001 - results expire anyway
+                pass
+    return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
 
 def embedding_data(*, vectors: np.ndarray, encoding_format: str) -> list[dict]:
@@ -178,14 +279,55 @@ def embedding_model_register_default() -> EmbeddingModel:
     )
 
 
-def warm_up() -> list[str]:
-    """Load the tokenizer and engine of every active model in this process and run one
-    tiny forward pass each; returns the names warmed. Called at server/worker start."""
+def engines_run_here() -> bool:
+    """Whether this process may run a model: inline requests are allowed
+    (``EMBEDDINGS_INLINE_MAX_TOKENS > 0``) or tasks run in-process (eager, no broker)."""
+    from config.celery import app
+
+    return settings.EMBEDDINGS_INLINE_MAX_TOKENS > 0 or bool(app.conf.task_always_eager)
+
+
+_batch_log_level = logging.DEBUG
+
+
+def set_batch_log_level(level: int) -> None:
+    """Level of the per-batch log line of batchers created from now on (workers: INFO)."""
+    global _batch_log_level
+    _batch_log_level = level
+
+
+def batcher_for_path(path: str, *, name: str = "") -> MicroBatcher:
+    """The process's `MicroBatcher` of the model at ``path`` (engine loaded on first use)."""
+    if settings.EMBEDDINGS_TORCH_THREADS:
+        import torch
+
+        torch.set_num_threads(settings.EMBEDDINGS_TORCH_THREADS)
+    engine = get_engine(path, device=settings.EMBEDDINGS_DEVICE, batch_tokens=settings.EMBEDDINGS_BATCH_TOKENS)
+    return get_batcher(engine, max_batch_tokens=settings.EMBEDDINGS_MAX_BATCH_TOKENS,
+                       max_wait_ms=settings.EMBEDDINGS_BATCH_WAIT_MS, name=name or path,
+                       log_level=_batch_log_level)
+
+
+def batcher_for(model: EmbeddingModel) -> MicroBatcher:
+    """The process's `MicroBatcher` of ``model``."""
+    return batcher_for_path(model.local_path, name=model.name)
+
+
+def warm_up(*, load_engines: bool | None = None) -> list[str]:
+    """Load the tokenizer of every active model in this process, and, when ``load_engines``
+    (default: `engines_run_here`), its weights and batcher, with one tiny forward pass each.
+    Returns the names warmed. Called at server and worker start.
+
+    With ``EMBEDDINGS_INLINE_MAX_TOKENS=0`` and a broker, an API process loads no weights.
+    """
     from .selectors import embedding_models_active
 
+    if load_engines is None:
+        load_engines = engines_run_here()
     names = []
     for model in embedding_models_active():
         tokenizer = tokenizer_for(model)
-        engine_for(model).encode(tokenizer.tokenize(["warm up"]))
+        if load_engines:
+            batcher_for(model).encode(tokenizer.tokenize(["warm up"]))
         names.append(model.name)
     return names

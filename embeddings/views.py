@@ -67,8 +67,9 @@ class EmbeddingsView(RateLimitHeadersMixin, APIView):
         #    at once (429 / 503 otherwise); the reservation also gives the x-ratelimit-* headers.
         request.reservation = admission_reserve(key=key, tokens=tokenized.total_tokens, service_tier=service_tier)
         with request.reservation:  # any exception in 5-6 refunds the reservation (and propagates)
-            # 5. Encode.
-            vectors = services.encode_inputs(model=model, token_ids=tokenized.token_ids, dimensions=body.dimensions)
+            # 5. Encode: inline when small, else chunks on the workers (raises APIError 503/504/500).
+            vectors = services.encode_inputs(model=model, token_ids=tokenized.token_ids, dimensions=body.dimensions,
+                                             service_tier=service_tier, request_id=request.request_id)
 
             # 6. Meter: one record per successful request.
             latency_ms = int((time.perf_counter() - request.started_at) * 1000)

@@ -32,6 +32,18 @@ def _fast_password_hashing(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
+@pytest.fixture(autouse=True)
+def _tasks_in_process(request):
+    """Celery tasks run in the test process (eager: the embedded default's code path), except in
+    tests marked ``worker``, which go through the real Redis broker to a real worker process."""
+    from config.celery import app
+
+    eager = app.conf.task_always_eager
+    app.conf.task_always_eager = request.node.get_closest_marker("worker") is None
+    yield
+    app.conf.task_always_eager = eager
+
+
 @pytest.fixture
 def default_model(db):
     """The registered all-MiniLM-L6-v2 (the engine is loaded once per test session)."""

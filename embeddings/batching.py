@@ -1,0 +1,210 @@
+"""Dynamic batching: coalesce the work of concurrent requests into shared forward passes.
+
+One `MicroBatcher` per loaded engine per process (`batcher_for`), with one thread that
+owns the model. Callers (Celery task threads in a worker, request threads in the API)
+`submit` token-id sequences and wait on the returned future. The thread:
+
+1. sleeps until work arrives;
+2. when it was idle, waits at most ``max_wait_ms`` (a few ms) for others to join;
+3. takes *everything waiting*, up to ``max_batch_tokens`` real tokens: every
+   default-tier item first, then flex-tier items in what budget is left, so flex work
+   never goes ahead of default work that is waiting (``service_tier`` priority);
+4. runs one `Engine.encode` over all rows (sorted by length and cut into forward
+   passes of the engine's padded-token budget), and resolves each item's future. If
+   the batch raises, each item is retried alone, so one bad submission fails only itself.
+
+While the model is busy new items pile up, so the next batch is bigger: batches grow
+with load, as TEI's queue does (``core/src/queue.rs``: batching by a token budget).
+Chunks from celery-batches were cut by a timer and the prefetch count instead, and
+reached 2-6 rows per batch on this machine (issue 3).
+
+Every batch the thread ran is logged (logger ``embeddings.batching``,
+``batch model=... items=... inputs=... tokens=... default=... flex=... ms=...``; INFO in
+workers, DEBUG in API processes) and kept
+in `MicroBatcher.history` (the last 1,000 batches), so coalescing is observable.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .engine import Engine
+
+logger = logging.getLogger(__name__)
+
+TIERS = ("default", "flex")
+
+
+@dataclass
+class _Item:
+    token_ids: Sequence[Sequence[int]]
+    tokens: int
+    tier: str
+    future: Future = field(default_factory=Future)
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    """One batch the thread ran: ``items`` submissions (chunks/requests), ``inputs`` rows,
+    ``tokens`` real tokens, per-tier item counts, and ``ms`` of model time."""
+
+    items: int
+    inputs: int
+    tokens: int
+    default: int
+    flex: int
+    ms: float
+
+
+class MicroBatcher:
+    """Coalesces concurrent `submit` calls for one `Engine` into shared batches.
+
+    Args:
+        engine: the loaded model.
+        max_batch_tokens: the most real tokens one batch takes (one submission larger
+            than this still runs, alone).
+        max_wait_ms: how long an idle batcher waits after the first item for more (ms).
+        name: the model's name, for logs.
+        log_level: level of the per-batch log line (workers: INFO; API processes: DEBUG).
+    """
+
+    def __init__(self, engine: Engine, *, max_batch_tokens: int = 65536, max_wait_ms: float = 2.0,
+                 name: str = "", log_level: int = logging.DEBUG):
+        self.engine = engine
+        self.max_batch_tokens = max_batch_tokens
+        self.max_wait_s = max_wait_ms / 1000
+        self.name = name or engine.path
+        self.log_level = log_level
+        self.history: collections.deque[BatchRecord] = collections.deque(maxlen=1000)
+        self._queues: dict[str, collections.deque[_Item]] = {tier: collections.deque() for tier in TIERS}
+        self._waiting_tokens = 0
+        self._cond = threading.Condition()
+        self._paused = False
+        self._thread = threading.Thread(target=self._run, name=f"batcher:{self.name}", daemon=True)
+        self._thread.start()
+
+    def submit(self, token_ids: Sequence[Sequence[int]], *, tier: str = "default") -> Future:
+        """Queue token-id sequences (special tokens included) for encoding.
+
+        Returns a `Future` resolving to an ``(n, d)`` float32 array in input order (or
+        raising what the engine raised). ``tier``: ``"default"`` or ``"flex"``.
+        """
+        if tier not in TIERS:
+            raise ValueError(f"unknown tier {tier!r}")
+        item = _Item(token_ids=token_ids, tokens=sum(len(ids) for ids in token_ids), tier=tier)
+        if not token_ids:
+            item.future.set_result(np.empty((0, self.engine.dimensions), dtype=np.float32))
+            return item.future
+        with self._cond:
+            self._queues[tier].append(item)
+            self._waiting_tokens += item.tokens
+            self._cond.notify()
+        return item.future
+
+    def encode(self, token_ids: Sequence[Sequence[int]], *, tier: str = "default",
+               timeout: float | None = None) -> np.ndarray:
+        """`submit` and wait (``timeout`` seconds; raises `concurrent.futures.TimeoutError`)."""
+        return self.submit(token_ids, tier=tier).result(timeout=timeout)
+
+    def pause(self) -> None:
+        """Stop taking new batches (the running one finishes). For tests and draining."""
+        with self._cond:
+            self._paused = True
+
+    def resume(self) -> None:
+        """Take batches again after `pause`."""
+        with self._cond:
+            self._paused = False
+            self._cond.notify()
+
+    def _has_work(self) -> bool:
+        return not self._paused and any(self._queues.values())
+
+    def _take(self) -> list[_Item]:
+        """Under the lock: default-tier items first, then flex, up to the token budget."""
+        taken: list[_Item] = []
+        budget = self.max_batch_tokens
+        for tier in TIERS:
+            queue = self._queues[tier]
+            while queue and (not taken or queue[0].tokens <= budget):
+                item = queue.popleft()
+                taken.append(item)
+                budget -= item.tokens
+            if queue and taken:
+                break  # the budget is spent: flex never takes room default work still waits for
+        self._waiting_tokens -= sum(item.tokens for item in taken)
+        return taken
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._has_work():
+                    self._cond.wait()
+                # Idle until now: give concurrent submitters a few ms to join this batch.
+                deadline = time.monotonic() + self.max_wait_s
+                while self._waiting_tokens < self.max_batch_tokens:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
+                batch = self._take()
+            self._execute(batch)
+
+    def _execute(self, batch: list[_Item]) -> None:
+        batch = [item for item in batch if item.future.set_running_or_notify_cancel()]
+        if not batch:
+            return
+        rows = [ids for item in batch for ids in item.token_ids]
+        logger.log(self.log_level, "batch started model=%s items=%d inputs=%d", self.name, len(batch), len(rows))
+        started = time.perf_counter()
+        try:
+            vectors = self.engine.encode(rows)
+        except Exception as exc:  # noqa: BLE001 - every waiter must hear of it
+            logger.exception("batch failed model=%s items=%d inputs=%d", self.name, len(batch), len(rows))
+            if len(batch) == 1:
+                batch[0].future.set_exception(exc)
+                return
+            # One bad submission must not fail the others that shared its batch: run each alone.
+            for item in batch:
+                try:
+                    item.future.set_result(self.engine.encode(item.token_ids))
+                except Exception as item_exc:  # noqa: BLE001
+                    item.future.set_exception(item_exc)
+            return
+        ms = (time.perf_counter() - started) * 1000
+        start = 0
+        for item in batch:
+            end = start + len(item.token_ids)
+            item.future.set_result(vectors[start:end])
+            start = end
+        record = BatchRecord(items=len(batch), inputs=len(rows), tokens=sum(item.tokens for item in batch),
+                             default=sum(item.tier == "default" for item in batch),
+                             flex=sum(item.tier == "flex" for item in batch), ms=ms)
+        self.history.append(record)
+        logger.log(self.log_level, "batch model=%s items=%d inputs=%d tokens=%d default=%d flex=%d ms=%.1f",
+                   self.name, record.items, record.inputs, record.tokens, record.default, record.flex, record.ms)
+
+
+_batchers: dict[int, MicroBatcher] = {}
+_batchers_lock = threading.Lock()
+
+
+def batcher_for(engine: Engine, *, max_batch_tokens: int = 65536, max_wait_ms: float = 2.0,
+                name: str = "", log_level: int = logging.DEBUG) -> MicroBatcher:
+    """The process-wide `MicroBatcher` of ``engine`` (created, with its thread, on first use)."""
+    batcher = _batchers.get(id(engine))
+    if batcher is None:
+        with _batchers_lock:
+            batcher = _batchers.get(id(engine))
+            if batcher is None:
+                batcher = _batchers[id(engine)] = MicroBatcher(
+                    engine, max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms, name=name,
+                    log_level=log_level)
+    return batcher
