@@ -17,9 +17,9 @@ Each figure is the best of ``--rounds`` (3) interleaved repetitions: the machine
     DATABASE_URL=postgres://... REDIS_URL=redis://127.0.0.1:6379/3 .venv/bin/python bench/throughput.py
 
 Without ``DATABASE_URL`` a temporary SQLite file is used. ``REDIS_URL`` (default
-``redis://127.0.0.1:6379/3``) is FLUSHDB-ed first. The API servers run one gunicorn process with
-32 threads each (``WEB_CONCURRENCY=1``, ``WEB_THREADS=40``): one process owns the cores and its
-micro-batcher coalesces concurrent requests. Timings on a shared machine are noisy; compare
+``redis://127.0.0.1:6379/3``) is FLUSHDB-ed first. The API servers run with ``config/gunicorn.py``'s
+defaults, as ``make serve`` runs them (``WEB_CONCURRENCY`` 2 processes x ``WEB_THREADS`` 16 threads,
+torch threads = cores / processes); each process's micro-batcher coalesces its concurrent requests. Timings on a shared machine are noisy; compare
 ratios from the same run.
 """
 from __future__ import annotations
@@ -158,8 +158,8 @@ def main() -> None:
     for name, threshold in (("inline", str(10**9)), ("dispatch", "0")):
         procs.append(subprocess.Popen(
             [str(Path(py).parent / "gunicorn"), "-c", "config/gunicorn.py", "config.wsgi"],
-            cwd=ROOT, env={**env, "PORT": str(api[name]), "HOST": "127.0.0.1", "WEB_CONCURRENCY": "1",
-                           "WEB_THREADS": "40", "EMBEDDINGS_INLINE_MAX_TOKENS": threshold},
+            cwd=ROOT, env={**env, "PORT": str(api[name]), "HOST": "127.0.0.1",
+                           "EMBEDDINGS_INLINE_MAX_TOKENS": threshold},
             stdout=logs[name], stderr=subprocess.STDOUT))
     try:
         from sentence_transformers import SentenceTransformer

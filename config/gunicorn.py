@@ -1,7 +1,9 @@
 """gunicorn settings for the API (``gunicorn -c config/gunicorn.py config.wsgi``).
 
 Environment: ``HOST`` (127.0.0.1), ``PORT`` (8000), ``WEB_CONCURRENCY`` (worker
-processes, default 2), ``WEB_THREADS`` (threads per worker, default 4),
+processes, default 2), ``WEB_THREADS`` (threads per worker, default 16: concurrent
+requests of one process share forward passes through its micro-batcher, so a process
+needs threads enough for a batch to form),
 ``EMBEDDINGS_TORCH_THREADS`` (torch threads per worker; default: cores / workers,
 so inline encodes of concurrent workers do not oversubscribe the CPU).
 """
@@ -9,7 +11,7 @@ import os
 
 bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-threads = int(os.environ.get("WEB_THREADS", "4"))
+threads = int(os.environ.get("WEB_THREADS", "16"))
 worker_class = "gthread"
 timeout = int(os.environ.get("WEB_TIMEOUT", "120"))  # seconds; a 2048-input inline batch on a slow CPU
 graceful_timeout = 30
