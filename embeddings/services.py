@@ -51,14 +51,19 @@ def tokenizer_for(model: EmbeddingModel) -> ModelTokenizer:
     return get_tokenizer(model.local_path)
 
 
-def engine_for(model: EmbeddingModel) -> Engine:
-    """The process's `Engine` of ``model``, loaded on first use with the ``EMBEDDINGS_*`` settings."""
+def engine_at(path: str) -> Engine:
+    """The process's `Engine` of the model at ``path``, loaded on first use with the ``EMBEDDINGS_*``
+    settings (device, padded tokens per forward pass, torch threads)."""
     if settings.EMBEDDINGS_TORCH_THREADS:
         import torch
 
         torch.set_num_threads(settings.EMBEDDINGS_TORCH_THREADS)
-    return get_engine(model.local_path, device=settings.EMBEDDINGS_DEVICE,
-                      batch_tokens=settings.EMBEDDINGS_BATCH_TOKENS)
+    return get_engine(path, device=settings.EMBEDDINGS_DEVICE, batch_tokens=settings.EMBEDDINGS_BATCH_TOKENS)
+
+
+def engine_for(model: EmbeddingModel) -> Engine:
+    """The process's `Engine` of ``model`` (see `engine_at`)."""
+    return engine_at(model.local_path)
 
 
 def check_dimensions(*, model: EmbeddingModel, dimensions: int | None) -> None:
@@ -249,7 +254,7 @@ def embedding_model_register(*, name: str, path: str, aliases: list[str] | None 
     Dimensions and max input tokens are read from the model itself (this loads it).
     Idempotent: re-registering refreshes the path (e.g. after a new virtualenv).
     """
-    engine = get_engine(str(path), device=settings.EMBEDDINGS_DEVICE, batch_tokens=settings.EMBEDDINGS_BATCH_TOKENS)
+    engine = engine_at(str(path))
     model, _ = EmbeddingModel.objects.update_or_create(
         name=name,
         defaults={
@@ -298,12 +303,7 @@ def set_batch_log_level(level: int) -> None:
 
 def batcher_for_path(path: str, *, name: str = "") -> MicroBatcher:
     """The process's `MicroBatcher` of the model at ``path`` (engine loaded on first use)."""
-    if settings.EMBEDDINGS_TORCH_THREADS:
-        import torch
-
-        torch.set_num_threads(settings.EMBEDDINGS_TORCH_THREADS)
-    engine = get_engine(path, device=settings.EMBEDDINGS_DEVICE, batch_tokens=settings.EMBEDDINGS_BATCH_TOKENS)
-    return get_batcher(engine, max_batch_tokens=settings.EMBEDDINGS_MAX_BATCH_TOKENS,
+    return get_batcher(engine_at(path), max_batch_tokens=settings.EMBEDDINGS_MAX_BATCH_TOKENS,
                        max_wait_ms=settings.EMBEDDINGS_BATCH_WAIT_MS, name=name or path,
                        log_level=_batch_log_level)
 
