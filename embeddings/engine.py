@@ -38,15 +38,20 @@ class Engine:
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``. On CUDA the weights
             run in fp16; outputs are always float32.
         batch_tokens: the most padded tokens (rows x longest row) per forward pass.
+        torch_threads: torch intra-op threads for this process (``torch.set_num_threads``),
+            set once when the engine loads; 0 keeps torch's default (the core count).
 
     Attributes:
         dimensions: output size ``d`` (all-MiniLM-L6-v2: 384).
         max_input_tokens: the model's ``max_seq_length``, special tokens included (256).
     """
 
-    def __init__(self, path: str, *, device: str = "auto", batch_tokens: int = 16384):
+    def __init__(self, path: str, *, device: str = "auto", batch_tokens: int = 16384, torch_threads: int = 0):
         import torch
         from sentence_transformers import SentenceTransformer
+
+        if torch_threads:
+            torch.set_num_threads(torch_threads)
 
         started = time.perf_counter()
         self.path = str(path)
@@ -115,15 +120,16 @@ _engines: dict[tuple[str, str], Engine] = {}
 _engines_lock = threading.Lock()
 
 
-def get_engine(path: str, *, device: str = "auto", batch_tokens: int = 16384) -> Engine:
-    """The process-wide `Engine` for ``path``; loaded on first use, once, under a lock."""
+def get_engine(path: str, *, device: str = "auto", batch_tokens: int = 16384, torch_threads: int = 0) -> Engine:
+    """The process-wide `Engine` for ``path``; loaded on first use, once, under a lock
+    (the other arguments apply to that first load)."""
     key = (str(path), device)
     engine = _engines.get(key)
     if engine is None:
         with _engines_lock:
             engine = _engines.get(key)
             if engine is None:
-                engine = Engine(path, device=device, batch_tokens=batch_tokens)
+                engine = Engine(path, device=device, batch_tokens=batch_tokens, torch_threads=torch_threads)
                 _engines[key] = engine
     return engine
 

@@ -53,12 +53,10 @@ def tokenizer_for(model: EmbeddingModel) -> ModelTokenizer:
 
 def engine_at(path: str) -> Engine:
     """The process's `Engine` of the model at ``path``, loaded on first use with the ``EMBEDDINGS_*``
-    settings (device, padded tokens per forward pass, torch threads)."""
-    if settings.EMBEDDINGS_TORCH_THREADS:
-        import torch
-
-        torch.set_num_threads(settings.EMBEDDINGS_TORCH_THREADS)
-    return get_engine(path, device=settings.EMBEDDINGS_DEVICE, batch_tokens=settings.EMBEDDINGS_BATCH_TOKENS)
+    settings (device, padded tokens per forward pass, torch threads). Called on every inline
+    request: after the first load it is a dict lookup."""
+    return get_engine(path, device=settings.EMBEDDINGS_DEVICE, batch_tokens=settings.EMBEDDINGS_BATCH_TOKENS,
+                      torch_threads=settings.EMBEDDINGS_TORCH_THREADS)
 
 
 def engine_for(model: EmbeddingModel) -> Engine:
