@@ -19,6 +19,16 @@ from .models import AdminAPIKey, APIKey, Limit, Membership, Organization, Projec
 from .services import admin_api_key_revoke, api_key_create, api_key_revoke, limit_cache_drop
 
 
+def revoke_selected(model_admin, request, queryset, revoke, noun: str) -> None:
+    """Admin action body: ``revoke`` (a service, so the auth cache is dropped too) every
+    unrevoked key of ``queryset`` and report how many."""
+    revoked = 0
+    for key in queryset.filter(revoked_at__isnull=True):
+        revoke(key)
+        revoked += 1
+    model_admin.message_user(request, f"Revoked {revoked} {noun}.", messages.SUCCESS)
+
+
 class MembershipInline(admin.TabularInline):
     model = Membership
     extra = 0
@@ -116,11 +126,7 @@ class APIKeyAdmin(admin.ModelAdmin):
 
     @admin.action(description="Revoke selected API keys", permissions=["change"])
     def revoke_keys(self, request, queryset):
-        revoked = 0
-        for key in queryset.filter(revoked_at__isnull=True):
-            api_key_revoke(api_key=key)
-            revoked += 1
-        self.message_user(request, f"Revoked {revoked} key(s).", messages.SUCCESS)
+        revoke_selected(self, request, queryset, lambda key: api_key_revoke(api_key=key), "key(s)")
 
     @method_decorator(never_cache)
     def add_view(self, request, form_url="", extra_context=None):
@@ -166,11 +172,8 @@ class AdminAPIKeyAdmin(admin.ModelAdmin):
 
     @admin.action(description="Revoke selected admin keys", permissions=["change"])
     def revoke_keys(self, request, queryset):
-        revoked = 0
-        for key in queryset.filter(revoked_at__isnull=True):
-            admin_api_key_revoke(admin_api_key=key)
-            revoked += 1
-        self.message_user(request, f"Revoked {revoked} admin key(s).", messages.SUCCESS)
+        revoke_selected(self, request, queryset, lambda key: admin_api_key_revoke(admin_api_key=key),
+                        "admin key(s)")
 
 
 @admin.register(Limit)
