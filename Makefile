@@ -10,12 +10,9 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 export HOST PORT
 export HF_HUB_OFFLINE := 1
+export QUEUES
 
-# For `make test`: real Postgres and Redis on loopback unless overridden.
-TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/embeddings
-TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
-
-.PHONY: install serve worker test check-services migrate clean
+.PHONY: install serve migrate web worker beat test clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,30 +23,32 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# The whole platform in the foreground (config/run.py): with no DATABASE_URL/REDIS_URL, a private
+# PostgreSQL and Valkey under var/ (from wheels); migrations; then web, one worker on every queue
+# and beat under circus. Ctrl-C stops everything.
+serve: install
+	exec $(PY) -m config.run serve
+
+# Roles for scaled deployments (they need DATABASE_URL and REDIS_URL; they start no server).
+# Release step: migrations + model registry under a database lock (safe from many hosts at once).
 migrate: install
-	mkdir -p var
-	$(PY) manage.py migrate --noinput
-	$(PY) manage.py register_models
-	$(PY) manage.py collectstatic --noinput -v0
+	$(PY) -m config.run migrate
 
-# Serves the API with gunicorn on http://$(HOST):$(PORT). With no DATABASE_URL/REDIS_URL in
-# the environment: the embedded default (SQLite under var/, no Redis, tasks in-process).
-serve: migrate
-	exec $(VENV)/bin/gunicorn -c config/gunicorn.py config.wsgi
+# gunicorn on $(HOST):$(PORT); waits for a migrated database.
+web: install
+	exec $(PY) -m config.run web
 
-# An embedding worker (needs REDIS_URL): one process per GPU (CUDA_VISIBLE_DEVICES=N), or one per
-# CPU host. Consumes `embeddings` and `embeddings-flex`; see platform/README.md.
-worker: migrate
-	exec $(PY) -m celery -A config worker -Q embeddings,embeddings-flex -l info -n embeddings@%h
+# A Celery worker: QUEUES=embeddings,embeddings-flex (one per GPU) or QUEUES=billing; default all.
+worker: install
+	exec $(PY) -m config.run worker
 
-check-services: install
-	@DATABASE_URL="$${DATABASE_URL:-$(TEST_DATABASE_URL)}" REDIS_URL="$${REDIS_URL:-$(TEST_REDIS_URL)}" \
-		$(PY) -m tests.check_services
+# Celery beat: exactly one per deployment.
+beat: install
+	exec $(PY) -m config.run beat
 
-# The whole suite, against real Postgres and Redis (DATABASE_URL/REDIS_URL override).
-test: check-services
-	DATABASE_URL="$${DATABASE_URL:-$(TEST_DATABASE_URL)}" REDIS_URL="$${REDIS_URL:-$(TEST_REDIS_URL)}" \
-		$(PY) -m pytest $(PYTEST_ARGS)
+# The whole suite: against embedded servers under var/test, or DATABASE_URL/REDIS_URL when set.
+test: install
+	$(PY) -m config.run test -- $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) var

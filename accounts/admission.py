@@ -16,14 +16,10 @@ Either everything is reserved or nothing is (a rejected request reserves nothing
 A request that fails after admission is refunded (`Reservation.refund`); one that
 succeeded is settled after its usage record is written (`Reservation.settle`).
 
-Backends:
-
-* Redis (``ADMISSION_REDIS_URL``, default ``REDIS_URL``): one Lua script call per
-  step (`ADMISSION_LUA`), time from Redis ``TIME`` so every API server shares one
-  clock. Shared by all API processes and machines (a single Redis, not a cluster).
-* In-process (embedded default, no Redis): the same algorithm in Python under a
-  lock (`LocalBackend`): thread-safe, but **per process**: with several processes
-  each enforces the limits on its own.
+The store is Redis (``ADMISSION_REDIS_URL``, default ``REDIS_URL``; the embedded default's
+private Valkey included): one Lua script call per step (`ADMISSION_LUA`), time from Redis
+``TIME`` so every API server shares one clock. Shared by all API processes and machines
+(a single Redis, not a cluster).
 
 Counter hashes (monthly): ``u`` tokens used this month including reservations in
 flight, ``r`` tokens reserved in flight, ``s`` tokens settled (monotonic), ``g``
@@ -269,162 +265,19 @@ def _decode(value):
     return value
 
 
-class LocalBackend:
-    """The embedded default: `ADMISSION_LUA`'s semantics in Python, atomic under one lock.
-
-    Per process: each process keeps its own counters (documented in the README).
-    """
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._data: dict[str, dict[str, str]] = {}
-        self._expiry: dict[str, float] = {}  # key -> ms
-        self._rebuild_locks: dict[str, threading.Lock] = {}
-        self._versions: dict[str, str] = {}
-
-    def _get(self, key: str, now: float) -> dict[str, str] | None:
-        expiry = self._expiry.get(key)
-        if expiry is not None and expiry <= now:
-            self._data.pop(key, None)
-            self._expiry.pop(key, None)
-        return self._data.get(key)
-
-    def run(self, op: str, keys: list[str], monthly_count: int, args: list, version: str = "") -> list | int | str:
-        with self._lock:
-            now = time.time() * 1000
-            args = [str(a) for a in args]
-            if op in ("version", "bump") or (op == "reserve" and version):
-                current = self._versions.get(keys[-1])
-                if op == "bump" or current is None:
-                    current = self._versions[keys[-1]] = args[0] if args else repr(now)
-                if op != "reserve":
-                    return current
-                if current != version:
-                    return ["stale", current]
-                keys = keys[:-1]
-            return self._run(op, keys, monthly_count, args, now)
-
-    def _run(self, op, keys, nm, args, now):  # noqa: C901 (a transliteration of the Lua script)
-        def arg(i, j):
-            return args[i * 3 + j]
-
-        def level_of(i, limit):
-            st = self._get(keys[i], now)
-            if not st:
-                return 0.0
-            return max(0.0, float(st["u"]) - (now - float(st["t"])) * limit / PERIOD_MS)
-
-        def set_level(i, limit, level):
-            if level <= 0:
-                self._data.pop(keys[i], None)
-                self._expiry.pop(keys[i], None)
-            else:
-                self._data[keys[i]] = {"u": repr(level), "t": repr(now)}
-                self._expiry[keys[i]] = now + math.ceil(level * PERIOD_MS / limit) + 1000
-
-        if op == "reserve":
-            missing = [i + 1 for i in range(nm) if self._get(keys[i], now) is None]
-            if missing:
-                return ["missing", missing]
-            reject, retry, values, gens = 0, "0", [], []
-            for i in range(nm):
-                limit, cost = int(arg(i, 0)), int(arg(i, 1))
-                st = self._data[keys[i]]
-                used = int(st["u"])
-                values.append(used)
-                gens.append(st["g"])
-                if not reject and limit >= 0 and used + cost > limit:
-                    reject = i + 1
-            for i in range(nm, len(keys)):
-                limit, cost = int(arg(i, 0)), int(arg(i, 1))
-                level = level_of(i, limit)
-                values.append(level)
-                if not reject and cost > 0 and level + cost > limit:
-                    reject = i + 1
-                    retry = "-1" if cost > limit else repr((level + cost - limit) * PERIOD_MS / limit)
-            if not reject:
-                for i in range(nm):
-                    cost = int(arg(i, 1))
-                    st = self._data[keys[i]]
-                    st["u"] = str(int(st["u"]) + cost)
-                    st["r"] = str(int(st["r"]) + cost)
-                    values[i] = int(st["u"])
-                for i in range(nm, len(keys)):
-                    limit, cost = int(arg(i, 0)), int(arg(i, 1))
-                    if cost > 0:
-                        values[i] += cost
-                        set_level(i, limit, values[i])
-            return ["rejected" if reject else "ok", reject, retry, *[str(v) for v in values], *gens]
-        if op in ("refund", "settle"):
-            for i in range(nm):
-                cost, gen = int(arg(i, 1)), arg(i, 2)
-                st = self._get(keys[i], now)
-                if st is None:
-                    continue
-                same = st["g"] == gen
-                if op == "refund" and same:
-                    st["u"] = str(int(st["u"]) - cost)
-                    st["r"] = str(int(st["r"]) - cost)
-                elif op == "settle":
-                    if same:
-                        st["r"] = str(int(st["r"]) - cost)
-                    else:
-                        st["u"] = str(int(st["u"]) + cost)
-                    st["s"] = str(int(st["s"]) + cost)
-            if op == "refund":
-                for i in range(nm, len(keys)):
-                    limit, cost = int(arg(i, 0)), int(arg(i, 1))
-                    if cost > 0:
-                        set_level(i, limit, level_of(i, limit) - cost)
-            return "ok"
-        if op == "init":
-            created = 0
-            for i in range(nm):
-                if self._get(keys[i], now) is None:
-                    self._data[keys[i]] = {"u": arg(i, 1), "r": "0", "s": "0", "g": arg(i, 2)}
-                    self._expiry[keys[i]] = float(arg(i, 0))
-                    created += 1
-            return created
-        if op == "reconcile":
-            st = self._get(keys[0], now)
-            if st is None:
-                return ["missing"]
-            if st["g"] != arg(0, 2):
-                return ["changed"]
-            new = int(arg(0, 1)) + int(st["r"]) + int(st["s"]) - int(arg(0, 0))
-            old, st["u"] = st["u"], str(new)
-            return ["ok", old, str(new), st["r"]]
-        raise ValueError(f"unknown op {op}")
-
-    def read(self, keys: list[str]) -> list[dict[str, str]]:
-        with self._lock:
-            now = time.time() * 1000
-            return [dict(self._get(k, now) or {}) for k in keys]
-
-    def lock(self, name: str):
-        with self._lock:
-            return self._rebuild_locks.setdefault(name, threading.Lock())
-
-    def delete(self, keys: list[str]) -> None:
-        with self._lock:
-            for key in keys:
-                self._data.pop(key, None)
-                self._expiry.pop(key, None)
-
-
-_backends: dict[str, RedisBackend | LocalBackend] = {}
+_backends: dict[str, RedisBackend] = {}
 _backends_lock = threading.Lock()
 
 
-def admission_backend() -> RedisBackend | LocalBackend:
-    """The process's backend for the current ``ADMISSION_REDIS_URL`` (empty: `LocalBackend`)."""
+def admission_backend() -> RedisBackend:
+    """The process's backend for the current ``ADMISSION_REDIS_URL``."""
     url = settings.ADMISSION_REDIS_URL
     backend = _backends.get(url)
     if backend is None:
         with _backends_lock:
             backend = _backends.get(url)
             if backend is None:
-                backend = RedisBackend(url, settings.ADMISSION_REDIS_TIMEOUT) if url else LocalBackend()
+                backend = RedisBackend(url, settings.ADMISSION_REDIS_TIMEOUT)
                 _backends[url] = backend
     return backend
 

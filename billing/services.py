@@ -21,8 +21,7 @@ from decimal import ROUND_HALF_UP, Decimal
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Count, Sum
-from django.db.models.functions import TruncDay, TruncHour
+from django.db.models import Sum
 from django.utils import timezone
 
 from billing.models import DailyUsage, HourlyUsage, Price, Statement, StatementLine, UsageRecord
@@ -169,24 +168,6 @@ class RollupResult:
     daily_rows: int
 
 
-_KEY = ("organization_id", "project_id", "api_key_id", "model_id")
-
-
-def _replace_range(model, groups, *, start: datetime, end: datetime, stamp: datetime) -> int:
-    """The ORM path (databases other than Postgres): replace the rollup ``model``'s rows in
-    ``[start, end)`` by ``groups`` (dicts with bucket, the key ids, n, tokens), inside the
-    caller's transaction. Returns the rows written."""
-    model.objects.filter(bucket_start__gte=start, bucket_start__lt=end).delete()
-    rows = [
-        model(bucket_start=g["bucket"], organization_id=g["organization_id"], project_id=g["project_id"],
-              api_key_id=g["api_key_id"], model_id=g["model_id"], num_model_requests=g["n"],
-              input_tokens=g["tokens"], updated_at=stamp)
-        for g in groups
-    ]
-    model.objects.bulk_create(rows, batch_size=500)
-    return len(rows)
-
-
 _ROLLUP_SQL = """
     INSERT INTO {target} (bucket_start, organization_id, project_id, api_key_id, model_id,
                           num_model_requests, input_tokens, updated_at)
@@ -214,11 +195,6 @@ def _rollup_postgres(model, *, unit: str, source: str, time: str, requests: str,
     return written
 
 
-def rollup_in_sql() -> bool:
-    """Whether rollups run as single SQL statements (Postgres) rather than through the ORM."""
-    return connection.vendor == "postgresql"
-
-
 def usage_rollup_build(*, start: datetime, end: datetime) -> RollupResult:
     """Recompute the hourly rollups of ``[start, end)`` from raw records, then the daily rollups
     of every day those hours touch from the hourly ones (idempotent).
@@ -226,10 +202,9 @@ def usage_rollup_build(*, start: datetime, end: datetime) -> RollupResult:
     ``start`` is rounded down to the hour and ``end`` up; each bucket in the range is
     replaced by the aggregate of its raw records (rows of buckets without records are
     removed), so running it twice leaves the same rows and a late record changes exactly
-    its own hourly and daily bucket. On Postgres the aggregate and the upsert are one
-    SQL statement per table (unchanged buckets keep their row ids) and runs are
-    serialized with an advisory lock; other databases (the embedded SQLite default)
-    delete and re-insert the range through the ORM in one transaction. Do not rebuild
+    its own hourly and daily bucket. The aggregate and the upsert are one SQL statement
+    per table (unchanged buckets keep their row ids) and runs are serialized with an
+    advisory lock. Do not rebuild
     ranges whose raw records were dropped by retention (see
     ``platform/usage-partitioning.md``): their buckets would be emptied.
     """
@@ -237,27 +212,15 @@ def usage_rollup_build(*, start: datetime, end: datetime) -> RollupResult:
     day_start, day_end = floor_day(hour_start), _ceil(hour_end, floor_day, timedelta(days=1))
     with transaction.atomic():
         stamp = timezone.now()
-        if rollup_in_sql():
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_ROLLUP_LOCK])
-            hourly_rows = _rollup_postgres(
-                HourlyUsage, unit="hour", source=UsageRecord._meta.db_table, time="created_at",
-                requests="count(*)", tokens="sum(prompt_tokens)", start=hour_start, end=hour_end, stamp=stamp)
-            daily_rows = _rollup_postgres(
-                DailyUsage, unit="day", source=HourlyUsage._meta.db_table, time="bucket_start",
-                requests="sum(num_model_requests)", tokens="sum(input_tokens)", start=day_start, end=day_end,
-                stamp=stamp)
-        else:
-            hourly = (UsageRecord.objects.filter(created_at__gte=hour_start, created_at__lt=hour_end)
-                      .annotate(bucket=TruncHour("created_at", tzinfo=UTC)).values("bucket", *_KEY)
-                      .annotate(n=Count("id"), tokens=Sum("prompt_tokens")).order_by())
-            hourly_rows = _replace_range(HourlyUsage, hourly.iterator(chunk_size=5000), start=hour_start,
-                                         end=hour_end, stamp=stamp)
-            daily = (HourlyUsage.objects.filter(bucket_start__gte=day_start, bucket_start__lt=day_end)
-                     .annotate(bucket=TruncDay("bucket_start", tzinfo=UTC)).values("bucket", *_KEY)
-                     .annotate(n=Sum("num_model_requests"), tokens=Sum("input_tokens")).order_by())
-            daily_rows = _replace_range(DailyUsage, daily.iterator(chunk_size=5000), start=day_start,
-                                        end=day_end, stamp=stamp)
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_ROLLUP_LOCK])
+        hourly_rows = _rollup_postgres(
+            HourlyUsage, unit="hour", source=UsageRecord._meta.db_table, time="created_at",
+            requests="count(*)", tokens="sum(prompt_tokens)", start=hour_start, end=hour_end, stamp=stamp)
+        daily_rows = _rollup_postgres(
+            DailyUsage, unit="day", source=HourlyUsage._meta.db_table, time="bucket_start",
+            requests="sum(num_model_requests)", tokens="sum(input_tokens)", start=day_start, end=day_end,
+            stamp=stamp)
     return RollupResult(hour_start, hour_end, day_start, day_end, hourly_rows, daily_rows)
 
 

@@ -2,9 +2,15 @@
 route them to the ``billing`` queue, consumed by ``celery -A config worker -Q billing``)."""
 from __future__ import annotations
 
+import time
+
 from celery import shared_task
 
+from config import heartbeats
+
 from . import services
+
+ROLLUP_JOB = "billing.rollup_usage"
 
 
 @shared_task(name="billing.rollup_usage", ignore_result=True)
@@ -13,7 +19,9 @@ def rollup_usage() -> dict:
 
     Returns the covered ranges and row counts (ISO times), for logs.
     """
+    started_at = time.time()
     result = services.usage_rollup_recent()
+    heartbeats.job_record(ROLLUP_JOB, started_at=started_at, hour_end=result.hour_end.timestamp())
     return {"hour_start": result.hour_start.isoformat(), "hour_end": result.hour_end.isoformat(),
             "hourly_rows": result.hourly_rows, "daily_rows": result.daily_rows}
 

@@ -2,7 +2,8 @@
 
 Configuration comes from Django settings under the ``CELERY_`` namespace (queues
 ``embeddings`` and ``embeddings-flex``, late acks, the threads pool, the Redis
-visibility timeout, time limits). Tasks live in ``embeddings/tasks.py``.
+visibility timeout, time limits). Tasks live in ``embeddings/tasks.py`` and
+``billing/tasks.py``. Workers and beat write heartbeats (``config.heartbeats``).
 """
 import os
 
@@ -14,3 +15,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 app = Celery("config")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+# Every worker writes its heartbeat to Redis (config.heartbeats: the platform's one "alive").
+from config.heartbeats import WorkerHeartbeat  # noqa: E402 - needs the app's settings namespace set
+
+app.steps["worker"].add(WorkerHeartbeat)

@@ -16,6 +16,9 @@ worker_class = "gthread"
 timeout = int(os.environ.get("WEB_TIMEOUT", "120"))  # seconds; a 2048-input inline batch on a slow CPU
 graceful_timeout = 30
 keepalive = 5
+# gunicorn's control socket defaults to one path per user ($HOME/.gunicorn/gunicorn.ctl): a second
+# server on the host (tests, another checkout) would take it over. Nothing here uses it.
+control_socket_disable = True
 accesslog = "-"
 errorlog = "-"
 # No Authorization header in the access log: the default format has none, kept explicit here.
@@ -27,8 +30,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 def post_worker_init(worker):
     """Load the active models' tokenizers before the worker takes requests (no cold first request),
-    and their weights only where requests may be encoded here (``EMBEDDINGS_INLINE_MAX_TOKENS > 0``
-    or no broker): with the threshold at 0 the API process never loads a model."""
+    and their weights only where requests may be encoded here (``EMBEDDINGS_INLINE_MAX_TOKENS > 0``):
+    with the threshold at 0 the API process never loads a model."""
     from embeddings.services import warm_up
 
     warm_up()

@@ -1,18 +1,19 @@
 """Settings, read from the environment (12-factor, via django-environ).
 
-Two ways to run:
-
-* Embedded default (no ``DATABASE_URL``/``REDIS_URL``): SQLite under ``var/``, a
-  local-memory cache, and Celery tasks run eagerly in the API process.
-* Production / CI: ``DATABASE_URL`` (Postgres via psycopg 3) and ``REDIS_URL``
-  (Celery broker and result backend, Django cache, rate-limit counters).
+One runtime: PostgreSQL (psycopg 3) and a Redis-protocol server (cache, Celery broker and
+results, admission counters), always. ``DATABASE_URL`` / ``REDIS_URL`` name them; unset,
+they name the embedded default's private servers under ``VAR_DIR`` (``config.embedded``),
+which ``make serve`` / ``make test`` start from pip wheels. Reading settings starts nothing.
 """
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import environ
 
+from . import embedded
+
 BASE_DIR = Path(__file__).resolve().parent.parent
-VAR_DIR = Path(environ.Env().str("VAR_DIR", default=str(BASE_DIR / "var")))
+VAR_DIR = Path(environ.Env().str("VAR_DIR", default=str(BASE_DIR / "var"))).resolve()
 
 env = environ.Env()
 environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
@@ -75,51 +76,50 @@ TEMPLATES = [
 ]
 
 # --- Database -----------------------------------------------------------------
-DATABASES = {
-    "default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}"),
-}
+# Unset: the embedded PostgreSQL's socket under VAR_DIR (config.embedded.database_url).
+DATABASE_URL = env.str("DATABASE_URL", default="") or embedded.database_url(VAR_DIR)
+DATABASES = {"default": env.db_url_config(DATABASE_URL)}
+if DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
+    raise environ.ImproperlyConfigured(
+        f"DATABASE_URL must name a PostgreSQL database (postgres://...), not {DATABASES['default']['ENGINE']}")
 DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=60))
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
-if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # The embedded default serves threads of one process: wait for the write lock
-    # instead of failing with "database is locked".
-    # WAL lets readers run beside the writer; synchronous=NORMAL drops the fsync per commit
-    # (durable at checkpoints; the embedded default is for trying it out, not production).
-    DATABASES["default"].setdefault("OPTIONS", {}).update({
-        "timeout": 20,  # seconds
-        "transaction_mode": "IMMEDIATE",
-        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
-    })
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 DJANGO_REDIS_LOG_IGNORED_EXCEPTIONS = True
 
 # --- Redis: cache, Celery ------------------------------------------------------
-REDIS_URL = env.str("REDIS_URL", default="")
+# Unset: the embedded Valkey's socket under VAR_DIR (config.embedded.redis_url).
+REDIS_URL = env.str("REDIS_URL", default="") or embedded.redis_url(VAR_DIR)
 
-if REDIS_URL:
-    CACHES = {
-        "default": {
-            "BACKEND": "django_redis.cache.RedisCache",
-            "LOCATION": REDIS_URL,
-            "KEY_PREFIX": env.str("CACHE_KEY_PREFIX", default="emb"),
-            "OPTIONS": {
-                "SOCKET_CONNECT_TIMEOUT": 2,  # seconds
-                "SOCKET_TIMEOUT": 2,
-                # A cache that is down is a miss, not a 500: API keys and limits are then read from
-                # the database (admission has its own Redis-down policy, ADMISSION_REDIS_DOWN_POLICY).
-                "IGNORE_EXCEPTIONS": True,
-            },
-        }
+
+def celery_redis_url(url: str) -> str:
+    """``REDIS_URL`` as Celery and kombu spell it: ``unix:///path?db=N`` (redis-py's form) becomes
+    ``redis+socket:///path?virtual_host=N``; other URLs are returned unchanged."""
+    parts = urlsplit(url)
+    if parts.scheme != "unix":
+        return url
+    db = parse_qs(parts.query).get("db", ["0"])[0]
+    return f"redis+socket://{parts.path}?virtual_host={db}"
+
+
+CACHES = {
+    "default": {
+        "BACKEND": "django_redis.cache.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": env.str("CACHE_KEY_PREFIX", default="emb"),
+        "OPTIONS": {
+            "SOCKET_CONNECT_TIMEOUT": 2,  # seconds
+            "SOCKET_TIMEOUT": 2,
+            # A cache that is down is a miss, not a 500: API keys and limits are then read from
+            # the database (admission has its own Redis-down policy, ADMISSION_REDIS_DOWN_POLICY).
+            "IGNORE_EXCEPTIONS": True,
+        },
     }
-else:
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+}
 
-CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL or "memory://")
-CELERY_RESULT_BACKEND = env.str("CELERY_RESULT_BACKEND", default=REDIS_URL or "cache+memory://")
-# Embedded default: no broker, so tasks run in the calling process (same code path).
-CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=not REDIS_URL)
-CELERY_TASK_EAGER_PROPAGATES = True
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=celery_redis_url(REDIS_URL))
+CELERY_RESULT_BACKEND = env.str("CELERY_RESULT_BACKEND", default=celery_redis_url(REDIS_URL))
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"  # vectors travel as base64 float32 bytes inside it (embeddings.tasks)
 CELERY_ACCEPT_CONTENT = ["json"]
@@ -147,6 +147,9 @@ EMBEDDINGS_MAX_BATCH_TOKENS = env.int("EMBEDDINGS_MAX_BATCH_TOKENS", default=655
 EMBEDDINGS_BATCH_WAIT_MS = env.float("EMBEDDINGS_BATCH_WAIT_MS", default=2.0)
 EMBEDDINGS_QUEUE = "embeddings"
 EMBEDDINGS_FLEX_QUEUE = "embeddings-flex"  # service_tier "flex": default-tier work overtakes it
+BILLING_QUEUE = "billing"  # rollups and statement closing (beat's schedule)
+# Every queue a worker of `make serve` / `make worker` consumes unless QUEUES names some.
+CELERY_PLATFORM_QUEUES = [EMBEDDINGS_QUEUE, EMBEDDINGS_FLEX_QUEUE, BILLING_QUEUE]
 # Seconds a delivered, unacknowledged chunk may stay with a worker before Redis hands it to
 # another one. Must exceed the longest a chunk can be held (queued in the worker + its batch):
 # that is bounded by the dispatch deadline, since expired chunks are dropped.
@@ -220,7 +223,6 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "staticfiles"
-STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # whitenoise warns on every start when it is missing
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
@@ -262,7 +264,7 @@ EMBEDDINGS_TORCH_THREADS = env.int("EMBEDDINGS_TORCH_THREADS", default=0)
 EMBEDDINGS_DEVICE = env.str("EMBEDDINGS_DEVICE", default="auto")
 
 # --- Quotas and rate limits (accounts.admission) ------------------------------------------------
-# Where reservations live: a Redis shared by every API process; empty = in-process (per process).
+# Where reservations live: a Redis shared by every API process.
 ADMISSION_REDIS_URL = env.str("ADMISSION_REDIS_URL", default=REDIS_URL)
 # Seconds to wait for that Redis before treating it as down.
 ADMISSION_REDIS_TIMEOUT = env.float("ADMISSION_REDIS_TIMEOUT", default=1.0)
@@ -275,9 +277,8 @@ ADMISSION_RETRY_AFTER_SECONDS = env.int("ADMISSION_RETRY_AFTER_SECONDS", default
 ADMISSION_KEY_PREFIX = env.str("ADMISSION_KEY_PREFIX", default="adm")
 # Seconds each API process may keep a key's limits in memory. Every change sets a new limits
 # version in Redis that each reservation checks atomically, so edits apply to the next request;
-# this is only the bound for a change made while Redis was unreachable. The embedded default
-# reads the limits from the database on every request (0).
-LIMITS_CACHE_SECONDS = env.int("LIMITS_CACHE_SECONDS", default=30 if REDIS_URL else 0)
+# this is only the bound for a change made while Redis was unreachable.
+LIMITS_CACHE_SECONDS = env.int("LIMITS_CACHE_SECONDS", default=30)
 
 LOGGING = {
     "version": 1,
@@ -298,25 +299,25 @@ LOGGING = {
 BILLING_CURRENCY = env.str("BILLING_CURRENCY", default="usd")
 # Each rollup run re-rolls this many trailing hours, picking up records that arrived late.
 BILLING_ROLLUP_LOOKBACK_HOURS = env.int("BILLING_ROLLUP_LOOKBACK_HOURS", default=3)
-# Seconds between rollup runs (the usage API's 1h/1d buckets lag by at most this much).
-BILLING_ROLLUP_INTERVAL_SECONDS = env.int("BILLING_ROLLUP_INTERVAL_SECONDS", default=300)
+# Seconds between rollup runs (the usage API's 1h/1d buckets and the draft statement lag by at
+# most this much plus one run). Each run re-rolls only the trailing lookback window.
+BILLING_ROLLUP_INTERVAL_SECONDS = env.int("BILLING_ROLLUP_INTERVAL_SECONDS", default=60)
 # A month's statements are closed (frozen) this many hours after the month ends.
 BILLING_CLOSE_GRACE_HOURS = env.int("BILLING_CLOSE_GRACE_HOURS", default=6)
 # Beat's record of last runs (the schedule itself is CELERY_BEAT_SCHEDULE below).
 CELERY_BEAT_SCHEDULE_FILENAME = env.str("CELERY_BEAT_SCHEDULE_FILENAME", default=str(VAR_DIR / "celerybeat-schedule"))
+# Celery's persistent scheduler plus beat's heartbeat in Redis (readiness reports it).
+CELERY_BEAT_SCHEDULER = "config.heartbeats:BeatScheduler"
 CELERY_BEAT_SCHEDULE = {
     "billing-rollup-usage": {
         "task": "billing.rollup_usage",
         "schedule": float(BILLING_ROLLUP_INTERVAL_SECONDS),
-        "options": {"queue": "billing", "expires": float(BILLING_ROLLUP_INTERVAL_SECONDS)},
+        "options": {"queue": BILLING_QUEUE, "expires": float(BILLING_ROLLUP_INTERVAL_SECONDS)},
     },
     "billing-close-statements": {
         "task": "billing.close_statements",
         "schedule": 3600.0,  # hourly; closing is idempotent and does nothing until the grace has passed
-        "options": {"queue": "billing", "expires": 3600.0},
+        "options": {"queue": BILLING_QUEUE, "expires": 3600.0},
     },
 }
-if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # The rollups' unique constraints treat NULL api keys as equal (Postgres 15+ NULLS NOT
-    # DISTINCT); SQLite cannot, which only matters for rows of deleted keys.
-    SILENCED_SYSTEM_CHECKS = ["models.W047"]
+

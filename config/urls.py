@@ -15,6 +15,7 @@ urlpatterns = [
     path("console/", include("accounts.urls")),
     path("admin/", admin.site.urls),
     path("healthz", views.healthz, name="healthz"),
+    path("readyz", views.readyz, name="readyz"),
     path("", RedirectView.as_view(pattern_name="console:home"), name="root"),
 ]
 

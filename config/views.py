@@ -1,7 +1,15 @@
-"""Project-level views: health check, and error pages that speak OpenAI's envelope under /v1."""
-from django.db import connection
+"""Project-level views: liveness and readiness, and error pages that speak OpenAI's envelope under /v1."""
+import logging
+import threading
+import time
+
+import redis
+from django.conf import settings
+from django.db import DatabaseError, connection
 from django.http import JsonResponse
 from django.views import defaults
+
+from . import heartbeats
 
 from .errors import error_response
 from .middleware import API_PREFIX
@@ -29,7 +37,127 @@ def server_error(request):
 
 
 def healthz(request):
-    """Liveness/readiness: 200 ``{"status": "ok"}`` when the database answers."""
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT 1")
+    """Liveness: 200 ``{"status": "ok"}`` whenever the process answers (touches nothing else)."""
     return JsonResponse({"status": "ok"})
+
+
+logger = logging.getLogger(__name__)
+_migrated = False  # once true it stays true for this process (a new release restarts processes)
+
+
+def _check_database() -> dict:
+    global _migrated
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        if not _migrated:
+            from django.db.migrations.executor import MigrationExecutor
+
+            executor = MigrationExecutor(connection)
+            pending = executor.migration_plan(executor.loader.graph.leaf_nodes())
+            if pending:
+                return {"ok": False, "error": f"{len(pending)} migrations not applied"}
+            _migrated = True
+        return {"ok": True}
+    except DatabaseError as exc:
+        return {"ok": False, "error": f"unreachable: {exc.__class__.__name__}"}
+
+
+def _check_redis() -> dict:
+    try:
+        heartbeats.client().ping()
+        return {"ok": True}
+    except redis.RedisError as exc:
+        return {"ok": False, "error": f"unreachable: {exc.__class__.__name__}"}
+
+
+_warming = threading.Lock()
+
+
+def _warm_in_background() -> None:
+    """Load the active models in a thread (once at a time), so a model registered after this
+    process started becomes ready without a request paying for the load."""
+    from embeddings.services import warm_up
+
+    def run():
+        try:
+            warm_up()
+        except Exception:  # noqa: BLE001 - readiness keeps reporting the model missing
+            logger.exception("readyz: loading the active models failed")
+        finally:
+            _warming.release()
+
+    if _warming.acquire(blocking=False):
+        threading.Thread(target=run, name="readyz-warm-up", daemon=True).start()
+
+
+def _check_models() -> dict:
+    """Where this process encodes (``EMBEDDINGS_INLINE_MAX_TOKENS > 0``): every active model's
+    weights are loaded here (a missing one starts loading in the background; not ready until
+    it is). Elsewhere the check passes with ``encodes_here: false``."""
+    from embeddings.engine import loaded_engines
+    from embeddings.selectors import embedding_models_active
+    from embeddings.services import engines_run_here
+
+    if not engines_run_here():
+        return {"ok": True, "encodes_here": False}
+    loaded = {engine.path for engine in loaded_engines()}
+    try:
+        missing = [m.name for m in embedding_models_active() if m.local_path not in loaded]
+    except DatabaseError:
+        return {"ok": False, "encodes_here": True, "error": "cannot list the models"}
+    if missing:
+        _warm_in_background()
+        return {"ok": False, "encodes_here": True, "error": f"not loaded: {', '.join(missing)}"}
+    return {"ok": True, "encodes_here": True}
+
+
+def _platform_state(redis_ok: bool, database_ok: bool) -> dict:
+    """Workers alive per queue, beat, and the usage rollup's last run and lag (never fails)."""
+    from billing.models import UsageRecord
+    from billing.tasks import ROLLUP_JOB
+
+    now = time.time()
+    state: dict = {"workers": None, "beat": None, "rollup": None}
+    if redis_ok:
+        try:
+            workers = heartbeats.workers_alive()
+            per_queue = dict.fromkeys(settings.CELERY_PLATFORM_QUEUES, 0)
+            for info in workers:
+                for queue in info.get("queues", []):
+                    per_queue[queue] = per_queue.get(queue, 0) + 1
+            state["workers"] = {"alive": len(workers), "per_queue": per_queue,
+                                "hostnames": sorted(w["hostname"] for w in workers)}
+            beat = heartbeats.beat_state()
+            state["beat"] = {"alive": beat is not None,
+                             "last_seen_seconds_ago": round(now - beat["last_seen"], 1) if beat else None}
+            last = heartbeats.job_last_run(ROLLUP_JOB)
+            rollup = {"last_run_seconds_ago": round(now - last["finished_at"], 1) if last else None}
+            if database_ok:
+                # Lag: age of the oldest usage record no rollup run has seen yet (0: none waits).
+                since = last["started_at"] if last else 0.0
+                from datetime import UTC, datetime
+
+                oldest = (UsageRecord.objects.filter(created_at__gte=datetime.fromtimestamp(since, UTC))
+                          .order_by("created_at").values_list("created_at", flat=True).first())
+                rollup["lag_seconds"] = round(now - oldest.timestamp(), 1) if oldest else 0.0
+            state["rollup"] = rollup
+        except (redis.RedisError, DatabaseError) as exc:
+            logger.warning("readyz: platform state incomplete: %s", exc)
+    return state
+
+
+def readyz(request):
+    """Readiness of this process: 200 when it can serve, else 503 naming the failed checks.
+
+    Checks: ``database`` (reachable and fully migrated), ``redis`` (answers PING), ``models``
+    (loaded here, where this process encodes). The body also reports, without affecting the
+    status, the platform's state: workers alive per queue (`config.heartbeats`), beat, and the
+    usage rollup's last run and lag in seconds.
+    """
+    checks = {"database": _check_database(), "redis": _check_redis()}
+    checks["models"] = _check_models() if checks["database"]["ok"] else {"ok": False, "error": "no database"}
+    failed = [name for name, check in checks.items() if not check["ok"]]
+    body = {"status": "not_ready" if failed else "ready", "failed": failed, "checks": checks,
+            "platform": _platform_state(checks["redis"]["ok"], checks["database"]["ok"])}
+    return JsonResponse(body, status=503 if failed else 200)

@@ -174,8 +174,7 @@ def encode_dispatched(*, model: EmbeddingModel, token_ids: list[list[int]], serv
     ``EMBEDDINGS_CHUNK_TOKENS`` tokens, wait for all of them until the deadline
     (``timeout`` s, default ``EMBEDDINGS_DISPATCH_TIMEOUT``), and merge in input order.
 
-    With no broker (embedded default, ``CELERY_TASK_ALWAYS_EAGER``) the same tasks run in
-    this process. Chunks carry ``expires`` = the deadline: a worker drops those the
+    Chunks carry ``expires`` = the deadline: a worker drops those the
     caller stopped waiting for. Results are deleted once read.
 
     Returns ``(n, model.dimensions)`` float32. Raises `ServiceUnavailableError` (503,
@@ -284,10 +283,8 @@ def embedding_model_register_default() -> EmbeddingModel:
 
 def engines_run_here() -> bool:
     """Whether this process may run a model: inline requests are allowed
-    (``EMBEDDINGS_INLINE_MAX_TOKENS > 0``) or tasks run in-process (eager, no broker)."""
-    from config.celery import app
-
-    return settings.EMBEDDINGS_INLINE_MAX_TOKENS > 0 or bool(app.conf.task_always_eager)
+    (``EMBEDDINGS_INLINE_MAX_TOKENS > 0``)."""
+    return settings.EMBEDDINGS_INLINE_MAX_TOKENS > 0
 
 
 _batch_log_level = logging.DEBUG

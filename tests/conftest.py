@@ -33,15 +33,12 @@ def _fast_password_hashing(settings):
 
 
 @pytest.fixture(autouse=True)
-def _tasks_in_process(request):
-    """Celery tasks run in the test process (eager: the embedded default's code path), except in
-    tests marked ``worker``, which go through the real Redis broker to a real worker process."""
-    from config.celery import app
-
-    eager = app.conf.task_always_eager
-    app.conf.task_always_eager = request.node.get_closest_marker("worker") is None
-    yield
-    app.conf.task_always_eager = eager
+def _inline_unless_worker(request, settings):
+    """There is no in-process Celery: a dispatched request needs a real worker. Tests marked
+    ``worker`` run one (``tests.workers``) and keep the served threshold; every other test
+    encodes its requests inline in the test process, whatever their size."""
+    if request.node.get_closest_marker("worker") is None:
+        settings.EMBEDDINGS_INLINE_MAX_TOKENS = 10**9
 
 
 @pytest.fixture

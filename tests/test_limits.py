@@ -454,20 +454,10 @@ def test_limits_usage_summary_reports_every_applicable_limit_with_its_usage(clie
     assert other_key.api_key.public_id not in {r.scope_id for r in rows.values()}
 
 
-# --- The admission primitive itself, on both backends ------------------------------------------------
-
-@pytest.fixture(params=["redis", "in-process"])
-def backend_kind(request, settings):
-    if request.param == "in-process":
-        settings.ADMISSION_REDIS_URL = ""
-        from accounts import admission
-
-        admission._backends.pop("", None)  # a fresh in-process store per test
-    return request.param
-
+# --- The admission primitive itself ---------------------------------------------------------------------
 
 @pytest.mark.django_db(transaction=True)
-def test_concurrent_reservations_never_overshoot_on_either_backend(backend_kind, project, created_key):
+def test_concurrent_reservations_never_overshoot(project, created_key):
     limit_set(organization=project.organization, project=project, monthly_tokens=10 * 7, rpm=1000)
     key = api_key_resolve(plaintext=created_key.plaintext)
     # Limits cached and counters built once first, so the 64 threads need no database connection
@@ -491,7 +481,7 @@ def test_concurrent_reservations_never_overshoot_on_either_backend(backend_kind,
     assert used(project_scope(project)) == 70
 
 
-def test_reservations_in_flight_survive_a_flush_and_a_reconcile(backend_kind, project, created_key):
+def test_reservations_in_flight_survive_a_flush_and_a_reconcile(project, created_key):
     key = api_key_resolve(plaintext=created_key.plaintext)
     scope = project_scope(project)
     in_flight = admission_reserve(key=key, tokens=10, service_tier="default")

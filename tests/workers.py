@@ -24,14 +24,19 @@ TASK_ID = re.compile(r"embeddings\.encode_chunk\[([0-9a-f-]{36})\]")
 BATCH_LINE = re.compile(r"batch model=(\S+) items=(\d+) inputs=(\d+) tokens=(\d+) default=(\d+) flex=(\d+)")
 
 
-def worker_database_url() -> str:
-    """``DATABASE_URL`` of the test database this process uses (Postgres or SQLite)."""
-    db = settings.DATABASES["default"]
-    if db["ENGINE"].endswith("sqlite3"):
-        return f"sqlite:///{db['NAME']}"
-    user = db.get("USER") or ""
-    password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
+def worker_database_url(name: str | None = None) -> str:
+    """``DATABASE_URL`` of the test database this process uses (TCP or a Unix socket), or of the
+    database ``name`` on the same server."""
+    from urllib.parse import quote
+
+    db = {**settings.DATABASES["default"]}
+    db["NAME"] = name or db["NAME"]
+    user = quote(db.get("USER") or "")
+    password = f":{quote(db['PASSWORD'])}" if db.get("PASSWORD") else ""
     auth = f"{user}{password}@" if user else ""
+    socket_dir = (db.get("OPTIONS") or {}).get("host")
+    if socket_dir:
+        return f"postgres://{auth}/{db['NAME']}?host={socket_dir}"
     return f"postgres://{auth}{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}/{db['NAME']}"
 
 

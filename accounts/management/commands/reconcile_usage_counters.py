@@ -7,7 +7,6 @@ Reservations in flight are kept (see `accounts.admission.admission_reconcile`).
 """
 from datetime import datetime, timezone
 
-from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from accounts.admission import AdmissionUnavailable, Scope, admission_reconcile, month_bounds
@@ -30,10 +29,6 @@ class Command(BaseCommand):
             except ValueError:
                 raise CommandError(f"Invalid --month {month!r}: use YYYY-MM.") from None
         start, end = month_bounds(now)
-        if not settings.ADMISSION_REDIS_URL:
-            self.stderr.write("Embedded default (no Redis): each server process keeps its own counters and "
-                              "rebuilds them from the usage records on first use; this command reconciles the "
-                              "counters of its own process only.")
         organizations = Organization.objects.prefetch_related("projects").order_by("name")
         if org:
             organizations = organizations.filter(public_id=org) | organizations.filter(name__iexact=org)

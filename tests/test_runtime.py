@@ -1,0 +1,169 @@
+"""The platform as the README starts it: ``make serve`` (embedded PostgreSQL and Valkey, web,
+worker, beat under circus) in a fresh copy of the repository, driven by real clients.
+
+Figures (start to first 200, cold and warm) are printed for the closing note (``-s``).
+"""
+from __future__ import annotations
+
+import json
+import re
+import signal
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+
+import openai
+import psutil
+import pytest
+
+from tests.platform_process import Platform, copy_tree
+
+MODEL = "all-MiniLM-L6-v2"
+# Each request below is "hello world": [CLS] hello world [SEP] = 4 tokens.
+HELLO_TOKENS = 4
+
+
+def embed_status(base: str, key: str, text: str = "hello world") -> int:
+    """POST /v1/embeddings with urllib (no client retries); the status code."""
+    body = json.dumps({"model": MODEL, "input": text}).encode()
+    request = urllib.request.Request(f"{base}/v1/embeddings", data=body, method="POST", headers={
+        "Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def usage_tokens_today(platform: Platform, admin_key: str) -> int:
+    """Input tokens of today's 1d bucket of the organization usage API (OpenAI's shape)."""
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    status, body = platform.get(f"/v1/organization/usage/embeddings?start_time={int(today.timestamp())}"
+                                "&bucket_width=1d", headers={"Authorization": f"Bearer {admin_key}"})
+    assert status == 200, body
+    return sum(r["input_tokens"] for bucket in json.loads(body)["data"] for r in bucket["results"])
+
+
+def console_session(platform: Platform, username: str, password: str):
+    """A signed-in ``requests`` session on the console; returns (session, organization id)."""
+    import requests
+
+    session = requests.Session()
+    page = session.get(f"{platform.base}/console/login/", timeout=10)
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
+    answer = session.post(f"{platform.base}/console/login/", headers={"Referer": page.url}, timeout=10,
+                          data={"username": username, "password": password, "csrfmiddlewaretoken": token})
+    organization = re.search(r"/console/orgs/([^/]+)/", answer.url)
+    assert organization, (answer.status_code, answer.url)
+    return session, organization.group(1)
+
+
+def draft_tokens(session, platform: Platform, organization: str) -> tuple[int, str]:
+    """Input tokens on this month's draft statement (console JSON download) and the Billing page."""
+    month = datetime.now(UTC).strftime("%Y-%m")
+    statement = session.get(f"{platform.base}/console/orgs/{organization}/billing/statements/{month}.json",
+                            timeout=10)
+    assert statement.status_code == 200, statement.text[:500]
+    page = session.get(f"{platform.base}/console/orgs/{organization}/billing/", timeout=10)
+    assert page.status_code == 200
+    return sum(line["input_tokens"] for line in statement.json()["lines"]), page.text
+
+
+@pytest.fixture
+def fresh_copy(tmp_path):
+    return copy_tree(tmp_path / "platform")
+
+
+def test_make_serve_runs_the_whole_platform_and_survives_restarts(fresh_copy):
+    platform = Platform("serve", cwd=fresh_copy)
+    try:
+        cold = platform.wait_ready()
+        status, ready = platform.readyz()
+        assert status == 200 and ready["failed"] == [], ready
+        # every child logs under its own name; the supervisor runs web, worker and beat
+        platform.wait_log("worker | ", timeout=60)
+        platform.wait_log("beat   | ", timeout=60)
+        assert "web    | " in platform.log()
+        platform.wait_log(" ready.", timeout=120)
+        time.sleep(3)
+        idle = platform.processes()
+        memory = sum(_uss(p) for p in idle)
+
+        key = platform.manage("create_api_key", "--org", "Acme", "--project", "Default", "--name", "laptop")
+        admin_key = platform.manage("create_api_key", "--org", "Acme", "--admin")
+        platform.manage("create_console_user", "--username", "owner", "--org", "Acme",
+                        "--password", "a-long-test-password-1")
+        with openai.OpenAI(base_url=f"{platform.base}/v1", api_key=key, max_retries=0) as client:
+            served_at = time.monotonic()
+            result = client.embeddings.create(model=MODEL, input=["The food was delicious.", "Embeddings!"])
+        assert len(result.data) == 2 and len(result.data[0].embedding) == 384
+        tokens = result.usage.total_tokens
+
+        # Quota exact across the two web processes: a project that fits exactly 10 requests.
+        quota_key = platform.manage("create_api_key", "--org", "Acme", "--project", "Quota", "--name", "q")
+        platform.manage("set_limits", "--org", "Acme", "--project", "Quota",
+                        "--monthly-tokens", str(10 * HELLO_TOKENS))
+        assert "Booting worker" in platform.log() and platform.log().count("Booting worker with pid") >= 2
+        with ThreadPoolExecutor(64) as pool:
+            statuses = list(pool.map(lambda _: embed_status(platform.base, quota_key), range(64)))
+        assert statuses.count(200) == 10 and statuses.count(429) == 54, statuses
+        tokens_expected = tokens + 10 * HELLO_TOKENS
+
+        # The worker killed outright: circus logs it and starts another; a big request then works.
+        (old_worker,) = platform.children_named("celery", "worker")
+        offset = len(platform.log())
+        old_worker.send_signal(signal.SIGKILL)
+        platform.wait_log("worker (pid", timeout=15, start=offset)
+        assert f"worker (pid {old_worker.pid}) exited with signal 9; restarting" in platform.log()
+        platform.wait_log("embeddings@", timeout=120, start=offset)
+        platform.wait_log(" ready.", timeout=120, start=offset)
+        big = ["word " * 60 + str(i) for i in range(4)]  # 4 x 63 tokens: over the inline threshold (128)
+        with openai.OpenAI(base_url=f"{platform.base}/v1", api_key=key, max_retries=0, timeout=90) as client:
+            result = client.embeddings.create(model=MODEL, input=big)
+        assert len(result.data) == 4 and result.usage.total_tokens > 128
+        assert "embeddings.encode_chunk" in platform.log()[offset:]
+        tokens_expected += result.usage.total_tokens
+
+        # Fresh figures within 90 s of being served (default rollup interval): usage API, draft.
+        session, organization = console_session(platform, "owner", "a-long-test-password-1")
+        deadline = served_at + 90
+        while True:
+            api_tokens = usage_tokens_today(platform, admin_key)
+            statement_tokens, page = draft_tokens(session, platform, organization)
+            if api_tokens >= tokens and statement_tokens >= tokens:
+                break
+            assert time.monotonic() < deadline, (api_tokens, statement_tokens, tokens)
+            time.sleep(2)
+        fresh_after = time.monotonic() - served_at
+        assert f"{statement_tokens:,}" in page or str(statement_tokens) in page
+        _, ready = platform.readyz()
+        assert ready["platform"]["beat"]["alive"] and ready["platform"]["rollup"]["last_run_seconds_ago"] is not None
+        assert all(n >= 1 for n in ready["platform"]["workers"]["per_queue"].values()), ready["platform"]
+
+        elapsed, left = platform.terminate()
+        assert not left, f"still running {elapsed:.1f} s after SIGTERM: {left}"
+        assert elapsed < 10
+
+        # Started again: the same keys and the same usage are there.
+        platform = Platform("serve", cwd=fresh_copy)
+        warm = platform.wait_ready()
+        assert embed_status(platform.base, key) == 200
+        tokens_expected += HELLO_TOKENS
+        assert usage_tokens_today(platform, admin_key) >= tokens_expected - HELLO_TOKENS
+        assert embed_status(platform.base, quota_key) == 429  # the quota is still spent
+        elapsed_again, left = platform.terminate()
+        assert not left and elapsed_again < 10
+        print(f"\nmake serve: ready in {cold:.1f} s cold, {warm:.1f} s warm; rollup visible after "
+              f"{fresh_after:.1f} s; stopped in {elapsed:.1f} s / {elapsed_again:.1f} s; idle: "
+              f"{len(idle)} processes, {memory / 2**20:.0f} MiB unique resident memory")
+    finally:
+        platform.kill()
+
+
+def _uss(proc: psutil.Process) -> int:
+    """Unique resident bytes of ``proc`` (what it alone holds), 0 if it is gone."""
+    try:
+        return proc.memory_full_info().uss
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return 0
