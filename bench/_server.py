@@ -27,11 +27,27 @@ def manage(*args: str, env: dict) -> str:
 
 
 @contextlib.contextmanager
+def embedded_services(var_dir: str | Path, env: dict):
+    """Start the embedded PostgreSQL/Valkey under ``var_dir`` for the URLs ``env`` lacks (as
+    ``make serve`` does) and put their URLs in ``env``; stop them on exit."""
+    sys.path.insert(0, str(ROOT))
+    from config.embedded import EmbeddedServers
+
+    servers = EmbeddedServers(Path(var_dir), environ=env)
+    env.update(servers.start())
+    try:
+        yield env
+    finally:
+        servers.stop()
+
+
+@contextlib.contextmanager
 def api_server(extra_env: dict | None = None, workers: int | None = None):
-    """Yield ``(base_url, api_key)`` of a gunicorn API on a fresh embedded-default database
-    (SQLite in a temp dir) unless ``DATABASE_URL`` is set in the environment."""
-    with tempfile.TemporaryDirectory(prefix="bench-") as var_dir:
-        env = {**os.environ, "VAR_DIR": var_dir, "HF_HUB_OFFLINE": "1", **(extra_env or {})}
+    """Yield ``(base_url, api_key)`` of a gunicorn API on a fresh database: the embedded servers in a
+    temp dir unless ``DATABASE_URL`` / ``REDIS_URL`` are set in the environment."""
+    with tempfile.TemporaryDirectory(prefix="bench-") as var_dir, \
+            embedded_services(var_dir, {**os.environ, "VAR_DIR": var_dir, "HF_HUB_OFFLINE": "1",
+                                        **(extra_env or {})}) as env:
         if workers:
             env["WEB_CONCURRENCY"] = str(workers)
         port = free_port()

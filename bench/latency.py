@@ -2,7 +2,7 @@
 
 Usage: ``.venv/bin/python -m bench.latency [--requests 200]``
 
-Starts gunicorn exactly as ``make serve`` does (embedded default, SQLite in a temp
+Starts gunicorn as ``make serve`` does (the embedded PostgreSQL and Valkey in a temp
 dir, unless DATABASE_URL/REDIS_URL are set), warms up, then sends sequential
 requests over one keep-alive connection and prints p50/p90/p99 in ms next to
 ``SentenceTransformer.encode(sentence, normalize_embeddings=True)`` timed in this

@@ -16,8 +16,8 @@ Each figure is the best of ``--rounds`` (3) interleaved repetitions: the machine
 
     DATABASE_URL=postgres://... REDIS_URL=redis://127.0.0.1:6379/3 .venv/bin/python bench/throughput.py
 
-Without ``DATABASE_URL`` a temporary SQLite file is used. ``REDIS_URL`` (default
-``redis://127.0.0.1:6379/3``) is FLUSHDB-ed first. The API servers run with ``config/gunicorn.py``'s
+Without ``DATABASE_URL`` / ``REDIS_URL`` it starts the embedded PostgreSQL / Valkey in a temp
+dir, as ``make serve`` does. The Redis is FLUSHDB-ed first. The API servers run with ``config/gunicorn.py``'s
 defaults, as ``make serve`` runs them (``WEB_CONCURRENCY`` 2 processes x ``WEB_THREADS`` 16 threads,
 torch threads = cores / processes); each process's micro-batcher coalesces its concurrent requests. Timings on a shared machine are noisy; compare
 ratios from the same run.
@@ -37,6 +37,9 @@ import time
 from pathlib import Path
 
 import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench._server import embedded_services  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -134,9 +137,13 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
 
     tmp = Path(tempfile.mkdtemp(prefix="emb-bench-"))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "REDIS_URL": os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/3"),
-           "DATABASE_URL": os.environ.get("DATABASE_URL", f"sqlite:///{tmp / 'bench.sqlite3'}"),
-           "VAR_DIR": str(tmp), "LOG_LEVEL": "WARNING"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "VAR_DIR": str(tmp), "LOG_LEVEL": "WARNING"}
+    with embedded_services(tmp, env):
+        run(args, sizes, tmp, env)
+
+
+def run(args, sizes: list[int], tmp: Path, env: dict) -> None:
+    """The benchmark proper, on the servers ``env`` names."""
     py = sys.executable
     import redis
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import subprocess
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +18,7 @@ import openai
 import psutil
 import pytest
 
-from tests.platform_process import Platform, copy_tree
+from tests.platform_process import ROOT, VENV, Platform, copy_tree, user_env
 
 MODEL = "all-MiniLM-L6-v2"
 # Each request below is "hello world": [CLS] hello world [SEP] = 4 tokens.
@@ -167,3 +168,16 @@ def _uss(proc: psutil.Process) -> int:
         return proc.memory_full_info().uss
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return 0
+
+
+def test_serve_stops_with_instructions_when_an_embedded_server_cannot_start(tmp_path):
+    """A ``var/postgres`` made by another PostgreSQL major: nothing starts, the message says why
+    and how to use servers of one's own, and the exit status is 1."""
+    (tmp_path / "postgres").mkdir()
+    (tmp_path / "postgres" / "PG_VERSION").write_text("16\n")
+    result = subprocess.run([str(VENV / "bin" / "python"), "-m", "config.run", "serve"], cwd=ROOT,
+                            env=user_env(VAR_DIR=str(tmp_path)), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "holds a PostgreSQL 16 cluster" in result.stderr
+    assert "DATABASE_URL=postgres://" in result.stderr and "REDIS_URL=" in result.stderr
+    assert not (tmp_path / "valkey").exists()  # nothing else was started
