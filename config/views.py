@@ -80,11 +80,14 @@ def _warm_in_background() -> None:
     from embeddings.services import warm_up
 
     def run():
+        from django.db import connections
+
         try:
             warm_up()
         except Exception:  # noqa: BLE001 - readiness keeps reporting the model missing
             logger.exception("readyz: loading the active models failed")
         finally:
+            connections.close_all()  # this thread's connection
             _warming.release()
 
     if _warming.acquire(blocking=False):

@@ -147,12 +147,16 @@ class Platform:
         """Live processes of this platform whose command line contains all ``words``."""
         return [p for p in self.processes() if all(w in " ".join(_cmdline(p)) for w in words)]
 
-    def terminate(self, timeout: float = 10.0) -> tuple[float, list[str]]:
-        """SIGTERM to ``make`` alone (as a process manager would send it); returns the seconds until
-        every process of the platform was gone, and those still alive after ``timeout``."""
+    def terminate(self, timeout: float = 10.0, *, ctrl_c: bool = False) -> tuple[float, list[str]]:
+        """SIGTERM to ``make`` alone (as a process manager would send it), or with ``ctrl_c`` SIGINT
+        to the whole process group (as a terminal's Ctrl-C does); returns the seconds until every
+        process of the platform was gone, and those still alive after ``timeout``."""
         tracked = self.processes()
         started = time.monotonic()
-        self.process.send_signal(signal.SIGTERM)
+        if ctrl_c:
+            os.killpg(self.process.pid, signal.SIGINT)
+        else:
+            self.process.send_signal(signal.SIGTERM)
         while time.monotonic() - started < timeout:
             left = [p for p in tracked if _alive(p)]
             if not left:

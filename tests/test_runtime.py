@@ -153,7 +153,7 @@ def test_make_serve_runs_the_whole_platform_and_survives_restarts(fresh_copy):
         tokens_expected += HELLO_TOKENS
         assert usage_tokens_today(platform, admin_key) >= tokens_expected - HELLO_TOKENS
         assert embed_status(platform.base, quota_key) == 429  # the quota is still spent
-        elapsed_again, left = platform.terminate()
+        elapsed_again, left = platform.terminate(ctrl_c=True)
         assert not left and elapsed_again < 10
         print(f"\nmake serve: ready in {cold:.1f} s cold, {warm:.1f} s warm; rollup visible after "
               f"{fresh_after:.1f} s; stopped in {elapsed:.1f} s / {elapsed_again:.1f} s; idle: "
