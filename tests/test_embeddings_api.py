@@ -48,7 +48,8 @@ def test_array_of_strings_in_input_order(client, reference_encode, reference_mod
     assert response.json()["usage"]["prompt_tokens"] == expected_tokens
 
 
-def test_token_ids_embed_like_their_text(client, reference_encode, reference_model):
+def test_served_token_ids_embed_like_their_text(client, served_token_ids, reference_encode, reference_model):
+    """``register_models --token-ids served``: ids of the model's own tokenizer, as before."""
     bare = [reference_model.tokenizer(s, add_special_tokens=False)["input_ids"] for s in SENTENCES]
     one = post_embeddings(client, {"model": MODEL, "input": bare[0]})
     many = post_embeddings(client, {"model": MODEL, "input": bare})
@@ -144,7 +145,8 @@ BAD_BODIES = [
     ({"model": MODEL, "input": "hi", "service_tier": "priority"}, "service_tier", "invalid_value"),
     ({"model": MODEL, "input": "hi", "temperature": 1}, "temperature", "unknown_parameter"),
     ({"model": MODEL, "input": [-1]}, "input", "invalid_token_id"),
-    ({"model": MODEL, "input": [[101, 30522]]}, "input", "invalid_token_id"),
+    ({"model": MODEL, "input": [[101, 100277]]}, "input", "invalid_token_id"),  # past cl100k_base
+    ({"model": MODEL, "input": [[101, 100265]]}, "input", "invalid_token_id"),  # a gap in cl100k_base
 ]
 
 
@@ -207,7 +209,14 @@ def test_input_over_context_length_uses_openai_wording(client, reference_model):
     assert UsageRecord.objects.count() == 0
 
 
-def test_exactly_max_tokens_is_accepted(client):
+def test_served_ids_outside_the_models_vocabulary(client, served_token_ids):
+    error = assert_error(post_embeddings(client, {"model": MODEL, "input": [[101, 30522]]}), 400, param="input",
+                         code="invalid_token_id")
+    assert "30522" in error["message"] and "own tokenizer" in error["message"]
+    assert UsageRecord.objects.count() == 0
+
+
+def test_exactly_max_tokens_is_accepted(client, served_token_ids):
     ids = [2773] * 254  # + [CLS] + [SEP] = 256
     response = post_embeddings(client, {"model": MODEL, "input": ids})
     assert response.status_code == 200
@@ -216,7 +225,7 @@ def test_exactly_max_tokens_is_accepted(client):
                  code="context_length_exceeded")
 
 
-def test_more_than_300k_tokens_per_request(client):
+def test_more_than_300k_tokens_per_request(client, served_token_ids):
     # 1,200 inputs x 256 tokens = 307,200 tokens: each input is legal, the sum is not.
     ids = [[2773] * 254] * 1200
     response = post_embeddings(client, {"model": MODEL, "input": ids})
