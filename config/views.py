@@ -137,8 +137,9 @@ def _platform_state(redis_ok: bool, database_ok: bool) -> dict:
             last = heartbeats.job_last_run(ROLLUP_JOB)
             rollup = {"last_run_seconds_ago": round(now - last["finished_at"], 1) if last else None}
             if database_ok:
-                # Lag: age of the oldest usage record no rollup run has seen yet (0: none waits).
-                since = last["started_at"] if last else 0.0
+                # Lag: age of the oldest usage record no rollup run has seen yet (0: none waits);
+                # before any run, of the oldest in the window beat's runs re-roll.
+                since = last["started_at"] if last else now - settings.BILLING_ROLLUP_LOOKBACK_HOURS * 3600
                 from datetime import UTC, datetime
 
                 oldest = (UsageRecord.objects.filter(created_at__gte=datetime.fromtimestamp(since, UTC))

@@ -51,7 +51,7 @@ def copy_tree(destination: Path) -> Path:
 def user_env(**extra: str) -> dict[str, str]:
     """The environment a user's shell would have: ours minus the test suite's own settings."""
     env = {k: v for k, v in os.environ.items() if k not in _PRIVATE}
-    env.update(PYTHONUNBUFFERED="1", **extra)
+    env.update({"PYTHONUNBUFFERED": "1", **extra})
     return env
 
 

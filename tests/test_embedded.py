@@ -1,0 +1,96 @@
+"""The embedded PostgreSQL and Valkey (`config.embedded`) and the launcher's startup: odd paths,
+a failed ``initdb``, and a stop while starting."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import environ
+import psutil
+import psycopg
+import redis
+from kombu import Connection
+
+from config.embedded import EmbeddedServers, database_url, redis_url
+from config.settings import celery_redis_url
+from tests.platform_process import ROOT, VENV, user_env
+
+
+def processes_under(path) -> list[psutil.Process]:
+    """Live processes whose command line names ``path`` (the embedded servers of that VAR_DIR)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if str(path) in " ".join(proc.info["cmdline"] or []) and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+def test_a_var_dir_with_spaces_and_url_characters_works_end_to_end(tmp_path):
+    var = tmp_path / "my var+dir#1"
+    servers = EmbeddedServers(var, environ={})
+    try:
+        urls = servers.start()
+        assert urls == {"DATABASE_URL": database_url(var), "REDIS_URL": redis_url(var)}
+        db = environ.Env.db_url_config(urls["DATABASE_URL"])
+        with psycopg.connect(dbname=db["NAME"], user=db["USER"], **db["OPTIONS"]) as conn:
+            assert conn.execute("SELECT current_database()").fetchone() == ("embeddings",)
+        assert redis.Redis.from_url(urls["REDIS_URL"]).eval("return 2", 0) == 2  # admission's EVAL
+        with Connection(celery_redis_url(urls["REDIS_URL"])) as broker:  # Celery's spelling of it
+            broker.ensure_connection(max_retries=1)
+        # the sockets are private to us
+        socket_dir = db["OPTIONS"]["host"]
+        assert os.stat(socket_dir).st_mode & 0o777 == 0o700
+    finally:
+        servers.stop()
+    assert processes_under(var) == []
+    # data kept: started again, the same database is there
+    servers = EmbeddedServers(var, environ={})
+    try:
+        servers.start()
+        redis.Redis.from_url(redis_url(var)).set("kept", "1")
+    finally:
+        servers.stop()
+    servers = EmbeddedServers(var, environ={})
+    try:
+        servers.start()
+        assert redis.Redis.from_url(redis_url(var)).get("kept") == b"1"  # append-only file
+    finally:
+        servers.stop()
+
+
+def test_a_failed_initdb_is_a_clear_error_not_a_traceback(tmp_path):
+    (tmp_path / "postgres").mkdir()
+    (tmp_path / "postgres" / "stray-file").write_text("not a cluster")  # initdb refuses a non-empty dir
+    result = subprocess.run([str(VENV / "bin" / "python"), "-m", "config.run", "serve"], cwd=ROOT,
+                            env=user_env(VAR_DIR=str(tmp_path)), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "the embedded PostgreSQL did not start" in result.stderr
+    assert "DATABASE_URL=postgres://" in result.stderr and "Traceback" not in result.stderr
+    assert processes_under(tmp_path) == []
+
+
+def test_sigterm_while_starting_leaves_nothing_behind(tmp_path):
+    log = tmp_path / "serve.log"
+    var = tmp_path / "var"
+    with open(log, "wb") as out:
+        serve = subprocess.Popen([str(VENV / "bin" / "python"), "-m", "config.run", "serve"], cwd=ROOT,
+                                 env=user_env(VAR_DIR=str(var), PYTHONUNBUFFERED="1"), stdout=out,
+                                 stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while "migrate | " not in log.read_text(errors="replace"):  # servers up, migrations running
+            assert time.monotonic() < deadline and serve.poll() is None, log.read_text()
+            time.sleep(0.1)
+        assert processes_under(var)
+        serve.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        serve.wait(15)
+        while processes_under(var) and time.monotonic() - started < 10:
+            time.sleep(0.1)
+    assert processes_under(var) == [], log.read_text()[-3000:]
+    assert time.monotonic() - started < 10
+    assert "migrate" not in " ".join(" ".join(p.cmdline()) for p in psutil.Process().children(recursive=True))
