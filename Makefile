@@ -9,10 +9,9 @@ TORCH_SPEC ?= torch==2.13.0
 HOST ?= 127.0.0.1
 PORT ?= 8000
 export HOST PORT
-export HF_HUB_OFFLINE := 1
 export QUEUES
 
-.PHONY: install serve migrate web worker beat test clean
+.PHONY: install serve migrate web worker beat test test-fast clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,9 +45,16 @@ worker: install
 beat: install
 	exec $(PY) -m config.run beat
 
-# The whole suite: against embedded servers under var/test, or DATABASE_URL/REDIS_URL when set.
+# The whole suite: the architecture contracts (.importlinter), then pytest against embedded servers
+# under var/test, or DATABASE_URL/REDIS_URL when set.
 test: install
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m config.run test -- $(PYTEST_ARGS)
+
+# The fast subset: no browser, no worker process, no platform processes.
+test-fast: install
+	$(VENV)/bin/lint-imports --no-cache
+	$(PY) -m config.run test -- -m "not browser and not worker and not runtime" $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) var

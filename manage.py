@@ -6,7 +6,6 @@ import sys
 
 def main():
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from django.core.management import execute_from_command_line
 
     execute_from_command_line(sys.argv)

@@ -46,8 +46,7 @@ def api_server(extra_env: dict | None = None, workers: int | None = None):
     """Yield ``(base_url, api_key)`` of a gunicorn API on a fresh database: the embedded servers in a
     temp dir unless ``DATABASE_URL`` / ``REDIS_URL`` are set in the environment."""
     with tempfile.TemporaryDirectory(prefix="bench-") as var_dir, \
-            embedded_services(var_dir, {**os.environ, "VAR_DIR": var_dir, "HF_HUB_OFFLINE": "1",
-                                        **(extra_env or {})}) as env:
+            embedded_services(var_dir, {**os.environ, "VAR_DIR": var_dir, **(extra_env or {})}) as env:
         if workers:
             env["WEB_CONCURRENCY"] = str(workers)
         port = free_port()

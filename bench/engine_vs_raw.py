@@ -1,4 +1,4 @@
-"""The worker's encode path (`embeddings.engine.Engine` + `embeddings.batching.MicroBatcher`)
+"""The worker's encode path (`embeddings.serving.engine.Engine` + `embeddings.serving.batching.MicroBatcher`)
 against the raw model (``SentenceTransformer.encode``) on the same device, in one run.
 
 A worker holds the model on a GPU (fp16) where there is one; this measures what our batching
@@ -28,7 +28,6 @@ import threading
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 WORDS = ("the of and to in is was for that with as on by at from it an be this which or are not but had has "
@@ -57,9 +56,9 @@ def main() -> None:
     import torch
     from sentence_transformers import SentenceTransformer
 
-    from embeddings.batching import MicroBatcher
-    from embeddings.engine import Engine
-    from embeddings.tokenization import get_tokenizer
+    from embeddings.serving.batching import MicroBatcher  # first: it switches the hub off
+    from embeddings.serving.engine import Engine
+    from embeddings.serving.tokenization import get_tokenizer
 
     path = args.model
     if path is None:

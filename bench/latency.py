@@ -17,7 +17,6 @@ import os
 import statistics
 import time
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 SENTENCE = "The quick brown fox jumps over the lazy dog."
 

@@ -43,7 +43,6 @@ from bench._server import embedded_services  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 WORDS = ("the of and to in is was for that with as on by at from it an be this which or are not but had has "
          "have were all one their there been if more when will would who so no can out up into than them only "
@@ -137,7 +136,7 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
 
     tmp = Path(tempfile.mkdtemp(prefix="emb-bench-"))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "VAR_DIR": str(tmp), "LOG_LEVEL": "WARNING"}
+    env = {**os.environ, "VAR_DIR": str(tmp), "LOG_LEVEL": "WARNING"}
     with embedded_services(tmp, env):
         run(args, sizes, tmp, env)
 

@@ -10,7 +10,6 @@ import os
 from celery import Celery
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 app = Celery("config")
 app.config_from_object("django.conf:settings", namespace="CELERY")

@@ -33,6 +33,7 @@ import shlex
 import signal
 import socket
 import subprocess
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -346,6 +347,23 @@ class EmbeddedServers:
             self.stop()
             raise
         return urls
+
+    def watch(self, stop: "threading.Event", interval: float = 2.0) -> None:
+        """Until ``stop`` is set, check every ``interval`` s that each server this object started
+        answers; one that does not is logged and started again (its data is kept; a failed
+        start is logged and retried). Run in a thread of the launcher."""
+        while not stop.wait(interval):
+            for name, server in (("PostgreSQL", self.postgres), ("Valkey", self.valkey)):
+                if server is None or stop.is_set() or server.running():
+                    continue
+                logger.warning("embedded %s is not answering; restarting it", name)
+                try:
+                    if isinstance(server, EmbeddedValkey):
+                        server.process = None
+                    server.start()
+                    logger.warning("embedded %s restarted", name)
+                except EmbeddedServerError as exc:
+                    logger.error("embedded %s did not restart (retrying in %.0f s): %s", name, interval, exc)
 
     def stop(self) -> None:
         """Stop both (Valkey first: nothing writes to it once the platform is down)."""

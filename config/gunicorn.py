@@ -25,7 +25,6 @@ errorlog = "-"
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms rid=%({x-request-id}o)s'
 
 os.environ.setdefault("EMBEDDINGS_TORCH_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def post_worker_init(worker):

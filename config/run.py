@@ -6,8 +6,8 @@
   PostgreSQL and Valkey when ``DATABASE_URL`` / ``REDIS_URL`` are unset
   (`config.embedded`), migrates, then runs ``web``, ``worker`` (every queue) and ``beat``
   under circus: each line of output prefixed with its process's name, a child that exits
-  is logged and restarted, SIGINT/SIGTERM stop every child (then the embedded servers)
-  within 10 s.
+  is logged and restarted (an embedded server that stops answering too), SIGINT/SIGTERM
+  stop every child (then the embedded servers) within 10 s.
 * ``test`` (``make test``): the embedded servers under ``VAR_DIR/test`` unless the URLs
   are set, then pytest with the arguments after ``--``; its exit status.
 * ``migrate`` (``make migrate``, a release step): migrations and the model registry under a
@@ -26,6 +26,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -58,7 +59,6 @@ def _setup_logging() -> None:
 
 def _django() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import django
 
     django.setup()
@@ -239,6 +239,7 @@ def serve() -> int:
     var_dir = Path(os.environ.setdefault("VAR_DIR", str(ROOT / "var"))).resolve()
     started = time.monotonic()
     servers = None
+    watch_stop = threading.Event()  # the embedded servers' watchdog (restarts one that died)
     migrate_child: subprocess.Popen | None = None
     try:
         servers = _start_embedded(var_dir)
@@ -252,6 +253,7 @@ def serve() -> int:
             logger.error("migrations failed (exit %s); not starting", status)
             return status
         logger.info("migrated in %.1f s since start; starting web, worker, beat", time.monotonic() - started)
+        threading.Thread(target=servers.watch, args=(watch_stop,), name="embedded-watch", daemon=True).start()
         run = socket_dir(var_dir)
         watchers = [{
             "name": name,
@@ -281,6 +283,7 @@ def serve() -> int:
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # stopping: a second signal must not cut it short
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        watch_stop.set()
         if migrate_child is not None and migrate_child.poll() is None:
             migrate_child.terminate()
             try:
@@ -310,7 +313,8 @@ def main(argv: list[str]) -> int:
     import environ
 
     # ``.env`` first: its DATABASE_URL/REDIS_URL/VAR_DIR decide what starts (the environment wins).
-    environ.Env.read_env(ROOT / ".env", overwrite=False)
+    if (ROOT / ".env").exists():
+        environ.Env.read_env(ROOT / ".env", overwrite=False)
     role = argv[0] if argv else ""
     if role == "serve":
         return serve()

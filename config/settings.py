@@ -125,7 +125,7 @@ CELERY_RESULT_SERIALIZER = "json"  # vectors travel as base64 float32 bytes insi
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = "UTC"
 
-# --- Embedding workers (see embeddings/tasks.py, embeddings/batching.py, platform/README.md) ------
+# --- Embedding workers (see embeddings/tasks.py, embeddings/serving/batching.py, platform/README.md) ------
 # Requests with more tokens than this (special tokens included) are split into chunks and sent
 # to the workers; smaller ones are encoded in the API process. 0: the API never loads a model.
 # Default from bench/throughput.py on the 2-core CI machine (two runs): dispatching costs 4-6 ms

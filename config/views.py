@@ -98,7 +98,7 @@ def _check_models() -> dict:
     """Where this process encodes (``EMBEDDINGS_INLINE_MAX_TOKENS > 0``): every active model's
     weights are loaded here (a missing one starts loading in the background; not ready until
     it is). Elsewhere the check passes with ``encodes_here: false``."""
-    from embeddings.engine import loaded_engines
+    from embeddings.serving.engine import loaded_engines
     from embeddings.selectors import embedding_models_active
     from embeddings.services import engines_run_here
 

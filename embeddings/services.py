@@ -16,13 +16,13 @@ from django.conf import settings
 from config.errors import (APIError, GatewayTimeoutError, InternalServerError, InvalidRequestError,
                            ServiceUnavailableError)
 
-from .batching import MicroBatcher
-from .batching import batcher_for as get_batcher
-from .engine import Engine, get_engine, renormalize
+from .serving.batching import MicroBatcher
+from .serving.batching import batcher_for as get_batcher
+from .serving.engine import Engine, get_engine, renormalize
 from .models import EmbeddingModel
 from .selectors import embedding_models_cache_clear
 from .serializers import EmbeddingsRequest
-from .tokenization import InvalidTokenId, ModelTokenizer, decode_openai_token_ids, get_tokenizer
+from .serving.tokenization import InvalidTokenId, ModelTokenizer, decode_openai_token_ids, get_tokenizer
 
 logger = logging.getLogger(__name__)
 

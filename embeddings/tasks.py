@@ -2,7 +2,7 @@
 
 `encode_chunk` is one chunk of one request: a plain task (``acks_late=True``,
 ``reject_on_worker_lost=True``) on the threads pool whose thread hands the chunk to the
-process's `embeddings.batching.MicroBatcher` and waits. The batcher coalesces the
+process's `embeddings.serving.batching.MicroBatcher` and waits. The batcher coalesces the
 chunks of concurrent requests into shared forward passes. (celery-batches was tried on
 this machine and rejected: it needs ``celery<5.7``, cuts batches by a timer and the
 prefetch count, acks a batch that raised and loses in-flight messages with early acks;
@@ -88,7 +88,7 @@ def warm_worker(sender=None, **kwargs) -> None:
         names = []
     finally:
         connections.close_all()
-    from .engine import loaded_engines
+    from .serving.engine import loaded_engines
 
     devices = sorted({f"{e.device} ({'fp16' if e.device.startswith('cuda') else 'fp32'})"
                       for e in loaded_engines()})

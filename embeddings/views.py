@@ -20,7 +20,7 @@ from config.errors import NotFoundError, PermissionDeniedError
 from . import services
 from .selectors import embedding_model_get, embedding_models_active
 from .serializers import EmbeddingsRequestSerializer
-from .tokenization import OPENAI_TOKENIZER
+from .serving.tokenization import OPENAI_TOKENIZER
 
 
 def check_project_scope(request) -> None:

@@ -8,10 +8,22 @@ import pytest
 from django.core.cache import cache
 from rest_framework.test import APIClient
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import embeddings.serving  # noqa: E402,F401 - the one offline switch, before any model loads
 # Playwright's sync API runs an event loop in the test's thread; Django's ORM refuses to run
 # inside one unless told it is safe (it is: the loop never runs our code concurrently).
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _test_database_dropped_at_the_end(django_db_setup, django_db_blocker):
+    """Live-server threads keep connections that Django never closes; end them after the last
+    test so pytest-django can drop the test database."""
+    yield
+    from django.db import connection
+
+    with django_db_blocker.unblock(), connection.cursor() as cursor:
+        cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                       "WHERE datname = current_database() AND pid <> pg_backend_pid()")
 
 
 @pytest.fixture(autouse=True)

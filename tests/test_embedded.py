@@ -10,12 +10,15 @@ import time
 import environ
 import psutil
 import psycopg
+import pytest
 import redis
 from kombu import Connection
 
 from config.embedded import EmbeddedServers, database_url, redis_url
 from config.settings import celery_redis_url
 from tests.platform_process import ROOT, VENV, user_env
+
+pytestmark = pytest.mark.runtime
 
 
 def processes_under(path) -> list[psutil.Process]:

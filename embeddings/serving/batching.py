@@ -18,7 +18,7 @@ with load, as TEI's queue does (``core/src/queue.rs``: batching by a token budge
 Chunks from celery-batches were cut by a timer and the prefetch count instead, and
 reached 2-6 rows per batch on this machine (issue 3).
 
-Every batch the thread ran is logged (logger ``embeddings.batching``,
+Every batch the thread ran is logged (logger ``embeddings.serving.batching``,
 ``batch model=... items=... inputs=... tokens=... default=... flex=... ms=...``; INFO in
 workers, DEBUG in API processes) and kept
 in `MicroBatcher.history` (the last 1,000 batches), so coalescing is observable.

@@ -17,7 +17,6 @@ from .tokenization import get_tokenizer
 
 logger = logging.getLogger(__name__)
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
 
 
