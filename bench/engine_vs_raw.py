@@ -20,7 +20,6 @@ machine are noisy: compare the ratios.
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import statistics
 import sys

@@ -193,3 +193,46 @@ class EmbeddingsRequestSerializer(serializers.Serializer):
             user=data.get("user") or "",
             service_tier=data.get("service_tier") or "auto",
         )
+
+
+class _EmbeddingSerializer(serializers.Serializer):
+    object = serializers.CharField(help_text="`embedding`")
+    index = serializers.IntegerField(help_text="Position of the input in `input`.")
+    embedding = serializers.JSONField(help_text="The vector: a list of floats, or with `encoding_format: base64` "
+                                                "the base64 of its little-endian float32 bytes.")
+
+
+class _UsageSerializer(serializers.Serializer):
+    prompt_tokens = serializers.IntegerField(help_text="Tokens the model processed (special tokens included).")
+    total_tokens = serializers.IntegerField(help_text="Equal to `prompt_tokens`.")
+
+
+class EmbeddingsResponseSerializer(serializers.Serializer):
+    """Output of ``POST /v1/embeddings`` (OpenAI's shape), for the OpenAPI schema; the body itself
+    is built by `embeddings.services.embeddings_response` (vectors go to orjson as arrays)."""
+
+    object = serializers.CharField(help_text="`list`")
+    data = _EmbeddingSerializer(many=True)
+    model = serializers.CharField(help_text="The canonical name of the model that served the request.")
+    usage = _UsageSerializer()
+    service_tier = serializers.CharField(help_text="`default` or `flex`.")
+
+
+class ModelObjectSerializer(serializers.Serializer):
+    """A model in ``GET /v1/models[/{id}]``: OpenAI's model object plus the embedding fields."""
+
+    id = serializers.CharField(help_text="The name or alias this entry lists.")
+    object = serializers.CharField(help_text="`model`")
+    created = serializers.IntegerField(help_text="Unix time (s) of registration.")
+    owned_by = serializers.CharField()
+    dimensions = serializers.IntegerField(help_text="Size of the vectors.")
+    max_input_tokens = serializers.IntegerField(help_text="Tokens per input, special tokens included.")
+    token_ids = serializers.ChoiceField(choices=["cl100k_base", "served"],
+                                        help_text="What an `input` of token ids is read as.")
+
+
+class ModelListSerializer(serializers.Serializer):
+    """``GET /v1/models``."""
+
+    object = serializers.CharField(help_text="`list`")
+    data = ModelObjectSerializer(many=True)

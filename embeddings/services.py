@@ -1,12 +1,16 @@
-"""The steps of an embeddings request that are not HTTP: tokenize, encode, format.
+"""The embeddings request as one service, `embeddings_create` (tokenize -> admit -> encode ->
+meter, as TEI's ``Infer``), its steps, and the model registry's writes.
 
-The view (`embeddings.views.EmbeddingsView`) calls them top to bottom.
+The view (`embeddings.views.EmbeddingsView`) validates the body, calls `embeddings_create`, and
+renders what it returns; errors are `config.errors.APIError` exceptions, mapped to OpenAI's envelope in
+one place (`config.errors.openai_exception_handler`).
 """
 from __future__ import annotations
 
 import base64
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -33,6 +37,68 @@ DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
 DEFAULT_MODEL_ALIASES = ["sentence-transformers/all-MiniLM-L6-v2"]
 # USD per 1M tokens, the list price hosted MiniLM-class models are sold at.
 DEFAULT_MODEL_PRICE = Decimal("0.010000")
+
+
+@dataclass(frozen=True)
+class EmbeddingsResult:
+    """What `embeddings_create` produced: ``vectors`` ``(n, d)`` float32 in input order (``d`` =
+    ``dimensions`` when asked), the model, the exact ``total_tokens`` (the served model's,
+    special tokens included; billed) and the ``service_tier`` it ran at."""
+
+    vectors: np.ndarray
+    model: EmbeddingModel
+    total_tokens: int
+    service_tier: str
+
+
+def embeddings_create(*, key, body: EmbeddingsRequest, request_id: str, started_at: float,
+                      on_admitted: Callable[[object], None] | None = None) -> EmbeddingsResult:
+    """Serve one embeddings request for the API key ``key`` (an `accounts.selectors.ResolvedKey`).
+
+    1. resolve the model and check ``dimensions``; 2. tokenize with the model's own tokenizer
+    (exact counts, per-input and per-request limits); 3. admit: reserve the exact token count
+    against every quota and rate limit at once (``on_admitted`` receives the reservation, whose
+    ``headers`` are the ``x-ratelimit-*`` to send, whatever happens next); 4. encode, inline or
+    on the workers; 5. meter one usage record (``started_at``: ``time.perf_counter()`` at
+    arrival, for the latency). A failure after admission refunds the reservation.
+
+    Raises `config.errors.APIError`: 404 unknown model, 400 invalid input or limits, 429/503
+    from admission, 503/504/500 from the workers.
+    """
+    from accounts.admission import admission_reserve
+    from billing.services import usage_record_create
+
+    from .selectors import embedding_model_get
+
+    model = embedding_model_get(name=body.model)
+    check_dimensions(model=model, dimensions=body.dimensions)
+    service_tier = "default" if body.service_tier == "auto" else body.service_tier
+    tokenized = tokenize_inputs(request=body, model=model)
+    reservation = admission_reserve(key=key, tokens=tokenized.total_tokens, service_tier=service_tier)
+    if on_admitted is not None:
+        on_admitted(reservation)
+    with reservation:  # an exception from here on refunds the reservation (and propagates)
+        vectors = encode_inputs(model=model, token_ids=tokenized.token_ids, dimensions=body.dimensions,
+                                service_tier=service_tier, request_id=request_id)
+        usage_record_create(
+            request_id=request_id, organization_id=key.organization_id, project_id=key.project_id,
+            api_key_id=key.key_id, model_id=model.pk, input_count=len(tokenized.token_ids),
+            prompt_tokens=tokenized.total_tokens, total_tokens=tokenized.total_tokens, user=body.user,
+            service_tier=service_tier, latency_ms=int((time.perf_counter() - started_at) * 1000))
+    return EmbeddingsResult(vectors=vectors, model=model, total_tokens=tokenized.total_tokens,
+                            service_tier=service_tier)
+
+
+def embeddings_response(*, result: EmbeddingsResult, encoding_format: str) -> dict:
+    """The response body of ``POST /v1/embeddings`` (OpenAI's shape; `EmbeddingsResponseSerializer`
+    documents it): ``data`` in input order, floats or base64, and ``usage``."""
+    return {
+        "object": "list",
+        "data": embedding_data(vectors=result.vectors, encoding_format=encoding_format),
+        "model": result.model.name,
+        "usage": {"prompt_tokens": result.total_tokens, "total_tokens": result.total_tokens},
+        "service_tier": result.service_tier,
+    }
 
 
 @dataclass(frozen=True)
