@@ -50,6 +50,7 @@ from datetime import datetime, timezone as dt_timezone
 from django.conf import settings
 
 from config.errors import RateLimitError, ServiceUnavailableError
+from config.periods import month_bounds
 
 logger = logging.getLogger(__name__)
 
@@ -318,13 +319,6 @@ class Check:
     limit: int | None
     cost: int
     key: str
-
-
-def month_bounds(now: datetime) -> tuple[datetime, datetime]:
-    """The calendar month (UTC) holding ``now``: ``(start, end)``, end exclusive."""
-    start = now.astimezone(dt_timezone.utc).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    end = start.replace(year=start.year + 1, month=1) if start.month == 12 else start.replace(month=start.month + 1)
-    return start, end
 
 
 def monthly_key(scope: Scope, month_start: datetime) -> str:

@@ -277,8 +277,9 @@ def limits_usage_summary(*, organization, project=None) -> list[LimitUsage]:
 
     from billing.models import UsageRecord
 
-    from .admission import (AdmissionUnavailable, BucketState, Scope, ScopeLimits, admission_usage,
-                            build_checks, month_bounds)
+    from config.periods import month_bounds
+
+    from .admission import AdmissionUnavailable, BucketState, Scope, ScopeLimits, admission_usage, build_checks
 
     now = timezone.now()
     month_start, month_end = month_bounds(now)

@@ -16,7 +16,7 @@ import calendar
 from bisect import bisect_right
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 
 from django.conf import settings
@@ -26,6 +26,7 @@ from django.utils import timezone
 
 from billing.models import DailyUsage, HourlyUsage, Price, Statement, StatementLine, UsageRecord
 from config.errors import InvalidRequestError
+from config.periods import month_bounds
 
 CENT = Decimal("0.01")
 MILLION = Decimal(1_000_000)
@@ -245,12 +246,6 @@ def month_start(day: date) -> date:
 def month_after(period_start: date) -> date:
     days = calendar.monthrange(period_start.year, period_start.month)[1]
     return period_start.replace(day=1) + timedelta(days=days)
-
-
-def month_bounds(period_start: date) -> tuple[datetime, datetime]:
-    """``[first instant, first instant of next month)`` of the month, in UTC."""
-    return (datetime.combine(period_start, time.min, tzinfo=UTC),
-            datetime.combine(month_after(period_start), time.min, tzinfo=UTC))
 
 
 @dataclass

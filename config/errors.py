@@ -121,10 +121,13 @@ class InternalServerError(APIError):
     code = "internal_error"
 
     def __init__(self, *, request_id: str, **kwargs):
-        super().__init__(
-            "The server had an error while processing your request. Sorry about that! "
-            f"You can retry your request, or contact us if the error persists. (Request ID: {request_id})",
-            **kwargs)
+        super().__init__(server_error_message(request_id), **kwargs)
+
+
+def server_error_message(request_id: str) -> str:
+    """The message of every 500 (OpenAI's wording), naming the request id, never the cause."""
+    return ("The server had an error while processing your request. Sorry about that! "
+            f"You can retry your request, or contact us if the error persists. (Request ID: {request_id})")
 
 
 def error_body(message: str, *, type: str = "invalid_request_error", param: str | None = None,

@@ -7,7 +7,7 @@ import uuid
 
 from django.conf import settings
 
-from .errors import error_response
+from .errors import error_response, server_error_message
 
 logger = logging.getLogger(__name__)
 
@@ -69,8 +69,5 @@ class OpenAIErrorMiddleware:
             return None
         request_id = getattr(request, "request_id", "unknown")
         logger.exception("Unhandled error in %s %s (request %s)", request.method, request.path, request_id)
-        return error_response(
-            "The server had an error while processing your request. Sorry about that! "
-            f"You can retry your request, or contact us if the error persists. (Request ID: {request_id})",
-            status=500, type="server_error", code="internal_error",
-        )
+        return error_response(server_error_message(request_id), status=500, type="server_error",
+                              code="internal_error")

@@ -11,7 +11,7 @@ from django.views import defaults
 
 from . import heartbeats
 
-from .errors import error_response
+from .errors import error_response, server_error_message
 from .middleware import API_PREFIX
 
 
@@ -31,8 +31,8 @@ def server_error(request):
     """``handler500``: the envelope (with the request id) under /v1, Django's page elsewhere."""
     if request.path.startswith(API_PREFIX):
         request_id = getattr(request, "request_id", "unknown")
-        return error_response(f"The server had an error while processing your request. (Request ID: {request_id})",
-                              status=500, type="server_error", code="internal_error")
+        return error_response(server_error_message(request_id), status=500, type="server_error",
+                              code="internal_error")
     return defaults.server_error(request)
 
 

@@ -25,8 +25,9 @@ from django.test.testcases import LiveServerThread
 from rest_framework.test import APIClient
 
 from accounts.admission import (Scope, admission_backend, admission_reconcile, admission_reserve, go_duration,
-                                month_bounds, monthly_key)
+                                monthly_key)
 from accounts.models import Limit
+from config.periods import month_bounds
 from accounts.selectors import api_key_resolve, limits_usage_summary
 from accounts.services import api_key_create, limit_set
 from billing.models import UsageRecord

@@ -9,7 +9,8 @@ from datetime import datetime, timezone
 
 from django.core.management.base import BaseCommand, CommandError
 
-from accounts.admission import AdmissionUnavailable, Scope, admission_reconcile, month_bounds
+from accounts.admission import AdmissionUnavailable, Scope, admission_reconcile
+from config.periods import month_bounds
 from accounts.models import Organization
 
 
