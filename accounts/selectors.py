@@ -231,7 +231,7 @@ def usage_tokens_between(*, scope, start: datetime, end: datetime) -> int:
     organization or project) with ``start <= created_at < end`` (every service tier)."""
     from django.db.models import Sum
 
-    from billing.models import UsageRecord
+    from metering.models import UsageRecord
 
     field = {"organization": "organization_id", "project": "project_id", "key": "api_key_id"}[scope.kind]
     total = UsageRecord.objects.filter(**{field: scope.pk}, created_at__gte=start, created_at__lt=end) \
@@ -275,7 +275,7 @@ def limits_usage_summary(*, organization, project=None) -> list[LimitUsage]:
     from django.db.models import Count, Sum
     from django.utils import timezone
 
-    from billing.models import UsageRecord
+    from metering.models import UsageRecord
 
     from config.periods import month_bounds
 

@@ -163,7 +163,8 @@ def main() -> None:
 
     from accounts.models import Organization
     from accounts.services import admin_api_key_create
-    from billing.models import DailyUsage, HourlyUsage, UsageRecord
+    from billing.models import DailyUsage, HourlyUsage
+    from metering.models import UsageRecord
     from billing.services import statement_build, usage_rollup_build, usage_rollup_recent
 
     call_command("migrate", verbosity=0)

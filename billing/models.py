@@ -1,4 +1,4 @@
-"""Usage tables (the source of truth for quotas and billing), rollups, prices and statements.
+"""Rollups of the usage records (`metering.models.UsageRecord`), prices and statements.
 
 Money is `decimal.Decimal` everywhere (never float); token counts are integers.
 """
@@ -9,41 +9,6 @@ from decimal import Decimal
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
-
-
-class UsageRecord(models.Model):
-    """One row per successful ``/v1/embeddings`` request (insert-only).
-
-    ``request_id`` is unique, so a retried write (or a redelivered task) can never
-    bill twice. Token counts are the tokens the model processed, special tokens
-    included, as reported in the response's ``usage``. ``latency_ms`` runs from the
-    request's arrival to the response being built (milliseconds).
-    """
-
-    request_id = models.CharField(max_length=64, unique=True)
-    organization = models.ForeignKey("accounts.Organization", on_delete=models.PROTECT, related_name="+")
-    project = models.ForeignKey("accounts.Project", on_delete=models.PROTECT, related_name="+")
-    api_key = models.ForeignKey("accounts.APIKey", null=True, on_delete=models.SET_NULL, related_name="+")
-    model = models.ForeignKey("embeddings.EmbeddingModel", on_delete=models.PROTECT, related_name="+")
-    input_count = models.PositiveIntegerField()
-    prompt_tokens = models.PositiveBigIntegerField()
-    total_tokens = models.PositiveBigIntegerField()
-    user = models.CharField(max_length=256, blank=True, default="")
-    service_tier = models.CharField(max_length=16, default="default")
-    latency_ms = models.PositiveIntegerField()
-    created_at = models.DateTimeField(default=timezone.now)
-
-    class Meta:
-        indexes = [
-            models.Index(fields=["project", "created_at"], name="usage_project_time"),
-            models.Index(fields=["organization", "created_at"], name="usage_org_time"),
-            # Serves the rollup's time-range scans (and, per partition, the monthly plan
-            # in platform/usage-partitioning.md).
-            models.Index(fields=["created_at"], name="usage_time"),
-        ]
-
-    def __str__(self) -> str:
-        return f"{self.request_id}: {self.total_tokens} tokens"
 
 
 class Price(models.Model):

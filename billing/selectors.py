@@ -8,7 +8,7 @@ from decimal import Decimal
 from django.db.models import Count, QuerySet, Sum
 from django.db.models.functions import TruncDate
 
-from billing.models import UsageRecord
+from metering.models import UsageRecord
 
 # --- The console's usage page -----------------------------------------------------------------
 

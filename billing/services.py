@@ -24,9 +24,10 @@ from django.db import connection, transaction
 from django.db.models import Sum
 from django.utils import timezone
 
-from billing.models import DailyUsage, HourlyUsage, Price, Statement, StatementLine, UsageRecord
+from billing.models import DailyUsage, HourlyUsage, Price, Statement, StatementLine
 from config.errors import InvalidRequestError
 from config.periods import month_bounds
+from metering.models import UsageRecord
 
 CENT = Decimal("0.01")
 MILLION = Decimal(1_000_000)
@@ -34,28 +35,6 @@ MILLION = Decimal(1_000_000)
 EPOCH = date(1970, 1, 1)
 # pg_advisory_xact_lock key that serializes rollup runs (any constant; "bill" in ASCII).
 _ROLLUP_LOCK = 0x62696C6C
-
-
-def usage_record_create(*, request_id: str, organization_id: int, project_id: int, api_key_id: int | None,
-                        model_id: int, input_count: int, prompt_tokens: int, total_tokens: int,
-                        user: str = "", service_tier: str = "default", latency_ms: int) -> UsageRecord:
-    """Insert the usage record of one successful request (one INSERT, no UPDATE).
-
-    Raises ``django.db.IntegrityError`` when ``request_id`` was already metered.
-    """
-    return UsageRecord.objects.create(
-        request_id=request_id,
-        organization_id=organization_id,
-        project_id=project_id,
-        api_key_id=api_key_id,
-        model_id=model_id,
-        input_count=input_count,
-        prompt_tokens=prompt_tokens,
-        total_tokens=total_tokens,
-        user=user,
-        service_tier=service_tier,
-        latency_ms=latency_ms,
-    )
 
 
 # --- Money ------------------------------------------------------------------------

@@ -15,7 +15,8 @@ from decimal import Decimal
 from django.db.models import Count, F, Sum
 from django.db.models.functions import TruncMinute
 
-from billing.models import DailyUsage, HourlyUsage, UsageRecord
+from billing.models import DailyUsage, HourlyUsage
+from metering.models import UsageRecord
 from billing.services import cost_for, price_schedules
 
 # Bucket widths in seconds (OpenAI's `bucket_width` values).

@@ -38,6 +38,7 @@ INSTALLED_APPS = [
     "axes",
     "accounts",
     "embeddings",
+    "metering",
     "billing",
 ]
 

@@ -117,7 +117,7 @@ def _check_models() -> dict:
 
 def _platform_state(redis_ok: bool, database_ok: bool) -> dict:
     """Workers alive per queue, beat, and the usage rollup's last run and lag (never fails)."""
-    from billing.models import UsageRecord
+    from metering.models import UsageRecord
     from billing.tasks import ROLLUP_JOB
 
     now = time.time()

@@ -66,7 +66,7 @@ def embeddings_create(*, key, body: EmbeddingsRequest, request_id: str, started_
     from admission, 503/504/500 from the workers.
     """
     from accounts.admission import admission_reserve
-    from billing.services import usage_record_create
+    from metering.services import usage_record_create
 
     from .selectors import embedding_model_get
 

@@ -12,7 +12,7 @@ from rest_framework.test import APIClient
 
 from accounts.models import APIKey
 from accounts.services import api_key_create, api_key_revoke, hash_key
-from billing.models import UsageRecord
+from metering.models import UsageRecord
 from tests.conftest import assert_error, post_embeddings
 
 BODY = {"model": "all-MiniLM-L6-v2", "input": "hi"}

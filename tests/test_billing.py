@@ -14,7 +14,8 @@ from django.db import connection
 
 from accounts.services import api_key_create, organization_get_or_create, project_get_or_create
 from billing.exports import statement_export_csv, statement_export_json
-from billing.models import DailyUsage, HourlyUsage, Statement, StatementLine, UsageRecord
+from billing.models import DailyUsage, HourlyUsage, Statement, StatementLine
+from metering.models import UsageRecord
 from billing.services import (
     amount_for,
     price_create,

@@ -11,7 +11,7 @@ from django.urls import reverse
 
 from accounts.models import APIKey, Membership, Organization
 from accounts.services import api_key_create, hash_key
-from billing.models import UsageRecord
+from metering.models import UsageRecord
 from tests.conftest import assert_error, post_embeddings
 
 
@@ -57,7 +57,7 @@ def test_admin_usage_records_are_read_only_and_filterable(staff, client, created
     for text in ("one", "two"):
         post_embeddings(client, {"model": "all-MiniLM-L6-v2", "input": text})
     other = api_key_create(project=created_key.api_key.project, name="other").api_key
-    url = reverse("admin:billing_usagerecord_changelist")
+    url = reverse("admin:metering_usagerecord_changelist")
     record = UsageRecord.objects.first()
     day = record.created_at
     for params, expected in [({}, 2), ({"organization__id__exact": record.organization_id}, 2),
@@ -69,9 +69,12 @@ def test_admin_usage_records_are_read_only_and_filterable(staff, client, created
                                "created_at__day": day.day}, 2)]:
         response = staff.get(url, params)
         assert response.status_code == 200 and response.context["cl"].result_count == expected, params
-    assert staff.get(reverse("admin:billing_usagerecord_add")).status_code == 403
-    change = staff.get(reverse("admin:billing_usagerecord_change", args=[record.pk]))
+    assert staff.get(reverse("admin:metering_usagerecord_add")).status_code == 403
+    change = staff.get(reverse("admin:metering_usagerecord_change", args=[record.pk]))
     assert change.status_code == 200 and b'name="_save"' not in change.content
+    # the admin's old address (before usage records moved to `metering`) still leads there
+    old = staff.get(f"/admin/billing/usagerecord/{record.pk}/change/")
+    assert old.status_code == 301 and old["Location"] == reverse("admin:metering_usagerecord_change", args=[record.pk])
 
 
 def test_create_console_user_gives_a_working_sign_in(db, capsys):

@@ -203,7 +203,7 @@ def test_owner_creates_an_admin_key_and_downloads_a_statement(page, live_server,
     from accounts.models import Organization
     from accounts.services import api_key_create, project_get_or_create
     from billing.exports import statement_export_json
-    from billing.models import UsageRecord
+    from metering.models import UsageRecord
     from billing.services import month_start, statement_draft, usage_rollup_build
     from embeddings.models import EmbeddingModel
 

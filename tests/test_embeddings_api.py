@@ -6,7 +6,7 @@ import base64
 import numpy as np
 import pytest
 
-from billing.models import UsageRecord
+from metering.models import UsageRecord
 from tests.conftest import assert_error, post_embeddings
 
 MODEL = "all-MiniLM-L6-v2"

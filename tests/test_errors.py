@@ -5,7 +5,7 @@ import logging
 
 from rest_framework.test import APIClient
 
-from billing.models import UsageRecord
+from metering.models import UsageRecord
 from tests.conftest import assert_error
 
 

@@ -70,7 +70,7 @@ def test_readyz_is_503_naming_models_when_this_process_has_not_loaded_them(db, n
 
 
 def test_rollup_run_is_recorded_and_lag_measured(db, default_model, no_heartbeats, created_key):
-    from billing.models import UsageRecord
+    from metering.models import UsageRecord
     from billing.tasks import rollup_usage
     from embeddings.services import warm_up
 

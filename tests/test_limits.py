@@ -30,7 +30,7 @@ from accounts.models import Limit
 from config.periods import month_bounds
 from accounts.selectors import api_key_resolve, limits_usage_summary
 from accounts.services import api_key_create, limit_set
-from billing.models import UsageRecord
+from metering.models import UsageRecord
 from tests.conftest import assert_error, post_embeddings
 
 MODEL = "all-MiniLM-L6-v2"

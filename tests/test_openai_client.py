@@ -5,7 +5,7 @@ import numpy as np
 import openai
 import pytest
 
-from billing.models import UsageRecord
+from metering.models import UsageRecord
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

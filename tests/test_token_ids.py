@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tiktoken
 
-from billing.models import UsageRecord
+from metering.models import UsageRecord
 from tests.conftest import assert_error, post_embeddings
 
 MODEL = "all-MiniLM-L6-v2"

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from django.db import IntegrityError
 
-from billing.models import UsageRecord
-from billing.services import usage_record_create
+from metering.models import UsageRecord
+from metering.services import usage_record_create
 from tests.conftest import post_embeddings
 
 MODEL = "all-MiniLM-L6-v2"

@@ -12,7 +12,7 @@ from rest_framework.test import APIClient
 
 from accounts.models import AdminAPIKey, APIKey, Project
 from accounts.services import admin_api_key_create, admin_api_key_revoke
-from billing.models import UsageRecord
+from metering.models import UsageRecord
 from billing.services import usage_rollup_build
 from embeddings.models import EmbeddingModel
 from tests.conftest import assert_error

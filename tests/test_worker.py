@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from rest_framework.test import APIClient
 
-from billing.models import UsageRecord
+from metering.models import UsageRecord
 from tests.conftest import assert_error, post_embeddings
 from tests.workers import ROOT, WorkerProcess, worker_database_url
 

@@ -1,0 +1,49 @@
+"""Models that change apps keep their tables and rows: a database migrated to the old layout,
+with rows in it, is migrated forward and the rows are there under the new app."""
+from __future__ import annotations
+
+import pytest
+from django.db import connection
+from django.db.migrations.executor import MigrationExecutor
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+BEFORE_MOVE = [("billing", "0003_initial_prices_from_registry"), ("metering", None)]
+
+
+def migrate(targets):
+    """Migrate the test database to ``targets``; returns the historical apps there (every other
+    app at its latest migration)."""
+    executor = MigrationExecutor(connection)
+    executor.migrate(targets)
+    executor.loader.build_graph()
+    named = {app for app, _ in targets}
+    nodes = [n for n in executor.loader.graph.leaf_nodes() if n[0] not in named]
+    nodes += [(app, name) for app, name in targets if name is not None]
+    return executor.loader.project_state(nodes).apps
+
+
+def test_usage_records_move_from_billing_to_metering_with_their_rows():
+    leaves = MigrationExecutor(connection).loader.graph.leaf_nodes()
+    old = migrate(BEFORE_MOVE)
+    assert ("metering", "usagerecord") not in {(m._meta.app_label, m._meta.model_name) for m in old.get_models()}
+    Organization, Project = old.get_model("accounts", "Organization"), old.get_model("accounts", "Project")
+    EmbeddingModel = old.get_model("embeddings", "EmbeddingModel")
+    organization = Organization.objects.create(name="Old Layout", public_id="org_oldlayout")
+    project = Project.objects.create(organization=organization, name="P", public_id="proj_oldlayout")
+    model = EmbeddingModel.objects.create(name="old-layout", local_path="/none", dimensions=8, max_input_tokens=8)
+    OldUsageRecord = old.get_model("billing", "UsageRecord")
+    OldUsageRecord.objects.bulk_create([
+        OldUsageRecord(request_id=f"req_old_{i}", organization=organization, project=project, model=model,
+                       input_count=1, prompt_tokens=10 + i, total_tokens=10 + i, latency_ms=3)
+        for i in range(5)])
+
+    new = migrate(leaves)
+    NewUsageRecord = new.get_model("metering", "UsageRecord")
+    assert NewUsageRecord._meta.db_table == "billing_usagerecord"
+    rows = list(NewUsageRecord.objects.filter(request_id__startswith="req_old_").order_by("request_id")
+                .values_list("request_id", "total_tokens"))
+    assert rows == [(f"req_old_{i}", 10 + i) for i in range(5)]
+    from metering.models import UsageRecord  # and the current model reads them too
+
+    assert UsageRecord.objects.filter(request_id__startswith="req_old_", project__name="P").count() == 5
