@@ -1,6 +1,5 @@
 """URL configuration: the ``/v1`` API, API docs, the web console, the admin."""
 from django.contrib import admin
-from django.http import HttpResponsePermanentRedirect
 from django.urls import include, path, re_path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView
@@ -15,10 +14,7 @@ urlpatterns = [
     path("api/docs/", SpectacularRedocView.as_view(url_name="schema"), name="api-docs"),
     path("console/", include("accounts.urls")),
     # Usage records moved from `billing` to `metering`: the admin's old addresses still lead there.
-    re_path(r"^admin/billing/usagerecord/(?P<rest>.*)$",
-            lambda request, rest: HttpResponsePermanentRedirect(f"/admin/metering/usagerecord/{rest}"
-                                                                + (f"?{request.META['QUERY_STRING']}"
-                                                                   if request.META.get("QUERY_STRING") else ""))),
+    re_path(r"^admin/billing/usagerecord/(?P<rest>.*)$", views.usage_records_moved),
     path("admin/", admin.site.urls),
     path("healthz", views.healthz, name="healthz"),
     path("readyz", views.readyz, name="readyz"),

@@ -165,3 +165,16 @@ def readyz(request):
     body = {"status": "not_ready" if failed else "ready", "failed": failed, "checks": checks,
             "platform": _platform_state(checks["redis"]["ok"], checks["database"]["ok"])}
     return JsonResponse(body, status=503 if failed else 200)
+
+
+def usage_records_moved(request, rest: str):
+    """The Django admin's usage records moved from ``billing`` to ``metering``: 301 from the old
+    address to the new one (path re-escaped, query string kept)."""
+    from urllib.parse import quote
+
+    from django.http import HttpResponsePermanentRedirect
+    from django.urls import reverse
+
+    target = reverse("admin:metering_usagerecord_changelist") + quote(rest, safe="/")
+    query = request.META.get("QUERY_STRING")
+    return HttpResponsePermanentRedirect(f"{target}?{query}" if query else target)

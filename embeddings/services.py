@@ -75,9 +75,9 @@ def embeddings_create(*, key, body: EmbeddingsRequest, request_id: str, started_
     service_tier = "default" if body.service_tier == "auto" else body.service_tier
     tokenized = tokenize_inputs(request=body, model=model)
     reservation = admission_reserve(key=key, tokens=tokenized.total_tokens, service_tier=service_tier)
-    if on_admitted is not None:
-        on_admitted(reservation)
     with reservation:  # an exception from here on refunds the reservation (and propagates)
+        if on_admitted is not None:
+            on_admitted(reservation)
         vectors = encode_inputs(model=model, token_ids=tokenized.token_ids, dimensions=body.dimensions,
                                 service_tier=service_tier, request_id=request_id)
         usage_record_create(

@@ -75,6 +75,8 @@ def test_admin_usage_records_are_read_only_and_filterable(staff, client, created
     # the admin's old address (before usage records moved to `metering`) still leads there
     old = staff.get(f"/admin/billing/usagerecord/{record.pk}/change/")
     assert old.status_code == 301 and old["Location"] == reverse("admin:metering_usagerecord_change", args=[record.pk])
+    escaped = staff.get("/admin/billing/usagerecord/%3Fnext=x/", {"q": "1"})
+    assert escaped["Location"] == reverse("admin:metering_usagerecord_changelist") + "%3Fnext%3Dx/?q=1"
 
 
 def test_create_console_user_gives_a_working_sign_in(db, capsys):

@@ -32,6 +32,8 @@ def test_usage_records_move_from_billing_to_metering_with_their_rows():
     organization = Organization.objects.create(name="Old Layout", public_id="org_oldlayout")
     project = Project.objects.create(organization=organization, name="P", public_id="proj_oldlayout")
     model = EmbeddingModel.objects.create(name="old-layout", local_path="/none", dimensions=8, max_input_tokens=8)
+    OldContentType = old.get_model("contenttypes", "ContentType")
+    old_type = OldContentType.objects.get_or_create(app_label="billing", model="usagerecord")[0]
     OldUsageRecord = old.get_model("billing", "UsageRecord")
     OldUsageRecord.objects.bulk_create([
         OldUsageRecord(request_id=f"req_old_{i}", organization=organization, project=project, model=model,
@@ -44,6 +46,10 @@ def test_usage_records_move_from_billing_to_metering_with_their_rows():
     rows = list(NewUsageRecord.objects.filter(request_id__startswith="req_old_").order_by("request_id")
                 .values_list("request_id", "total_tokens"))
     assert rows == [(f"req_old_{i}", 10 + i) for i in range(5)]
+    # its content type (and so permissions, admin log entries) follows it
+    NewContentType = new.get_model("contenttypes", "ContentType")
+    assert NewContentType.objects.get(app_label="metering", model="usagerecord").pk == old_type.pk
+    assert not NewContentType.objects.filter(app_label="billing", model="usagerecord").exists()
     from metering.models import UsageRecord  # and the current model reads them too
 
     assert UsageRecord.objects.filter(request_id__startswith="req_old_", project__name="P").count() == 5

@@ -101,8 +101,8 @@ class InvalidTokenId(ValueError):
     """A token id that is not one of the tokenizer's. ``token``: the id; ``index``: the input's."""
 
     def __init__(self, token: int, index: int, tokenizer: str, n_vocab: int):
-        super().__init__(f"Invalid token id {token} in input[{index}]: not a token of OpenAI's {tokenizer} "
-                         f"tokenizer (ids lie in [0, {n_vocab})).")
+        super().__init__(f"Invalid token id {token} in input[{index}]: not a text token of OpenAI's "
+                         f"{tokenizer} tokenizer (ids lie in [0, {n_vocab}); special tokens stand for no text).")
         self.token, self.index = token, index
 
 
@@ -123,14 +123,16 @@ def decode_openai_token_ids(inputs: Sequence[Sequence[int]]) -> list[str]:
     API defines token inputs; the served model then tokenizes each text like any other.
 
     Byte sequences that are not valid UTF-8 on their own (a token array cut inside a character)
-    decode with U+FFFD, as tiktoken's ``decode`` does. Raises `InvalidTokenId` for a negative id
-    or one the encoding does not have (its vocabulary has gaps below ``n_vocab``).
+    decode with U+FFFD, as tiktoken's ``decode`` does. Raises `InvalidTokenId` for a negative id,
+    one the encoding does not have (its vocabulary has gaps below ``n_vocab``), or a special
+    token (``<|endoftext|>``, 100257, and the other control tokens: they stand for no text).
     """
     encoding = openai_encoding()
+    special = set(encoding._special_tokens.values())  # <|endoftext|> etc.: control tokens, not text
     texts = []
     for index, ids in enumerate(inputs):
         for token in ids:
-            if token < 0 or token >= encoding.n_vocab:
+            if token < 0 or token >= encoding.n_vocab or token in special:
                 raise InvalidTokenId(token, index, OPENAI_TOKENIZER, encoding.n_vocab)
         try:
             texts.append(encoding.decode(list(ids)))
