@@ -8,15 +8,14 @@ never displayed, not even read-only.
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.db import transaction
 from django.db.models import Count, Q
 from django.template.response import TemplateResponse
 from django.utils import timezone
 from django.utils.decorators import method_decorator
 from django.views.decorators.cache import never_cache
 
-from .models import AdminAPIKey, APIKey, Limit, Membership, Organization, Project
-from .services import admin_api_key_revoke, api_key_create, api_key_revoke, limit_cache_drop
+from .models import AdminAPIKey, APIKey, Membership, Organization, Project
+from .services import admin_api_key_revoke, api_key_create, api_key_revoke
 
 
 def revoke_selected(model_admin, request, queryset, revoke, noun: str) -> None:
@@ -174,29 +173,3 @@ class AdminAPIKeyAdmin(admin.ModelAdmin):
     def revoke_keys(self, request, queryset):
         revoke_selected(self, request, queryset, lambda key: admin_api_key_revoke(admin_api_key=key),
                         "admin key(s)")
-
-
-@admin.register(Limit)
-class LimitAdmin(admin.ModelAdmin):
-    """Quotas and rate limits per organization / project / key (empty = unlimited).
-
-    Edits apply to the next request (the cached copy is dropped on save).
-    """
-
-    list_display = ("__str__", "organization", "project", "api_key", "monthly_tokens", "rpm", "tpm", "updated_at")
-    list_filter = ("organization",)
-    search_fields = ("organization__name", "organization__public_id", "project__name", "project__public_id",
-                     "api_key__public_id", "api_key__name")
-    autocomplete_fields = ("organization", "project")
-    raw_id_fields = ("api_key",)
-    readonly_fields = ("updated_at",)
-
-    def save_model(self, request, obj, form, change):
-        super().save_model(request, obj, form, change)
-        limit_cache_drop(limit=obj)
-        transaction.on_commit(lambda: limit_cache_drop(limit=obj))
-
-    def delete_model(self, request, obj):
-        super().delete_model(request, obj)
-        limit_cache_drop(limit=obj)
-        transaction.on_commit(lambda: limit_cache_drop(limit=obj))

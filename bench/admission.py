@@ -40,7 +40,8 @@ from django.test import Client  # noqa: E402
 
 from accounts import admission  # noqa: E402
 from accounts.selectors import api_key_resolve, limits_for_key  # noqa: E402
-from accounts.services import api_key_create, limit_set, organization_get_or_create, project_get_or_create  # noqa: E402
+from accounts.services import api_key_create, organization_get_or_create, project_get_or_create  # noqa: E402
+from limits.services import limit_set
 
 BIG = 10**9  # far above what the bench uses (RPM fits an integer column)
 

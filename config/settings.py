@@ -37,6 +37,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",  # Redoc's assets, served by whitenoise (no CDN)
     "axes",
     "accounts",
+    "limits",
     "embeddings",
     "metering",
     "billing",
@@ -264,7 +265,7 @@ EMBEDDINGS_TORCH_THREADS = env.int("EMBEDDINGS_TORCH_THREADS", default=0)
 # Device for inference: "auto" (CUDA when present), "cpu", "cuda", "cuda:1", ...
 EMBEDDINGS_DEVICE = env.str("EMBEDDINGS_DEVICE", default="auto")
 
-# --- Quotas and rate limits (accounts.admission) ------------------------------------------------
+# --- Quotas and rate limits (limits.admission) ------------------------------------------------
 # Where reservations live: a Redis shared by every API process.
 ADMISSION_REDIS_URL = env.str("ADMISSION_REDIS_URL", default=REDIS_URL)
 # Seconds to wait for that Redis before treating it as down.

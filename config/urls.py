@@ -13,8 +13,9 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularRedocView.as_view(url_name="schema"), name="api-docs"),
     path("console/", include("accounts.urls")),
-    # Usage records moved from `billing` to `metering`: the admin's old addresses still lead there.
-    re_path(r"^admin/billing/usagerecord/(?P<rest>.*)$", views.usage_records_moved),
+    # Models that moved app: the admin's old addresses still lead to them.
+    re_path(r"^admin/billing/usagerecord/(?P<rest>.*)$", views.admin_model_moved, {"new": "metering_usagerecord"}),
+    re_path(r"^admin/accounts/limit/(?P<rest>.*)$", views.admin_model_moved, {"new": "limits_limit"}),
     path("admin/", admin.site.urls),
     path("healthz", views.healthz, name="healthz"),
     path("readyz", views.readyz, name="readyz"),

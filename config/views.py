@@ -167,14 +167,15 @@ def readyz(request):
     return JsonResponse(body, status=503 if failed else 200)
 
 
-def usage_records_moved(request, rest: str):
-    """The Django admin's usage records moved from ``billing`` to ``metering``: 301 from the old
-    address to the new one (path re-escaped, query string kept)."""
+def admin_model_moved(request, rest: str, new: str):
+    """A model the Django admin shows moved to another app (usage records ``billing`` ->
+    ``metering``, limits ``accounts`` -> ``limits``): 301 from the old address to the new one,
+    ``new`` as ``app_model`` (path re-escaped, query string kept)."""
     from urllib.parse import quote
 
     from django.http import HttpResponsePermanentRedirect
     from django.urls import reverse
 
-    target = reverse("admin:metering_usagerecord_changelist") + quote(rest, safe="/")
+    target = reverse(f"admin:{new}_changelist") + quote(rest, safe="/")
     query = request.META.get("QUERY_STRING")
     return HttpResponsePermanentRedirect(f"{target}?{query}" if query else target)

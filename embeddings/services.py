@@ -65,7 +65,7 @@ def embeddings_create(*, key, body: EmbeddingsRequest, request_id: str, started_
     Raises `config.errors.APIError`: 404 unknown model, 400 invalid input or limits, 429/503
     from admission, 503/504/500 from the workers.
     """
-    from accounts.admission import admission_reserve
+    from limits.admission import admission_reserve
     from metering.services import usage_record_create
 
     from .selectors import embedding_model_get

@@ -8,7 +8,8 @@ from django.contrib.auth import get_user_model
 from django.test import Client
 
 from accounts.models import Membership
-from accounts.services import limit_set, membership_add
+from accounts.services import membership_add
+from limits.services import limit_set
 from tests.conftest import post_embeddings
 
 

@@ -8,8 +8,7 @@ from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
 from accounts.console import OrganizationView
 from accounts.models import APIKey, Membership, Project
-from accounts.services import (api_key_create, hash_key, membership_add, organization_get_or_create,
-                               project_get_or_create)
+from accounts.services import api_key_create, hash_key, membership_add, organization_get_or_create, project_get_or_create
 
 PASSWORD = "a-long-test-password-42"
 Role = Membership.Role

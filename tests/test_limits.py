@@ -24,12 +24,14 @@ from django.test import override_settings
 from django.test.testcases import LiveServerThread
 from rest_framework.test import APIClient
 
-from accounts.admission import (Scope, admission_backend, admission_reconcile, admission_reserve, go_duration,
+from limits.admission import (Scope, admission_backend, admission_reconcile, admission_reserve, go_duration,
                                 monthly_key)
-from accounts.models import Limit
+from limits.models import Limit
 from config.periods import month_bounds
-from accounts.selectors import api_key_resolve, limits_usage_summary
-from accounts.services import api_key_create, limit_set
+from accounts.selectors import api_key_resolve
+from limits.selectors import limits_usage_summary
+from accounts.services import api_key_create
+from limits.services import limit_set
 from metering.models import UsageRecord
 from tests.conftest import assert_error, post_embeddings
 
@@ -417,8 +419,9 @@ def test_limit_rows_are_one_per_scope_and_keys_take_no_monthly_quota(project, cr
 def test_admin_lists_and_edits_limits(admin_client, project):
     limit_set(organization=project.organization, project=project, rpm=5)
     limit = Limit.objects.get()
-    assert admin_client.get("/admin/accounts/limit/").status_code == 200
-    page = admin_client.get(f"/admin/accounts/limit/{limit.pk}/change/")
+    assert admin_client.get("/admin/accounts/limit/").status_code == 301  # moved with the model
+    assert admin_client.get("/admin/limits/limit/").status_code == 200
+    page = admin_client.get(f"/admin/limits/limit/{limit.pk}/change/")
     assert page.status_code == 200 and b'name="rpm"' in page.content
 
 

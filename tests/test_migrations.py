@@ -53,3 +53,27 @@ def test_usage_records_move_from_billing_to_metering_with_their_rows():
     from metering.models import UsageRecord  # and the current model reads them too
 
     assert UsageRecord.objects.filter(request_id__startswith="req_old_", project__name="P").count() == 5
+
+
+def test_limits_move_from_accounts_to_limits_with_their_rows():
+    leaves = MigrationExecutor(connection).loader.graph.leaf_nodes()
+    old = migrate([("accounts", "0003_merge_0002_admin_api_key_0002_limits"), ("limits", None)])
+    Organization, Project = old.get_model("accounts", "Organization"), old.get_model("accounts", "Project")
+    organization = Organization.objects.create(name="Old Limits", public_id="org_oldlimits")
+    project = Project.objects.create(organization=organization, name="P", public_id="proj_oldlimits")
+    OldContentType = old.get_model("contenttypes", "ContentType")
+    old_type = OldContentType.objects.get_or_create(app_label="accounts", model="limit")[0]
+    OldLimit = old.get_model("accounts", "Limit")
+    OldLimit.objects.create(organization=organization, monthly_tokens=1000)
+    OldLimit.objects.create(organization=organization, project=project, rpm=7)
+
+    new = migrate(leaves)
+    NewLimit = new.get_model("limits", "Limit")
+    assert NewLimit._meta.db_table == "accounts_limit"
+    assert sorted(NewLimit.objects.filter(organization__name="Old Limits").values_list("monthly_tokens", "rpm"),
+                  key=str) == sorted([(1000, None), (None, 7)], key=str)
+    NewContentType = new.get_model("contenttypes", "ContentType")
+    assert NewContentType.objects.get(app_label="limits", model="limit").pk == old_type.pk
+    from limits.models import Limit  # the current model, its constraints still enforced by the table
+
+    assert Limit.objects.filter(organization__name="Old Limits").count() == 2

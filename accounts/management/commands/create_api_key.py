@@ -8,12 +8,7 @@ With ``--admin`` the key is an organization admin key (``sk-admin-...``) for the
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
-from accounts.services import (
-    admin_api_key_create,
-    api_key_create,
-    organization_get_or_create,
-    project_get_or_create,
-)
+from accounts.services import admin_api_key_create, api_key_create, organization_get_or_create, project_get_or_create
 
 
 class Command(BaseCommand):

@@ -7,7 +7,7 @@ effect at once. Prints the scope's limits after the change.
 from django.core.management.base import BaseCommand, CommandError
 
 from accounts.models import APIKey, Organization
-from accounts.services import UNSET, limit_set
+from limits.services import UNSET, limit_set
 
 
 def limit_value(text: str):

@@ -3,13 +3,13 @@
 Rebuilds the monthly token counters of the admission store (Redis, or this process in the
 embedded default) from `billing.UsageRecord`, the source of truth, and prints one line per
 counter: its value before, the database sum, the tokens reserved in flight, its value after.
-Reservations in flight are kept (see `accounts.admission.admission_reconcile`).
+Reservations in flight are kept (see `limits.admission.admission_reconcile`).
 """
 from datetime import datetime, timezone
 
 from django.core.management.base import BaseCommand, CommandError
 
-from accounts.admission import AdmissionUnavailable, Scope, admission_reconcile
+from limits.admission import AdmissionUnavailable, Scope, admission_reconcile
 from config.periods import month_bounds
 from accounts.models import Organization
 
