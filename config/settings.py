@@ -41,6 +41,7 @@ INSTALLED_APPS = [
     "embeddings",
     "metering",
     "billing",
+    "console",
 ]
 
 MIDDLEWARE = [

@@ -12,7 +12,7 @@ urlpatterns = [
     re_path(r"^v1/", views.v1_not_found),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularRedocView.as_view(url_name="schema"), name="api-docs"),
-    path("console/", include("accounts.urls")),
+    path("console/", include("console.urls")),
     # Models that moved app: the admin's old addresses still lead to them.
     re_path(r"^admin/billing/usagerecord/(?P<rest>.*)$", views.admin_model_moved, {"new": "metering_usagerecord"}),
     re_path(r"^admin/accounts/limit/(?P<rest>.*)$", views.admin_model_moved, {"new": "limits_limit"}),

@@ -6,7 +6,7 @@ import pytest
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
-from accounts.console import OrganizationView
+from console.base import OrganizationView
 from accounts.models import APIKey, Membership, Project
 from accounts.services import api_key_create, hash_key, membership_add, organization_get_or_create, project_get_or_create
 

@@ -11,8 +11,8 @@ from django.urls import reverse
 
 from accounts.models import Membership
 from accounts.services import api_key_create, membership_add, organization_get_or_create, project_get_or_create
-from accounts.templatetags.console import human_count, percent_of
-from billing.charts import OTHER_LABEL, PALETTE, daily_stacked_bars, nice_step
+from console.charts import OTHER_LABEL, PALETTE, daily_stacked_bars, nice_step
+from console.templatetags.console import human_count, percent_of
 from metering.models import UsageRecord
 from billing.selectors import DELETED_KEY_LABEL, DailyUsage, usage_daily, usage_recent
 from embeddings.services import embedding_model_register

@@ -1,11 +1,11 @@
 """The tenant console's URLs, mounted at ``/console/`` (namespace ``console``).
 
 Every URL under ``orgs/<org>/`` must be served by a subclass of
-`accounts.console.OrganizationView` (tests/test_console_permissions.py checks it).
+`console.base.OrganizationView` (tests/test_console_permissions.py checks it).
 """
-from django.urls import include, path
+from django.urls import include, path, re_path
 
-from . import views
+from . import billing_views, views
 
 app_name = "console"
 
@@ -18,7 +18,10 @@ organization_urls = [
     path("members/<str:username>/remove/", views.MemberRemoveView.as_view(), name="member-remove"),
     path("admin-keys/", views.AdminAPIKeyListView.as_view(), name="admin-keys"),
     path("admin-keys/<str:key>/revoke/", views.AdminAPIKeyRevokeView.as_view(), name="admin-key-revoke"),
-    path("", include("billing.urls")),
+    path("usage/", billing_views.UsageView.as_view(), name="usage"),
+    path("billing/", billing_views.BillingView.as_view(), name="billing"),
+    re_path(r"^billing/statements/(?P<period>\d{4}-\d{2})\.(?P<fmt>csv|json)$",
+            billing_views.StatementDownloadView.as_view(), name="statement-download"),
 ]
 
 urlpatterns = [

@@ -8,7 +8,7 @@ from django.contrib.auth import get_user_model
 from django.db.models import Q
 from django.utils import timezone
 
-from .models import Membership
+from accounts.models import Membership
 
 
 class ProjectCreateForm(forms.Form):

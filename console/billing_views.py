@@ -9,16 +9,17 @@ from django.http import Http404, HttpResponse, JsonResponse
 from django.utils import timezone
 
 from accounts import roles
-from accounts.console import OrganizationView, limit_bars
 from accounts.selectors import projects_for_organization
-from accounts.templatetags.console import human_count
+from billing.exports import statement_export_csv, statement_export_json
+from billing.models import Statement
+from billing.selectors import statements_for_organization, usage_daily, usage_recent
+from billing.services import month_after, statement_draft
+
+from .base import OrganizationView, limit_bars
+from .billing_forms import UsageFilterForm
 
 from .charts import daily_stacked_bars
-from .exports import statement_export_csv, statement_export_json
-from .forms import UsageFilterForm
-from .models import Statement
-from .selectors import statements_for_organization, usage_daily, usage_recent
-from .services import month_after, statement_draft
+from .templatetags.console import human_count
 
 
 class UsageView(OrganizationView):

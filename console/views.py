@@ -18,8 +18,9 @@ from django.urls import reverse
 from django.utils.decorators import method_decorator
 from django.views.decorators.cache import never_cache
 
-from . import roles, selectors, services
-from .console import SESSION_ORGANIZATION, OrganizationView, limit_bars
+from accounts import roles, selectors, services
+
+from .base import SESSION_ORGANIZATION, OrganizationView, limit_bars
 from .forms import APIKeyCreateForm, MemberAddForm, MemberRoleForm, ProjectCreateForm
 
 

@@ -15,9 +15,10 @@ from django.contrib.auth.mixins import LoginRequiredMixin
 from django.core.exceptions import PermissionDenied
 from django.views.generic import TemplateView
 
-from . import roles
-from .models import AdminAPIKey, APIKey, Membership, Organization, Project
-from .selectors import admin_api_key_get, api_key_get, membership_get_for_user, organizations_for_user, project_get
+from accounts import roles
+from accounts.models import AdminAPIKey, APIKey, Membership, Organization, Project
+from accounts.selectors import (admin_api_key_get, api_key_get, membership_get_for_user, organizations_for_user,
+                                project_get)
 from limits.selectors import LimitUsage, limits_usage_summary
 
 SESSION_ORGANIZATION = "console_organization"
