@@ -1,7 +1,7 @@
 """The tenant console's URLs, mounted at ``/console/`` (namespace ``console``).
 
 Every URL under ``orgs/<org>/`` must be served by a subclass of
-`console.base.OrganizationView` (tests/test_console_permissions.py checks it).
+`console.base.OrganizationView` (tests/console/test_console_permissions.py checks it).
 """
 from django.urls import include, path, re_path
 

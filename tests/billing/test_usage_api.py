@@ -16,7 +16,7 @@ from metering.models import UsageRecord
 from billing.services import usage_rollup_build
 from embeddings.models import EmbeddingModel
 from tests.conftest import assert_error
-from tests.test_billing import MONTH_END, MONTH_START, PRICE_CHANGE, month, sql_aggregate, unit_price  # noqa: F401
+from tests.billing.conftest import MONTH_END, MONTH_START, PRICE_CHANGE, sql_aggregate, unit_price
 
 USAGE = "/v1/organization/usage/embeddings"
 COSTS = "/v1/organization/costs"

@@ -21,7 +21,7 @@ from metering.models import UsageRecord
 from billing.services import month_start, statement_build, statement_close, usage_rollup_build
 from embeddings.models import EmbeddingModel
 from tests.conftest import assert_error
-from tests.test_console_permissions import PASSWORD, Role, signed_in, tenants  # noqa: F401
+from tests.console.conftest import PASSWORD, Role, signed_in
 
 USAGE = "/v1/organization/usage/embeddings"
 
