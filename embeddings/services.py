@@ -20,8 +20,7 @@ from django.conf import settings
 from config.errors import (APIError, GatewayTimeoutError, InternalServerError, InvalidRequestError,
                            ServiceUnavailableError)
 
-from .serving.batching import MicroBatcher
-from .serving.batching import batcher_for as get_batcher
+from .serving.batching import MicroBatcher, get_batcher
 from .serving.engine import Engine, get_engine, renormalize
 from .models import EmbeddingModel
 from .selectors import embedding_models_cache_clear
@@ -112,22 +111,22 @@ class TokenizedInputs:
     total_tokens: int
 
 
+# One name per concept and floor: `embeddings.serving` keys its process registries by path
+# (`get_tokenizer`, `get_engine`, `get_batcher`); here they are reached by model (`tokenizer_for`,
+# `engine_for`, `batcher_for`), with this project's settings. A model known only by its path (a
+# worker's chunk, a registration) is an unsaved `EmbeddingModel(local_path=...)`.
+
 def tokenizer_for(model: EmbeddingModel) -> ModelTokenizer:
     """The tokenizer of ``model`` (loaded once per process, weights not loaded)."""
     return get_tokenizer(model.local_path)
 
 
-def engine_at(path: str) -> Engine:
-    """The process's `Engine` of the model at ``path``, loaded on first use with the ``EMBEDDINGS_*``
-    settings (device, padded tokens per forward pass, torch threads). Called on every inline
-    request: after the first load it is a dict lookup."""
-    return get_engine(path, device=settings.EMBEDDINGS_DEVICE, batch_tokens=settings.EMBEDDINGS_BATCH_TOKENS,
-                      torch_threads=settings.EMBEDDINGS_TORCH_THREADS)
-
-
 def engine_for(model: EmbeddingModel) -> Engine:
-    """The process's `Engine` of ``model`` (see `engine_at`)."""
-    return engine_at(model.local_path)
+    """The process's `Engine` of ``model``, loaded on first use with the ``EMBEDDINGS_*`` settings
+    (device, padded tokens per forward pass, torch threads). Called on every inline request:
+    after the first load it is a dict lookup."""
+    return get_engine(model.local_path, device=settings.EMBEDDINGS_DEVICE,
+                      batch_tokens=settings.EMBEDDINGS_BATCH_TOKENS, torch_threads=settings.EMBEDDINGS_TORCH_THREADS)
 
 
 def check_dimensions(*, model: EmbeddingModel, dimensions: int | None) -> None:
@@ -330,7 +329,7 @@ def embedding_model_register(*, name: str, path: str, aliases: list[str] | None 
     None keeps a registered model's setting. Idempotent: re-registering refreshes the path
     (e.g. after a new virtualenv).
     """
-    engine = engine_at(str(path))
+    engine = engine_for(EmbeddingModel(local_path=str(path)))
     model, _ = EmbeddingModel.objects.update_or_create(
         name=name,
         defaults={
@@ -378,16 +377,12 @@ def set_batch_log_level(level: int) -> None:
     _batch_log_level = level
 
 
-def batcher_for_path(path: str, *, name: str = "") -> MicroBatcher:
-    """The process's `MicroBatcher` of the model at ``path`` (engine loaded on first use)."""
-    return get_batcher(engine_at(path), max_batch_tokens=settings.EMBEDDINGS_MAX_BATCH_TOKENS,
-                       max_wait_ms=settings.EMBEDDINGS_BATCH_WAIT_MS, name=name or path,
-                       log_level=_batch_log_level)
-
-
 def batcher_for(model: EmbeddingModel) -> MicroBatcher:
-    """The process's `MicroBatcher` of ``model``."""
-    return batcher_for_path(model.local_path, name=model.name)
+    """The process's `MicroBatcher` of ``model`` (its engine loaded on first use), named for logs
+    by the model's name."""
+    return get_batcher(engine_for(model), max_batch_tokens=settings.EMBEDDINGS_MAX_BATCH_TOKENS,
+                       max_wait_ms=settings.EMBEDDINGS_BATCH_WAIT_MS, name=model.name or model.local_path,
+                       log_level=_batch_log_level)
 
 
 def warm_up(*, load_engines: bool | None = None) -> list[str]:

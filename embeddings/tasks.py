@@ -59,12 +59,14 @@ def encode_chunk(model_path: str, model_name: str, token_ids: list[list[int]], s
     Returns `pack_vectors` of the ``(n, d)`` float32, L2-normalized vectors, in order.
     Raises ``TimeoutError`` when the deadline passes first; whatever the engine raised otherwise.
     """
-    from .services import batcher_for_path
+    from .models import EmbeddingModel
+    from .services import batcher_for
 
     timeout = None if deadline is None else deadline - time.time()
     if timeout is not None and timeout <= 0:
         raise TimeoutError(f"chunk of {len(token_ids)} inputs arrived after its deadline")
-    future = batcher_for_path(model_path, name=model_name).submit(token_ids, tier=service_tier)
+    model = EmbeddingModel(name=model_name, local_path=model_path)  # no database read per chunk
+    future = batcher_for(model).submit(token_ids, tier=service_tier)
     try:
         vectors = future.result(timeout=timeout)
     except concurrent.futures.TimeoutError:

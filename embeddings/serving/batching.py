@@ -1,6 +1,6 @@
 """Dynamic batching: coalesce the work of concurrent requests into shared forward passes.
 
-One `MicroBatcher` per loaded engine per process (`batcher_for`), with one thread that
+One `MicroBatcher` per loaded engine per process (`get_batcher`), with one thread that
 owns the model. Callers (Celery task threads in a worker, request threads in the API)
 `submit` token-id sequences and wait on the returned future. The thread:
 
@@ -196,7 +196,7 @@ _batchers: dict[int, MicroBatcher] = {}
 _batchers_lock = threading.Lock()
 
 
-def batcher_for(engine: Engine, *, max_batch_tokens: int = 65536, max_wait_ms: float = 2.0,
+def get_batcher(engine: Engine, *, max_batch_tokens: int = 65536, max_wait_ms: float = 2.0,
                 name: str = "", log_level: int = logging.DEBUG) -> MicroBatcher:
     """The process-wide `MicroBatcher` of ``engine`` (created, with its thread, on first use)."""
     batcher = _batchers.get(id(engine))
