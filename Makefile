@@ -11,7 +11,7 @@ PORT ?= 8000
 export HOST PORT
 export QUEUES
 
-.PHONY: install serve migrate web worker beat test test-fast clean
+.PHONY: install serve migrate web worker beat lint test test-fast clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,15 +45,20 @@ worker: install
 beat: install
 	exec $(PY) -m config.run beat
 
-# The whole suite: the architecture contracts (.importlinter), then pytest against embedded servers
-# under var/test, or DATABASE_URL/REDIS_URL when set.
-test: install
+# Architecture checks: import contracts (.importlinter) and no code written twice (pylint's
+# duplicate-code at its default threshold; migrations are generated, so excluded).
+CODE := accounts billing config console embeddings limits metering tests bench
+lint: install
 	$(VENV)/bin/lint-imports --no-cache
+	$(VENV)/bin/pylint --disable=all --enable=duplicate-code --ignore=migrations --score=n $(CODE)
+
+# The whole suite: the architecture checks, then pytest against embedded servers under var/test,
+# or DATABASE_URL/REDIS_URL when set.
+test: lint
 	$(PY) -m config.run test -- $(PYTEST_ARGS)
 
 # The fast subset: no browser, no worker process, no platform processes.
-test-fast: install
-	$(VENV)/bin/lint-imports --no-cache
+test-fast: lint
 	$(PY) -m config.run test -- -m "not browser and not worker and not runtime" $(PYTEST_ARGS)
 
 clean:
