@@ -19,7 +19,7 @@ from accounts import roles
 from accounts.models import AdminAPIKey, APIKey, Membership, Organization, Project
 from accounts.selectors import (admin_api_key_get, api_key_get, membership_get_for_user, organizations_for_user,
                                 project_get)
-from limits.selectors import LimitUsage, limits_usage_summary
+from limits.usage import LimitUsage, limits_usage_summary
 
 SESSION_ORGANIZATION = "console_organization"
 
@@ -104,6 +104,6 @@ def limit_bar(usage: LimitUsage) -> dict:
 def limit_bars(*, organization: Organization, project: Project | None = None) -> list[dict]:
     """The quota and rate-limit bars of ``organization`` (and ``project`` and its keys):
     every limit that is set, plus this month's tokens even when unlimited ("12.3M tokens
-    this month · no limit"). Reads `limits.selectors.limits_usage_summary`."""
+    this month · no limit"). Reads `limits.usage.limits_usage_summary`."""
     return [limit_bar(usage) for usage in limits_usage_summary(organization=organization, project=project)
             if usage.limit is not None or usage.kind == "monthly_tokens"]

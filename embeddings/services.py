@@ -256,11 +256,12 @@ def encode_dispatched(*, model: EmbeddingModel, token_ids: list[list[int]], serv
     the deadline passes, `InternalServerError` (500, naming ``request_id``) when a worker
     failed.
     """
+    from celery import current_app
     from celery.exceptions import TaskRevokedError
     from celery.exceptions import TimeoutError as CeleryTimeoutError
     from kombu.exceptions import OperationalError
 
-    from .tasks import encode_chunk, unpack_vectors
+    from .serving.transport import unpack_vectors
 
     timeout = settings.EMBEDDINGS_DISPATCH_TIMEOUT if timeout is None else timeout
     queue = settings.EMBEDDINGS_FLEX_QUEUE if service_tier == "flex" else settings.EMBEDDINGS_QUEUE
@@ -269,8 +270,9 @@ def encode_dispatched(*, model: EmbeddingModel, token_ids: list[list[int]], serv
     results = []
     try:
         for chunk in chunk_by_tokens(token_ids, settings.EMBEDDINGS_CHUNK_TOKENS):
-            results.append(encode_chunk.apply_async(
-                args=(model.local_path, model.name, chunk, service_tier, deadline),
+            # By name (`embeddings.tasks.encode_chunk`): the API does not import the workers' code.
+            results.append(current_app.send_task(
+                "embeddings.encode_chunk", args=(model.local_path, model.name, chunk, service_tier, deadline),
                 queue=queue, expires=timeout))
         parts = []
         for result in results:

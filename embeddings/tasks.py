@@ -9,7 +9,7 @@ prefetch count, acks a batch that raised and loses in-flight messages with early
 issue 3.)
 
 Transport: token ids go in as JSON ints; vectors come back as little-endian float32
-bytes, base64-encoded inside the JSON result (`pack_vectors` / `unpack_vectors`), never
+bytes, base64-encoded inside the JSON result (`serving.transport`), never
 as JSON float lists. Results expire after ``CELERY_RESULT_EXPIRES`` seconds.
 
 At worker start (``worker_init``, before any message is taken) every active model is
@@ -18,28 +18,16 @@ worker logs which.
 """
 from __future__ import annotations
 
-import base64
 import concurrent.futures
 import logging
 import time
 
-import numpy as np
 from celery import shared_task
 from celery.signals import worker_init
 
+from .serving.transport import pack_vectors
+
 logger = logging.getLogger(__name__)
-
-
-def pack_vectors(vectors: np.ndarray) -> dict:
-    """``(n, d)`` float32 -> ``{"shape": [n, d], "b64": <base64 of little-endian float32 bytes>}``."""
-    data = np.ascontiguousarray(vectors, dtype="<f4")
-    return {"shape": list(data.shape), "b64": base64.b64encode(data.tobytes()).decode("ascii")}
-
-
-def unpack_vectors(packed: dict) -> np.ndarray:
-    """Inverse of `pack_vectors`: a writable ``(n, d)`` float32 array."""
-    data = np.frombuffer(base64.b64decode(packed["b64"]), dtype="<f4")
-    return data.reshape(packed["shape"]).astype(np.float32)
 
 
 @shared_task(name="embeddings.encode_chunk", acks_late=True, reject_on_worker_lost=True, ignore_result=False,

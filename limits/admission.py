@@ -52,6 +52,9 @@ from django.conf import settings
 from config.errors import RateLimitError, ServiceUnavailableError
 from config.periods import month_bounds
 
+from .scopes import Scope, ScopeLimits
+from .selectors import limits_for_key, usage_tokens_between
+
 logger = logging.getLogger(__name__)
 
 # RPM / TPM buckets refill over this many milliseconds (one minute).
@@ -286,28 +289,6 @@ def admission_backend() -> RedisBackend:
 # ---------------------------------------------------------------------------------------------------
 # What a request is checked against.
 # ---------------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Scope:
-    """Who a limit belongs to: ``kind`` ``organization`` / ``project`` / ``key``, primary key, public id."""
-
-    kind: str
-    pk: int
-    public_id: str
-
-    @property
-    def slug(self) -> str:
-        return {"organization": "org", "project": "proj", "key": "key"}[self.kind]
-
-
-@dataclass(frozen=True)
-class ScopeLimits:
-    """The limits stored for one scope (``None`` = unlimited): tokens/month, requests/min, tokens/min."""
-
-    monthly_tokens: int | None = None
-    rpm: int | None = None
-    tpm: int | None = None
-
 
 @dataclass(frozen=True)
 class Check:
@@ -546,7 +527,6 @@ def _applied_limits(backend, key) -> tuple[list, str]:
     """``(applied limits, version)`` for ``key``: from this process's cache when it is current,
     else read from the database under the store's current version. Version ``""`` (the embedded
     default, ``LIMITS_CACHE_SECONDS = 0``): read from the database every time, nothing to check."""
-    from limits.selectors import limits_for_key
 
     ttl = settings.LIMITS_CACHE_SECONDS
     if not ttl:
@@ -587,7 +567,6 @@ def _rebuild_missing(backend, checks: list[Check], month_start: datetime, month_
     table yet; each adds its tokens back when it settles, so until they finish the counter
     reads low by at most the tokens they had in flight. Redis persistence avoids even that.)
     """
-    from limits.selectors import usage_tokens_between
 
     expire_at = int(month_end.timestamp() * 1000) + MONTHLY_TTL_GRACE_MS
     for check in checks:
@@ -612,7 +591,6 @@ def admission_reserve(*, key, tokens: int, service_tier: str) -> Reservation:
         ServiceUnavailableError: 503 with ``Retry-After`` when the store is down and
             ``ADMISSION_REDIS_DOWN_POLICY`` is ``closed``.
     """
-    from limits.selectors import limits_for_key
 
     month_start, month_end = month_bounds(datetime.now(dt_timezone.utc))
     backend = admission_backend()
@@ -655,7 +633,6 @@ def admission_reserve(*, key, tokens: int, service_tier: str) -> Reservation:
 def admission_peek_headers(*, key) -> dict[str, str]:
     """The ``x-ratelimit-*`` headers for ``key`` without consuming anything (for responses
     that end before admission, e.g. a 400). ``{}`` when the store is unreachable."""
-    from limits.selectors import limits_for_key
 
     _, buckets = build_checks(applied=limits_for_key(key=key), tokens=0, service_tier="flex",
                               month_start=datetime.now(dt_timezone.utc))
@@ -694,7 +671,6 @@ def admission_reconcile(*, scope: Scope, month_start: datetime, month_end: datet
     was read (those may be counted twice: the counter errs high, never low). A missing counter
     is created from the database sum. Raises `AdmissionUnavailable` when the store is down.
     """
-    from limits.selectors import usage_tokens_between
 
     backend = admission_backend()
     key = monthly_key(scope, month_start)

@@ -29,7 +29,7 @@ from limits.admission import (Scope, admission_backend, admission_reconcile, adm
 from limits.models import Limit
 from config.periods import month_bounds
 from accounts.selectors import api_key_resolve
-from limits.selectors import limits_usage_summary
+from limits.usage import limits_usage_summary
 from accounts.services import api_key_create
 from limits.services import limit_set
 from metering.models import UsageRecord
