@@ -1,15 +1,15 @@
 """Added latency of admission (quotas + RPM/TPM) per request.
 
-Usage (with this worktree's services)::
+Usage (against the servers a running ``make serve`` started, or those the URLs name)::
 
-    DATABASE_URL=postgres://... REDIS_URL=redis://... .venv/bin/python -m bench.admission [--n 2000] [--requests 300]
+    [DATABASE_URL=postgres://... REDIS_URL=redis://...] .venv/bin/python -m bench.admission [--n 2000] [--requests 300]
 
 Prints:
 
 1. The admission step alone in a tight loop (`admission_reserve` + `Reservation.settle`, what
    one request adds), for a key with every limit kind set on all three scopes (organization:
-   monthly + RPM + TPM; project: monthly + RPM + TPM; key: RPM + TPM), on the Redis backend
-   (``REDIS_URL``) and on the in-process backend (embedded default). Also, for scale, the
+   monthly + RPM + TPM; project: monthly + RPM + TPM; key: RPM + TPM), on the Redis store
+   (``ADMISSION_REDIS_URL``, default ``REDIS_URL``). Also, for scale, the
    limits read from the database (what a process does after a limit change) and one Redis PING.
 2. Whole ``POST /v1/embeddings`` requests (one sentence, real model, Django's in-process test
    client, no network) with admission on vs. patched out, interleaved in the same run: p50 of
@@ -38,10 +38,11 @@ from django.conf import settings  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 from django.test import Client  # noqa: E402
 
-from accounts import admission  # noqa: E402
-from accounts.selectors import api_key_resolve, limits_for_key  # noqa: E402
+from accounts.selectors import api_key_resolve  # noqa: E402
+from limits import admission, store  # noqa: E402
+from limits.selectors import limits_for_key  # noqa: E402
 from accounts.services import api_key_create, organization_get_or_create, project_get_or_create  # noqa: E402
-from limits.services import limit_set
+from limits.services import limit_set  # noqa: E402
 
 BIG = 10**9  # far above what the bench uses (RPM fits an integer column)
 
@@ -81,31 +82,22 @@ def main() -> None:
     limit_set(organization=org, api_key=created.api_key, rpm=BIG, tpm=BIG)
     key = api_key_resolve(plaintext=created.plaintext)
 
-    print(f"admission store: {settings.ADMISSION_REDIS_URL or 'in-process'}; "
-          f"{args.n} calls each; microseconds per call")
+    print(f"admission store: {settings.ADMISSION_REDIS_URL}; {args.n} calls each; microseconds per call")
 
     def admit():
         admission.admission_reserve(key=key, tokens=12, service_tier="default").settle()
 
-    backends = [("redis", settings.ADMISSION_REDIS_URL)] if settings.ADMISSION_REDIS_URL else []
-    backends.append(("in-process", ""))
-    saved = settings.ADMISSION_REDIS_URL
-    for name, url in backends:
-        settings.ADMISSION_REDIS_URL = url
-        print(f"  admission (reserve + settle), {name:<10} {summary(loop(admit, args.n))}")
-    settings.ADMISSION_REDIS_URL = saved
+    print(f"  admission (reserve + settle), redis      {summary(loop(admit, args.n))}")
     print(f"  limits read from the database (a miss) {summary(loop(lambda: limits_for_key(key=key), args.n))}")
-    if saved:
-        client = admission.admission_backend().client
-        print(f"  one Redis PING round trip              {summary(loop(client.ping, args.n))}")
+    client = store.admission_backend().client
+    print(f"  one Redis PING round trip              {summary(loop(client.ping, args.n))}")
 
     # Whole requests, admission on vs. patched out, interleaved.
     warm_up()
     http = Client(HTTP_AUTHORIZATION=f"Bearer {created.plaintext}")
     body = {"model": "all-MiniLM-L6-v2", "input": "The quick brown fox jumps over the lazy dog."}
-    from embeddings import views
 
-    real = views.admission_reserve
+    real = admission.admission_reserve  # embeddings_create looks it up here on every request
 
     def no_admission(**kwargs):
         return admission.Reservation([], [], [], {}, reserved=False)
@@ -113,14 +105,14 @@ def main() -> None:
     samples = {"with admission": [], "admission patched out": []}
     for i in range(args.requests + 20):
         for label, fn in (("with admission", real), ("admission patched out", no_admission)):
-            views.admission_reserve = fn
+            admission.admission_reserve = fn
             started = time.perf_counter()
             response = http.post("/v1/embeddings", body, content_type="application/json")
             elapsed = time.perf_counter() - started
             assert response.status_code == 200, response.content
             if i >= 20:
                 samples[label].append(elapsed)
-    views.admission_reserve = real
+    admission.admission_reserve = real
     print(f"POST /v1/embeddings, one sentence, in-process client, {args.requests} each (interleaved); ms")
     for label, values in samples.items():
         print(f"  {label:<24} {summary(values, unit=1e3)}")

@@ -11,7 +11,7 @@ from drf_spectacular.utils import extend_schema
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from limits.admission import RateLimitHeadersMixin
+from limits.api import RateLimitHeadersMixin
 from config.errors import NotFoundError, PermissionDeniedError
 
 from . import services

@@ -31,7 +31,7 @@ def limits_for_key(*, key: ResolvedKey) -> list:
 
 
 def usage_tokens_between(*, scope, start: datetime, end: datetime) -> int:
-    """Tokens metered in `billing.UsageRecord` for ``scope`` (an `limits.admission.Scope` of kind
+    """Tokens metered in `billing.UsageRecord` for ``scope`` (a `limits.scopes.Scope` of kind
     organization or project) with ``start <= created_at < end`` (every service tier)."""
     from django.db.models import Sum
 

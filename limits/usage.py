@@ -5,7 +5,10 @@ import math
 from dataclasses import dataclass
 from datetime import datetime
 
-from .admission import AdmissionUnavailable, BucketState, admission_usage, build_checks
+from .admission import admission_usage
+from .checks import build_checks
+from .headers import BucketState
+from .store import AdmissionUnavailable
 from .models import Limit
 from .scopes import Scope, ScopeLimits
 from .selectors import usage_tokens_between

@@ -24,8 +24,11 @@ from django.test import override_settings
 from django.test.testcases import LiveServerThread
 from rest_framework.test import APIClient
 
-from limits.admission import (Scope, admission_backend, admission_reconcile, admission_reserve, go_duration,
-                                monthly_key)
+from limits.admission import admission_reconcile, admission_reserve
+from limits.checks import monthly_key
+from limits.headers import go_duration
+from limits.scopes import Scope
+from limits.store import admission_backend
 from limits.models import Limit
 from config.periods import month_bounds
 from accounts.selectors import api_key_resolve

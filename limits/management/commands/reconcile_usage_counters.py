@@ -9,7 +9,9 @@ from datetime import datetime, timezone
 
 from django.core.management.base import BaseCommand, CommandError
 
-from limits.admission import AdmissionUnavailable, Scope, admission_reconcile
+from limits.admission import admission_reconcile
+from limits.scopes import Scope
+from limits.store import AdmissionUnavailable
 from config.periods import month_bounds
 from accounts.models import Organization
 
