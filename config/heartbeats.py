@@ -16,11 +16,11 @@ return what they could read and the caller reports Redis itself.
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import socket
-import threading
 import time
 
 import redis
@@ -35,18 +35,14 @@ TTL_SECONDS = 15  # three missed beats
 PREFIX = "platform"
 WORKERS_INDEX = f"{PREFIX}:workers"  # sorted set: worker key -> last-seen Unix time
 
-_client: redis.Redis | None = None
-_client_lock = threading.Lock()
+@functools.cache  # one client per URL; building one twice in a race is harmless (no I/O until used)
+def _client_for(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
 
 
 def client() -> redis.Redis:
     """This process's client for ``REDIS_URL`` (1 s socket timeouts: a health probe must not hang)."""
-    global _client
-    if _client is None:
-        with _client_lock:
-            if _client is None:
-                _client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=1, socket_connect_timeout=1)
-    return _client
+    return _client_for(settings.REDIS_URL)
 
 
 def _write(key: str, value: dict, ttl: int | None) -> None:

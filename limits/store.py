@@ -4,8 +4,8 @@ API server shares one clock. `AdmissionUnavailable` when Redis cannot be reached
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
-import threading
 
 from django.conf import settings
 
@@ -223,18 +223,11 @@ def _decode(value):
     return value
 
 
-_backends: dict[str, RedisBackend] = {}
-_backends_lock = threading.Lock()
+@functools.cache  # a client per URL; building one twice in a race is harmless (no I/O until used)
+def _backend_for(url: str, timeout: float) -> RedisBackend:
+    return RedisBackend(url, timeout)
 
 
 def admission_backend() -> RedisBackend:
     """The process's backend for the current ``ADMISSION_REDIS_URL``."""
-    url = settings.ADMISSION_REDIS_URL
-    backend = _backends.get(url)
-    if backend is None:
-        with _backends_lock:
-            backend = _backends.get(url)
-            if backend is None:
-                backend = RedisBackend(url, settings.ADMISSION_REDIS_TIMEOUT)
-                _backends[url] = backend
-    return backend
+    return _backend_for(settings.ADMISSION_REDIS_URL, settings.ADMISSION_REDIS_TIMEOUT)

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .engine import Engine
+from .registry import ProcessRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -192,19 +193,11 @@ class MicroBatcher:
                    self.name, record.items, record.inputs, record.tokens, record.default, record.flex, record.ms)
 
 
-_batchers: dict[int, MicroBatcher] = {}
-_batchers_lock = threading.Lock()
+_batchers: ProcessRegistry[MicroBatcher] = ProcessRegistry()
 
 
 def get_batcher(engine: Engine, *, max_batch_tokens: int = 65536, max_wait_ms: float = 2.0,
                 name: str = "", log_level: int = logging.DEBUG) -> MicroBatcher:
     """The process-wide `MicroBatcher` of ``engine`` (created, with its thread, on first use)."""
-    batcher = _batchers.get(id(engine))
-    if batcher is None:
-        with _batchers_lock:
-            batcher = _batchers.get(id(engine))
-            if batcher is None:
-                batcher = _batchers[id(engine)] = MicroBatcher(
-                    engine, max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms, name=name,
-                    log_level=log_level)
-    return batcher
+    return _batchers.get(id(engine), lambda: MicroBatcher(engine, max_batch_tokens=max_batch_tokens,
+                                                          max_wait_ms=max_wait_ms, name=name, log_level=log_level))

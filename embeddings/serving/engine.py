@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 from collections.abc import Sequence
 
 import numpy as np
 
+from .registry import ProcessRegistry
 from .tokenization import get_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -115,27 +115,19 @@ class Engine:
         return embeddings.cpu().numpy()
 
 
-_engines: dict[tuple[str, str], Engine] = {}
-_engines_lock = threading.Lock()
+_engines: ProcessRegistry[Engine] = ProcessRegistry()
 
 
 def get_engine(path: str, *, device: str = "auto", batch_tokens: int = 16384, torch_threads: int = 0) -> Engine:
     """The process-wide `Engine` for ``path``; loaded on first use, once, under a lock
     (the other arguments apply to that first load)."""
-    key = (str(path), device)
-    engine = _engines.get(key)
-    if engine is None:
-        with _engines_lock:
-            engine = _engines.get(key)
-            if engine is None:
-                engine = Engine(path, device=device, batch_tokens=batch_tokens, torch_threads=torch_threads)
-                _engines[key] = engine
-    return engine
+    return _engines.get((str(path), device), lambda: Engine(path, device=device, batch_tokens=batch_tokens,
+                                                            torch_threads=torch_threads))
 
 
 def loaded_engines() -> list[Engine]:
     """Engines loaded in this process (for health checks and worker logs)."""
-    return list(_engines.values())
+    return _engines.values()
 
 
 def renormalize(vectors: np.ndarray, dimensions: int) -> np.ndarray:

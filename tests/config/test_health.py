@@ -16,11 +16,9 @@ def no_heartbeats():
 
 
 @pytest.fixture
-def fresh_heartbeat_client(monkeypatch):
-    """`heartbeats.client` rebuilt from the (overridden) ``REDIS_URL``."""
-    monkeypatch.setattr(heartbeats, "_client", None)
+def fresh_heartbeat_client():
+    """`heartbeats.client` follows the (overridden) ``REDIS_URL``: it is looked up per URL."""
     yield
-    heartbeats._client = None
 
 
 def test_healthz_answers_without_touching_anything(settings, fresh_heartbeat_client):
