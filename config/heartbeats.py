@@ -122,11 +122,11 @@ def workers_alive() -> list[dict]:
     return [info for info in map(_read_json, values) if info]
 
 
-def alive_per_queue(queues: list[str]) -> dict[str, int]:
-    """``{queue: number of alive workers consuming it}`` for ``queues`` (0 when none). Raises
-    ``redis.RedisError``."""
+def per_queue(workers: list[dict], queues: list[str]) -> dict[str, int]:
+    """``{queue: how many of ``workers`` (`workers_alive`) consume it}``, every one of ``queues``
+    listed (0 when none), plus any other queue a worker consumes."""
     counts = dict.fromkeys(queues, 0)
-    for info in workers_alive():
+    for info in workers:
         for queue in info.get("queues", []):
             counts[queue] = counts.get(queue, 0) + 1
     return counts

@@ -82,26 +82,12 @@ def _start_embedded(var_dir: Path):
 
 # --- migrations -----------------------------------------------------------------------------------
 
-def pending_migrations() -> list[str] | None:
-    """Unapplied migrations as ``app.name`` (empty: fully migrated), or None when the database
-    cannot be reached."""
-    from django.db import connection
-    from django.db.migrations.executor import MigrationExecutor
-    from django.db.utils import OperationalError
-
-    try:
-        executor = MigrationExecutor(connection)
-        plan = executor.migration_plan(executor.loader.graph.leaf_nodes())
-    except OperationalError:
-        connection.close()
-        return None
-    return [f"{migration.app_label}.{migration.name}" for migration, _ in plan]
-
-
 def wait_for_migrations(role: str, poll_seconds: float = 2.0) -> None:
     """Block until the database answers, every migration is applied and no `migrate` is still
     running (it registers the models after migrating), logging why we wait."""
     from django.db import connection
+
+    from config.database import pending_migrations
 
     said = None
     while True:
@@ -126,6 +112,8 @@ def migrate() -> None:
     lock: concurrent runs wait, then find nothing to do)."""
     from django.core.management import call_command
     from django.db import connection
+
+    from config.database import pending_migrations
 
     deadline = time.monotonic() + 60
     while pending_migrations() is None:

@@ -10,6 +10,7 @@ from django.http import JsonResponse
 from django.views import defaults
 
 from . import heartbeats
+from .database import pending_migrations
 
 from .errors import error_response, server_error_message
 from .middleware import API_PREFIX
@@ -51,10 +52,9 @@ def _check_database() -> dict:
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")
         if not _migrated:
-            from django.db.migrations.executor import MigrationExecutor
-
-            executor = MigrationExecutor(connection)
-            pending = executor.migration_plan(executor.loader.graph.leaf_nodes())
+            pending = pending_migrations()
+            if pending is None:
+                return {"ok": False, "error": "unreachable"}
             if pending:
                 return {"ok": False, "error": f"{len(pending)} migrations not applied"}
             _migrated = True
@@ -125,11 +125,8 @@ def _platform_state(redis_ok: bool, database_ok: bool) -> dict:
     if redis_ok:
         try:
             workers = heartbeats.workers_alive()
-            per_queue = dict.fromkeys(settings.CELERY_PLATFORM_QUEUES, 0)
-            for info in workers:
-                for queue in info.get("queues", []):
-                    per_queue[queue] = per_queue.get(queue, 0) + 1
-            state["workers"] = {"alive": len(workers), "per_queue": per_queue,
+            state["workers"] = {"alive": len(workers),
+                                "per_queue": heartbeats.per_queue(workers, settings.CELERY_PLATFORM_QUEUES),
                                 "hostnames": sorted(w["hostname"] for w in workers)}
             beat = heartbeats.beat_state()
             state["beat"] = {"alive": beat is not None,

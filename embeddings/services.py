@@ -19,11 +19,13 @@ from django.conf import settings
 
 from config.errors import (APIError, GatewayTimeoutError, InternalServerError, InvalidRequestError,
                            ServiceUnavailableError)
+from limits.admission import admission_reserve
+from metering.services import usage_record_create
 
 from .serving.batching import MicroBatcher, get_batcher
 from .serving.engine import Engine, get_engine, renormalize
 from .models import EmbeddingModel
-from .selectors import embedding_models_cache_clear
+from .selectors import embedding_model_get, embedding_models_active, embedding_models_cache_clear
 from .serializers import EmbeddingsRequest
 from .serving.tokenization import InvalidTokenId, ModelTokenizer, decode_openai_token_ids, get_tokenizer
 
@@ -64,11 +66,6 @@ def embeddings_create(*, key, body: EmbeddingsRequest, request_id: str, started_
     Raises `config.errors.APIError`: 404 unknown model, 400 invalid input or limits, 429/503
     from admission, 503/504/500 from the workers.
     """
-    from limits.admission import admission_reserve
-    from metering.services import usage_record_create
-
-    from .selectors import embedding_model_get
-
     model = embedding_model_get(name=body.model)
     check_dimensions(model=model, dimensions=body.dimensions)
     service_tier = "default" if body.service_tier == "auto" else body.service_tier
@@ -394,8 +391,6 @@ def warm_up(*, load_engines: bool | None = None) -> list[str]:
 
     With ``EMBEDDINGS_INLINE_MAX_TOKENS=0`` and a broker, an API process loads no weights.
     """
-    from .selectors import embedding_models_active
-
     if load_engines is None:
         load_engines = engines_run_here()
     names = []

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import psutil
 
+from tests.workers import wait_for_text
+
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv"
 # Variables of the test process that must not leak into a platform started "as a user would".
@@ -101,12 +103,8 @@ class Platform:
         raise AssertionError(f"not ready after {time.monotonic() - started:.0f} s:\n{self.log()[-6000:]}")
 
     def wait_log(self, needle: str, timeout: float = 120.0, start: int = 0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if needle in self.log()[start:]:
-                return
-            time.sleep(0.2)
-        raise AssertionError(f"{needle!r} not in the log:\n{self.log()[-6000:]}")
+        """Block until ``needle`` appears in the output after offset ``start``."""
+        wait_for_text(self.log, needle, timeout=timeout, start=start, poll=0.2)
 
     def manage(self, *args: str, check: bool = True) -> str:
         """``python manage.py ARGS`` in this platform's directory and environment; its stdout."""
@@ -129,9 +127,8 @@ class Platform:
         if self.target != "serve":
             return [p for p in found.values() if _alive(p)]
         var = str(self.cwd / "var") + "/"
-        for proc in psutil.process_iter(["cmdline", "status"]):
-            cmdline = " ".join(proc.info["cmdline"] or [])
-            if var in cmdline and f"{var}test/" not in cmdline:
+        for proc in processes_under(var):
+            if f"{var}test/" not in " ".join(_cmdline(proc)):
                 found[proc.pid] = proc
         pidfile = self.cwd / "var" / "postgres" / "postmaster.pid"
         if pidfile.exists():
@@ -178,6 +175,16 @@ class Platform:
         except subprocess.TimeoutExpired:
             pass
         self._log.close()
+
+
+def processes_under(path) -> list[psutil.Process]:
+    """Live processes whose command line names ``path`` (the embedded servers of a VAR_DIR run in
+    sessions of their own, so only their command lines tie them to it)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        if str(path) in " ".join(proc.info["cmdline"] or []) and _alive(proc):
+            found.append(proc)
+    return found
 
 
 def _cmdline(proc: psutil.Process) -> list[str]:

@@ -40,6 +40,18 @@ def worker_database_url(name: str | None = None) -> str:
     return f"postgres://{auth}{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}/{db['NAME']}"
 
 
+def wait_for_text(read, needle: str, *, timeout: float, start: int = 0, poll: float = 0.1,
+                  what: str = "the log") -> None:
+    """Block until ``needle`` appears in ``read()`` (a log's text) after offset ``start``; raise
+    ``AssertionError`` with the log's tail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if needle in read()[start:]:
+            return
+        time.sleep(poll)
+    raise AssertionError(f"{needle!r} not in {what}:\n{read()[-6000:]}")
+
+
 class WorkerProcess:
     """One ``celery -A config worker`` subprocess, its log in a temp file."""
 
@@ -71,12 +83,7 @@ class WorkerProcess:
 
     def wait_for(self, needle: str, timeout: float = 60.0, start: int = 0) -> None:
         """Block until ``needle`` appears in the log after offset ``start``."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if needle in self.log()[start:]:
-                return
-            time.sleep(0.02)
-        raise RuntimeError(f"{needle!r} not in worker log:\n{self.log()[-4000:]}")
+        wait_for_text(self.log, needle, timeout=timeout, start=start, poll=0.02, what="the worker's log")
 
     def batches(self, start: int = 0) -> list[dict]:
         """The batches this worker ran (its ``embeddings.serving.batching`` log lines after offset ``start``)."""

@@ -16,21 +16,9 @@ from kombu import Connection
 
 from config.embedded import EmbeddedServers, database_url, redis_url
 from config.settings import celery_redis_url
-from tests.platform_process import ROOT, VENV, user_env
+from tests.platform_process import ROOT, VENV, processes_under, user_env
 
 pytestmark = pytest.mark.runtime
-
-
-def processes_under(path) -> list[psutil.Process]:
-    """Live processes whose command line names ``path`` (the embedded servers of that VAR_DIR)."""
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            if str(path) in " ".join(proc.info["cmdline"] or []) and proc.status() != psutil.STATUS_ZOMBIE:
-                found.append(proc)
-        except psutil.NoSuchProcess:
-            pass
-    return found
 
 
 def test_a_var_dir_with_spaces_and_url_characters_works_end_to_end(tmp_path):
