@@ -114,7 +114,6 @@ class EmbeddedPostgres:
     """PostgreSQL `POSTGRES_MAJOR` with data in ``var_dir/postgres``, on a Unix socket."""
 
     var_dir: Path
-    started_here: bool = field(default=False, init=False)
 
     @property
     def pgdata(self) -> Path:
@@ -189,7 +188,6 @@ class EmbeddedPostgres:
                           "-o", f"-h '' -k {shlex.quote(str(sockets))} -c unix_socket_permissions=0700 "
                                 "-c max_connections=200", "start",
                           start_new_session=True, timeout=40)
-                self.started_here = True
             self.create_database(DATABASE_NAME)
         except EmbeddedServerError:
             raise
