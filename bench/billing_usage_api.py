@@ -20,6 +20,7 @@ import statistics
 import sys
 import time
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,14 +70,16 @@ def seed(rows: int) -> None:
     from django.db import connection, transaction
 
     from accounts.services import api_key_create, organization_get_or_create, project_get_or_create
+    from billing.services import price_initial_set
     from embeddings.models import EmbeddingModel
 
     with connection.cursor() as cur:
         cur.execute("TRUNCATE billing_usagerecord, billing_hourlyusage, billing_dailyusage, "
                     "billing_statementline, billing_statement")
     models = [EmbeddingModel.objects.get_or_create(name=f"bench-model-{i}", defaults={
-        "local_path": "/none", "dimensions": 384, "max_input_tokens": 256,
-        "price_per_million_tokens": ["0.010000", "0.020000"][i]})[0] for i in range(2)]
+        "local_path": "/none", "dimensions": 384, "max_input_tokens": 256})[0] for i in range(2)]
+    for model, price in zip(models, ["0.010000", "0.020000"]):
+        price_initial_set(model=model, price_per_million_tokens=Decimal(price))
     keys = []
     for o in range(ORGS):
         org = organization_get_or_create(name=f"Bench Org {o}")

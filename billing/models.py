@@ -16,9 +16,9 @@ class Price(models.Model):
 
     A price holds until the next row of the same model takes over, so a new price
     never rewrites usage before its date. Prices change at UTC midnight, so every
-    hourly and daily usage bucket has exactly one price. The first row of a model
-    comes from the registry's ``EmbeddingModel.price_per_million_tokens`` (see
-    `billing.services.price_schedule`).
+    hourly and daily usage bucket has exactly one price. These rows are the only source
+    of prices: a model's first row (from 1970-01-01) comes from `billing.services.price_initial_set`,
+    later ones from `price_create`; a model without rows is unpriced (0).
     """
 
     model = models.ForeignKey("embeddings.EmbeddingModel", on_delete=models.PROTECT, related_name="prices")

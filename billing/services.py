@@ -62,44 +62,55 @@ class PriceSchedule:
     def at(self, day: date) -> tuple[date, Decimal]:
         """``(effective_from, price per 1M tokens)`` in effect on ``day``."""
         i = bisect_right(self.starts, day) - 1
-        if i < 0:  # before the first price: impossible once the epoch row exists
+        if i < 0:  # `price_schedules` starts every schedule at the epoch
             raise LookupError(f"no price in effect on {day}")
         return self.starts[i], self.prices[i]
 
 
-def price_schedules(*, model_ids, write: bool = True) -> dict[int, PriceSchedule]:
-    """The `PriceSchedule` of each model id.
+def price_schedules(*, model_ids) -> dict[int, PriceSchedule]:
+    """The `PriceSchedule` of each model id, read from `Price` rows (the one source of prices).
 
-    A model without any `Price` row gets its first one here, from the registry's
-    ``EmbeddingModel.price_per_million_tokens`` and in effect from 1970-01-01: the
-    registry field is the initial list price; later changes go through `price_create`.
-    With ``write=False`` (read-only callers such as the console's draft statements) that
-    first price is used without storing its row: the same schedule, no INSERT.
+    Read-only. A model without any `Price` row is unpriced: its schedule is 0 per 1M tokens
+    from 1970-01-01 (`price_initial_set` gives a model its first price, `price_create` a change).
     """
-    from embeddings.models import EmbeddingModel
-
     model_ids = set(model_ids)
-    priced = set(Price.objects.filter(model_id__in=model_ids).values_list("model_id", flat=True).distinct())
     schedules: dict[int, PriceSchedule] = {}
-    for model in EmbeddingModel.objects.filter(pk__in=model_ids - priced):
-        if write:
-            Price.objects.get_or_create(model=model, effective_from=EPOCH, defaults={
-                "price_per_million_tokens": model.price_per_million_tokens, "currency": settings.BILLING_CURRENCY})
-        else:
-            schedules[model.pk] = PriceSchedule([EPOCH], [Decimal(model.price_per_million_tokens)],
-                                                settings.BILLING_CURRENCY)
     for price in Price.objects.filter(model_id__in=model_ids).order_by("model_id", "effective_from"):
         sched = schedules.setdefault(price.model_id, PriceSchedule([], [], price.currency))
         sched.starts.append(price.effective_from)
         sched.prices.append(price.price_per_million_tokens)
+    for model_id in model_ids - schedules.keys():
+        schedules[model_id] = PriceSchedule([], [], settings.BILLING_CURRENCY)
+    for sched in schedules.values():
+        if not sched.starts or sched.starts[0] > EPOCH:  # unpriced before its first price
+            sched.starts.insert(0, EPOCH)
+            sched.prices.insert(0, Decimal("0"))
     return schedules
+
+
+def price_initial_set(*, model, price_per_million_tokens: Decimal, currency: str | None = None) -> Price:
+    """Give ``model`` its first price, in effect from 1970-01-01 (so for all of its past usage),
+    unless it already has one: then its current prices are kept and the earliest is returned.
+
+    Idempotent: the release step (`config.run.migrate`) calls it for the default model on every
+    deploy. Raises `InvalidRequestError` when the price is negative.
+    """
+    price = Decimal(price_per_million_tokens)
+    if price < 0:
+        raise InvalidRequestError("A price cannot be negative.", param="price_per_million_tokens")
+    existing = Price.objects.filter(model=model).order_by("effective_from").first()
+    if existing is not None:
+        return existing
+    return Price.objects.get_or_create(model=model, effective_from=EPOCH, defaults={
+        "price_per_million_tokens": price, "currency": currency or settings.BILLING_CURRENCY})[0]
 
 
 def price_create(*, model, price_per_million_tokens: Decimal, effective_from: date,
                  currency: str | None = None) -> Price:
     """Set ``model``'s price per 1M input tokens from ``effective_from`` (UTC date) on.
 
-    Usage before ``effective_from`` keeps the price then in effect. Raises
+    Usage before ``effective_from`` keeps the price then in effect (0 when the model had no price:
+    use `price_initial_set` for a first price that covers the past). Raises
     `InvalidRequestError` when the price is negative, when a price already starts on
     that date, or when ``effective_from`` falls in a month already closed on a statement
     (a closed bill never changes).
@@ -107,7 +118,6 @@ def price_create(*, model, price_per_million_tokens: Decimal, effective_from: da
     price = Decimal(price_per_million_tokens)
     if price < 0:
         raise InvalidRequestError("A price cannot be negative.", param="price_per_million_tokens")
-    price_schedules(model_ids=[model.pk])  # make sure the initial (registry) price exists first
     last_closed = Statement.objects.filter(status=Statement.Status.CLOSED).order_by("-period_start").first()
     if last_closed and effective_from < month_after(last_closed.period_start):
         raise InvalidRequestError(
@@ -236,17 +246,16 @@ class PricedUsage:
     unit_price: Decimal
 
 
-def priced_usage(*, organization_id: int, period_start: date,
-                 write: bool = True) -> dict[tuple[int, int, date], PricedUsage]:
+def priced_usage(*, organization_id: int, period_start: date) -> dict[tuple[int, int, date], PricedUsage]:
     """The month's usage of an organization from the daily rollups, keyed by
     ``(project_id, model_id, price_effective_from)``: each day's tokens go to the price in
-    effect that day. ``write``: see `price_schedules`."""
+    effect that day."""
     start, end = month_bounds(period_start)
     rows = list(DailyUsage.objects.filter(organization_id=organization_id, bucket_start__gte=start,
                                           bucket_start__lt=end)
                 .values("bucket_start", "project_id", "model_id")
                 .annotate(n=Sum("num_model_requests"), tokens=Sum("input_tokens")).order_by())
-    schedules = price_schedules(model_ids={r["model_id"] for r in rows}, write=write)
+    schedules = price_schedules(model_ids={r["model_id"] for r in rows})
     out: dict[tuple[int, int, date], PricedUsage] = {}
     for r in rows:
         effective_from, unit_price = schedules[r["model_id"]].at(r["bucket_start"].astimezone(UTC).date())
@@ -294,7 +303,7 @@ class StatementDraft:
 
 def statement_draft(*, organization, period_start: date) -> StatementDraft:
     """What `statement_build` would store for the month of ``period_start`` right now, computed
-    read-only (no row is written, not even a model's first `Price`: see `price_schedules`).
+    read-only (no row is written).
 
     The console shows and exports open months with it, so a GET never writes. Lines carry
     their ``project`` and ``model`` objects (for the exports' names). Use `statement_build`
@@ -308,7 +317,7 @@ def statement_draft(*, organization, period_start: date) -> StatementDraft:
                           currency=settings.BILLING_CURRENCY, status=Statement.Status.DRAFT)
     existing = (Statement.objects.filter(organization=organization, period_start=period_start)
                 .values_list("pk", flat=True).first())
-    lines = _statement_lines(statement, exclude_statement_id=existing, write=False)
+    lines = _statement_lines(statement, exclude_statement_id=existing)
     projects = Project.objects.in_bulk({line.project_id for line in lines})
     models = EmbeddingModel.objects.in_bulk({line.model_id for line in lines})
     for line in lines:
@@ -317,8 +326,7 @@ def statement_draft(*, organization, period_start: date) -> StatementDraft:
     return StatementDraft(statement=statement, lines=lines)
 
 
-def _statement_lines(statement: Statement, *, exclude_statement_id: int | None = None,
-                     write: bool = True) -> list[StatementLine]:
+def _statement_lines(statement: Statement, *, exclude_statement_id: int | None = None) -> list[StatementLine]:
     """The usage and adjustment lines of ``statement`` (unsaved). ``exclude_statement_id``: the
     stored statement of the same month, whose lines are not "already billed" (defaults to
     ``statement.pk``)."""
@@ -330,14 +338,13 @@ def _statement_lines(statement: Statement, *, exclude_statement_id: int | None =
                       input_tokens=u.input_tokens,
                       amount=amount_for(input_tokens=u.input_tokens, unit_price=u.unit_price))
         for (project_id, model_id, effective_from), u in sorted(priced_usage(
-            organization_id=statement.organization_id, period_start=period_start, write=write).items())
+            organization_id=statement.organization_id, period_start=period_start).items())
     ]
-    lines += _adjustment_lines(statement, exclude_statement_id=exclude_statement_id or statement.pk, write=write)
+    lines += _adjustment_lines(statement, exclude_statement_id=exclude_statement_id or statement.pk)
     return lines
 
 
-def _adjustment_lines(statement: Statement, *, exclude_statement_id: int | None,
-                      write: bool = True) -> list[StatementLine]:
+def _adjustment_lines(statement: Statement, *, exclude_statement_id: int | None) -> list[StatementLine]:
     closed_months = (Statement.objects.filter(organization_id=statement.organization_id,
                                               status=Statement.Status.CLOSED,
                                               period_start__lt=statement.period_start)
@@ -352,8 +359,7 @@ def _adjustment_lines(statement: Statement, *, exclude_statement_id: int | None,
             acc[0] += line.num_model_requests
             acc[1] += line.input_tokens
             acc[2] += line.amount
-        for key, u in sorted(priced_usage(organization_id=statement.organization_id, period_start=month,
-                                          write=write).items()):
+        for key, u in sorted(priced_usage(organization_id=statement.organization_id, period_start=month).items()):
             requests, tokens, amount = billed.get(key, (0, 0, Decimal("0.00")))
             if u.input_tokens == tokens and u.num_model_requests == requests:
                 continue

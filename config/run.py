@@ -107,6 +107,21 @@ def wait_for_migrations(role: str, poll_seconds: float = 2.0) -> None:
         logger.info("%s: database migrated, starting", role)
 
 
+def registry_seed() -> None:
+    """Register (or refresh) the default model and give it its list price
+    (`settings.BILLING_DEFAULT_MODEL_PRICE`) unless it is already priced. Idempotent."""
+    from django.conf import settings
+    from django.core.management import call_command
+
+    from billing.services import price_initial_set
+    from embeddings.models import EmbeddingModel
+    from embeddings.services import DEFAULT_MODEL_NAME
+
+    call_command("register_models")
+    price_initial_set(model=EmbeddingModel.objects.get(name=DEFAULT_MODEL_NAME),
+                      price_per_million_tokens=settings.BILLING_DEFAULT_MODEL_PRICE)
+
+
 def migrate() -> None:
     """Apply migrations and register the default model under `MIGRATE_LOCK` (session advisory
     lock: concurrent runs wait, then find nothing to do)."""
@@ -124,7 +139,7 @@ def migrate() -> None:
         cursor.execute("SELECT pg_advisory_lock(%s)", [MIGRATE_LOCK])
     try:
         call_command("migrate", interactive=False, verbosity=1)
-        call_command("register_models")
+        registry_seed()
     finally:
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_unlock(%s)", [MIGRATE_LOCK])

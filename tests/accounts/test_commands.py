@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import io
+from datetime import date
+from decimal import Decimal
 
 from django.core.management import call_command
 from rest_framework.test import APIClient
@@ -38,4 +40,20 @@ def test_register_models_is_idempotent(db):
     model = EmbeddingModel.objects.get()
     assert (model.name, model.dimensions, model.max_input_tokens) == ("all-MiniLM-L6-v2", 384, 256)
     assert model.aliases == ["sentence-transformers/all-MiniLM-L6-v2"]
-    assert model.price_per_million_tokens > 0
+
+
+def test_release_step_prices_the_default_model_once_and_keeps_a_later_price(db, settings):
+    from billing.models import Price
+    from billing.services import price_create
+    from config.run import registry_seed
+
+    settings.BILLING_DEFAULT_MODEL_PRICE = Decimal("0.010000")
+    registry_seed()
+    model = EmbeddingModel.objects.get()
+    assert list(Price.objects.filter(model=model).values_list("effective_from", "price_per_million_tokens")) == [
+        (date(1970, 1, 1), Decimal("0.010000"))]
+    price_create(model=model, price_per_million_tokens=Decimal("0.5"), effective_from=date(2030, 1, 1))
+    settings.BILLING_DEFAULT_MODEL_PRICE = Decimal("7")  # a later deploy: prices are billing's, not reset
+    registry_seed()
+    assert list(Price.objects.filter(model=model).order_by("effective_from")
+                .values_list("price_per_million_tokens", flat=True)) == [Decimal("0.010000"), Decimal("0.5")]

@@ -9,7 +9,7 @@ import pytest
 from django.db import connection
 
 from accounts.services import api_key_create, organization_get_or_create, project_get_or_create
-from billing.services import price_create
+from billing.services import price_create, price_initial_set
 from embeddings.models import EmbeddingModel
 from metering.models import UsageRecord
 
@@ -28,10 +28,10 @@ def month(db):
     A few records have no key (a deleted key). Returns a namespace of the objects.
     """
     rng = random.Random(6)
-    model_a = EmbeddingModel.objects.create(name="bill-a", local_path="/none", dimensions=8, max_input_tokens=256,
-                                            price_per_million_tokens=PRICE_A_OLD)
-    model_b = EmbeddingModel.objects.create(name="bill-b", local_path="/none", dimensions=8, max_input_tokens=256,
-                                            price_per_million_tokens=PRICE_B)
+    model_a = EmbeddingModel.objects.create(name="bill-a", local_path="/none", dimensions=8, max_input_tokens=256)
+    model_b = EmbeddingModel.objects.create(name="bill-b", local_path="/none", dimensions=8, max_input_tokens=256)
+    price_initial_set(model=model_a, price_per_million_tokens=PRICE_A_OLD)
+    price_initial_set(model=model_b, price_per_million_tokens=PRICE_B)
     price_create(model=model_a, price_per_million_tokens=PRICE_A_NEW, effective_from=PRICE_CHANGE)
     orgs, keys = [], []
     for o in range(3):

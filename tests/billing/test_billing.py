@@ -16,6 +16,7 @@ from metering.models import UsageRecord
 from billing.services import (
     amount_for,
     price_create,
+    price_initial_set,
     statement_build,
     statement_close,
     statements_close_due,
@@ -85,8 +86,8 @@ def test_price_change_bills_each_record_at_the_price_then(month):
     assert sum(line.input_tokens for line in lines if line.unit_price == PRICE_A_NEW) == \
         sum(after.values_list("prompt_tokens", flat=True))
     assert {line.price_effective_from for line in lines} == {date(1970, 1, 1), PRICE_CHANGE}
-    # The registry field is only the initial price: changing it later rewrites nothing.
-    EmbeddingModel.objects.filter(pk=month.model_a.pk).update(price_per_million_tokens=Decimal("9"))
+    # A first price for a model that has prices changes nothing (the release step sets it on every deploy).
+    price_initial_set(model=month.model_a, price_per_million_tokens=Decimal("9"))
     rebuilt = statement_build(organization=org, period_start=MONTH)
     assert rebuilt.total_amount == statement.total_amount
 
@@ -259,3 +260,21 @@ def test_statement_download_is_for_the_organizations_owners_and_admins(month, dj
         assert browser.get(url(org)).status_code == 403
         assert browser.get(url(org, fmt="json")).status_code == 403
     assert Client().get(f"/billing/statements/{org.public_id}/2026-10.csv").status_code == 404  # old route gone
+
+
+def test_set_price_command_sets_a_first_price_then_only_dated_changes(db):
+    import io
+
+    from django.core.management import CommandError, call_command
+
+    from billing.models import Price
+
+    model = EmbeddingModel.objects.create(name="priced-by-command", local_path="/none", dimensions=8,
+                                          max_input_tokens=8)
+    call_command("set_price", model=model.name, price="0.02", stdout=io.StringIO())
+    with pytest.raises(CommandError, match="already has a price"):
+        call_command("set_price", model=model.name, price="0.03", stdout=io.StringIO())
+    call_command("set_price", model=model.name, price="0.03", effective_from="2031-02-01", stdout=io.StringIO())
+    assert list(Price.objects.filter(model=model).order_by("effective_from")
+                .values_list("effective_from", "price_per_million_tokens")) == [
+        (date(1970, 1, 1), Decimal("0.02")), (date(2031, 2, 1), Decimal("0.03"))]

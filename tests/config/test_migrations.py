@@ -12,15 +12,13 @@ BEFORE_MOVE = [("billing", "0003_initial_prices_from_registry"), ("metering", No
 
 
 def migrate(targets):
-    """Migrate the test database to ``targets``; returns the historical apps there (every other
-    app at its latest migration)."""
+    """Migrate the test database to ``targets``; returns the historical apps of what is then
+    applied (other apps stay where the targets leave them)."""
     executor = MigrationExecutor(connection)
     executor.migrate(targets)
     executor.loader.build_graph()
-    named = {app for app, _ in targets}
-    nodes = [n for n in executor.loader.graph.leaf_nodes() if n[0] not in named]
-    nodes += [(app, name) for app, name in targets if name is not None]
-    return executor.loader.project_state(nodes).apps
+    applied = [key for key in executor.loader.applied_migrations if key in executor.loader.graph.nodes]
+    return executor.loader.project_state(applied).apps
 
 
 def test_usage_records_move_from_billing_to_metering_with_their_rows():
@@ -77,3 +75,23 @@ def test_limits_move_from_accounts_to_limits_with_their_rows():
     from limits.models import Limit  # the current model, its constraints still enforced by the table
 
     assert Limit.objects.filter(organization__name="Old Limits").count() == 2
+
+
+def test_prices_move_from_the_registry_field_to_price_rows():
+    leaves = MigrationExecutor(connection).loader.graph.leaf_nodes()
+    old = migrate([("embeddings", "0002_model_token_ids"), ("billing", "0004_usagerecord_to_metering")])
+    EmbeddingModel, Price = old.get_model("embeddings", "EmbeddingModel"), old.get_model("billing", "Price")
+    unpriced = EmbeddingModel.objects.create(name="registry-priced", local_path="/none", dimensions=8,
+                                             max_input_tokens=8, price_per_million_tokens="0.030000")
+    priced = EmbeddingModel.objects.create(name="already-priced", local_path="/none", dimensions=8,
+                                           max_input_tokens=8, price_per_million_tokens="9")
+    Price.objects.create(model=priced, effective_from="2026-01-01", price_per_million_tokens="0.5", currency="usd")
+
+    new = migrate(leaves)
+    assert "price_per_million_tokens" not in {f.name for f in new.get_model("embeddings", "EmbeddingModel")._meta.fields}
+    NewPrice = new.get_model("billing", "Price")
+    rows = sorted(NewPrice.objects.filter(model__name__in=["registry-priced", "already-priced"])
+                  .values_list("model__name", "effective_from", "price_per_million_tokens"), key=str)
+    assert [(name, str(day), str(price)) for name, day, price in rows] == [
+        ("already-priced", "2026-01-01", "0.500000"), ("registry-priced", "1970-01-01", "0.030000")]
+    assert unpriced.pk

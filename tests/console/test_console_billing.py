@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import pytest
 from django.db import connection
@@ -18,7 +19,7 @@ from accounts.services import admin_api_key_create, hash_key, membership_add
 from billing.exports import statement_export_csv, statement_export_json
 from billing.models import Price, Statement, StatementLine
 from metering.models import UsageRecord
-from billing.services import month_start, statement_build, statement_close, usage_rollup_build
+from billing.services import month_start, price_initial_set, statement_build, statement_close, usage_rollup_build
 from embeddings.models import EmbeddingModel
 from tests.conftest import assert_error
 from tests.console.conftest import PASSWORD, Role, signed_in
@@ -139,7 +140,8 @@ def billed(tenants):
     """Acme's usage: 3 records in the month before last (closed), 2 in this month (open)."""
     t = tenants
     model = EmbeddingModel.objects.create(name="bill-console", local_path="/none", dimensions=8,
-                                          max_input_tokens=256, price_per_million_tokens="0.020000")
+                                          max_input_tokens=256)
+    price_initial_set(model=model, price_per_million_tokens=Decimal("0.020000"))
     now = timezone.now()
     this_month = month_start(now.date())
     closed_month = month_start(month_start(this_month - timedelta(days=1)) - timedelta(days=1))
@@ -153,7 +155,6 @@ def billed(tenants):
         for i, moment in enumerate(at)])
     usage_rollup_build(start=at[0], end=now + timedelta(hours=1))
     statement_close(organization=t["a_org"], period_start=closed_month, now=now, reroll=False)
-    Price.objects.filter(model=model).delete()  # the draft must not need to store the first price
     return closed_month, this_month
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+from decimal import Decimal
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -204,14 +205,15 @@ def test_owner_creates_an_admin_key_and_downloads_a_statement(page, live_server,
     from accounts.services import api_key_create, project_get_or_create
     from billing.exports import statement_export_json
     from metering.models import UsageRecord
-    from billing.services import month_start, statement_draft, usage_rollup_build
+    from billing.services import month_start, price_initial_set, statement_draft, usage_rollup_build
     from embeddings.models import EmbeddingModel
 
     organization = Organization.objects.get(name="Acme")
     project = project_get_or_create(organization=organization, name="Search")
     key = api_key_create(project=project, name="prod", created_by=owner).api_key
     model = EmbeddingModel.objects.create(name="bill-browser", local_path="/none", dimensions=8,
-                                          max_input_tokens=256, price_per_million_tokens="0.020000")
+                                          max_input_tokens=256)
+    price_initial_set(model=model, price_per_million_tokens=Decimal("0.020000"))
     start = datetime.combine(month_start(timezone.now().date()), datetime.min.time(), tzinfo=UTC)
     UsageRecord.objects.create(request_id="req_browser_bill", organization=organization, project=project,
                                api_key=key, model=model, input_count=1, prompt_tokens=1_234_567,
