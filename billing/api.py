@@ -12,16 +12,18 @@ from __future__ import annotations
 import base64
 import binascii
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
+from rest_framework import serializers
+from rest_framework.fields import empty
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.authentication import AdminAPIKeyAuthentication
 from accounts.models import APIKey, Project
-from config.errors import InvalidRequestError
+from config.schema import error_responses
 from embeddings.models import EmbeddingModel
 
 from .usage import BUCKET_SECONDS, COSTS_GROUP_BY, USAGE_GROUP_BY, UsageFilter, costs_grouped, \
@@ -30,32 +32,29 @@ from .usage import BUCKET_SECONDS, COSTS_GROUP_BY, USAGE_GROUP_BY, UsageFilter, 
 # OpenAI's limits on buckets per page: (default, max) per bucket width.
 USAGE_LIMITS = {"1m": (60, 1440), "1h": (24, 168), "1d": (7, 31)}
 COSTS_LIMITS = {"1d": (7, 180)}
+# The last UTC day a bucket may start (9999-12-31): later timestamps have no datetime (year 10000).
+MAX_UNIX_TIME = 253402214400
 
 
-def _list_param(request, name: str) -> list[str] | None:
-    """A list query parameter: ``name=a&name=b``, ``name[]=a`` or ``name=a,b``; ``None`` when absent."""
-    raw = request.query_params.getlist(name) + request.query_params.getlist(f"{name}[]")
-    if not raw:
-        return None
-    return [part.strip() for value in raw for part in value.split(",") if part.strip()]
+def _invalid(param: str, message: str, code: str = "invalid") -> serializers.ValidationError:
+    """A validation error naming ``param`` (rendered by `config.errors` as ``invalid_value``)."""
+    return serializers.ValidationError({param: [serializers.ErrorDetail(message, code=code)]})
 
 
-def _int_param(request, name: str, *, required: bool = False, minimum: int = 0) -> int | None:
-    value = request.query_params.get(name)
-    if value is None or value == "":
-        if required:
-            raise InvalidRequestError(f"Missing required parameter: '{name}'.", param=name,
-                                      code="missing_required_parameter")
-        return None
-    try:
-        number = int(value)
-    except ValueError:
-        raise InvalidRequestError(f"Invalid value for '{name}': expected an integer, got '{value}'.",
-                                  param=name, code="invalid_value") from None
-    if number < minimum:
-        raise InvalidRequestError(f"Invalid value for '{name}': must be >= {minimum}.", param=name,
-                                  code="invalid_value")
-    return number
+class QueryListField(serializers.ListField):
+    """A list query parameter: ``name=a&name=b``, ``name[]=a`` or ``name=a,b`` (OpenAI's clients
+    send the first); absent = no filter. Items are non-empty strings without NUL (DRF's CharField)."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("child", serializers.CharField(max_length=200))
+        kwargs.setdefault("required", False)
+        super().__init__(**kwargs)
+
+    def get_value(self, dictionary):
+        raw = dictionary.getlist(self.field_name) + dictionary.getlist(f"{self.field_name}[]")
+        if not raw:
+            return empty
+        return [part.strip() for value in raw for part in value.split(",") if part.strip()]
 
 
 def _encode_page(bucket_start: int) -> str:
@@ -63,6 +62,7 @@ def _encode_page(bucket_start: int) -> str:
 
 
 def _decode_page(cursor: str) -> int:
+    """The bucket start (unix s) a ``next_page`` cursor points at; `ValidationError` if it is not one."""
     try:
         payload = cursor.removeprefix("page_")
         text = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)).decode()
@@ -71,45 +71,22 @@ def _decode_page(cursor: str) -> int:
             raise ValueError(text)
         return int(value)
     except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise InvalidRequestError("Invalid value for 'page': not a cursor returned as 'next_page'.",
-                                  param="page", code="invalid_value") from None
+        raise _invalid("page", "Invalid value for 'page': not a cursor returned as 'next_page'.") from None
 
 
-class _Window:
-    """The parsed time window of a request: bucket width, this page's buckets, the next cursor."""
+@dataclass(frozen=True)
+class Window:
+    """The time window of one page: bucket ``width`` (``1m``/``1h``/``1d``) and ``step`` (s), this
+    page's ``[page_start, page_end)`` (unix s, bucket-aligned) and the cursor of the next page."""
 
-    def __init__(self, request, *, widths: dict[str, tuple[int, int]], default_width: str = "1d"):
-        width = request.query_params.get("bucket_width", default_width)
-        if width not in widths:
-            raise InvalidRequestError(
-                f"Invalid value for 'bucket_width': '{width}'. Supported values are: {', '.join(widths)}.",
-                param="bucket_width", code="invalid_value")
-        step = BUCKET_SECONDS[width]
-        start = _int_param(request, "start_time", required=True)
-        end = _int_param(request, "end_time")
-        end = int(time.time()) if end is None else end
-        if end <= start:
-            raise InvalidRequestError("'end_time' must be after 'start_time'.", param="end_time",
-                                      code="invalid_value")
-        default_limit, max_limit = widths[width]
-        limit = _int_param(request, "limit", minimum=1)
-        limit = default_limit if limit is None else limit
-        if limit > max_limit:
-            raise InvalidRequestError(f"Invalid value for 'limit': at most {max_limit} buckets of {width}.",
-                                      param="limit", code="invalid_value")
-        first, last = start - start % step, -(-end // step) * step  # floor / ceil to the width
-        cursor = request.query_params.get("page")
-        if cursor:
-            first = _decode_page(cursor)
-            if first % step or not (start - start % step <= first < last):
-                raise InvalidRequestError("Invalid value for 'page': the cursor does not belong to this query.",
-                                          param="page", code="invalid_value")
-        self.width, self.step = width, step
-        self.page_start = first
-        self.page_end = min(last, first + limit * step)
-        self.next_page = _encode_page(self.page_end) if self.page_end < last else None
+    width: str
+    step: int
+    page_start: int
+    page_end: int
+    next_page: str | None
 
-    def dt(self, unix: int) -> datetime:
+    @staticmethod
+    def dt(unix: int) -> datetime:
         return datetime.fromtimestamp(unix, tz=UTC)
 
     def page(self, results_of) -> dict:
@@ -120,22 +97,127 @@ class _Window:
                 "next_page": self.next_page}
 
 
-def _group_by(request, allowed: tuple[str, ...]) -> list[str]:
-    group_by = _list_param(request, "group_by") or []
-    for field in group_by:
-        if field not in allowed:
-            raise InvalidRequestError(
-                f"Invalid value for 'group_by': '{field}'. Supported values are: {', '.join(allowed)}.",
-                param="group_by", code="invalid_value")
-    return list(dict.fromkeys(group_by))
+class UsageQuerySerializer(serializers.Serializer):
+    """Query of ``GET /v1/organization/usage/embeddings`` (OpenAI's parameters and limits).
+
+    ``start_time``/``end_time``: unix seconds (end exclusive, default now), at most 9999-12-31;
+    ``limit``: buckets per page (per width: `USAGE_LIMITS`); ``page``: a ``next_page`` cursor.
+    ``validated_data`` gains ``window`` (`Window`). Invalid values raise DRF's `ValidationError`
+    naming the parameter (400 ``invalid_value`` / ``missing_required_parameter`` in the envelope).
+    """
+
+    LIMITS = USAGE_LIMITS
+    GROUP_BY = USAGE_GROUP_BY
+
+    start_time = serializers.IntegerField(min_value=0, max_value=MAX_UNIX_TIME)
+    end_time = serializers.IntegerField(required=False, min_value=0, max_value=MAX_UNIX_TIME)
+    bucket_width = serializers.ChoiceField(choices=list(USAGE_LIMITS), default="1d")
+    limit = serializers.IntegerField(required=False, min_value=1)
+    page = serializers.CharField(required=False, max_length=200)
+    project_ids = QueryListField()
+    api_key_ids = QueryListField()
+    models = QueryListField()
+    group_by = QueryListField(child=serializers.ChoiceField(choices=USAGE_GROUP_BY))
+    user_ids = QueryListField(help_text="Not supported: usage is not attributed to console users here.")
+
+    def validate_user_ids(self, value):
+        if value:
+            raise serializers.ValidationError("'user_ids' is not supported: usage is not attributed to "
+                                              "console users on this platform.", code="unsupported_parameter")
+        return value
+
+    def validate(self, attrs):
+        width = attrs["bucket_width"]
+        step = BUCKET_SECONDS[width]
+        start = attrs["start_time"]
+        end = attrs.get("end_time", int(time.time()))
+        if end <= start:
+            raise _invalid("end_time", "'end_time' must be after 'start_time'.")
+        default_limit, max_limit = self.LIMITS[width]
+        limit = attrs.get("limit", default_limit)
+        if limit > max_limit:
+            raise _invalid("limit", f"Invalid value for 'limit': at most {max_limit} buckets of {width}.")
+        first, last = start - start % step, min(-(-end // step) * step, MAX_UNIX_TIME)  # floor / ceil
+        if cursor := attrs.get("page"):
+            first = _decode_page(cursor)
+            if first % step or not (start - start % step <= first < last):
+                raise _invalid("page", "Invalid value for 'page': the cursor does not belong to this query.")
+        page_end = min(last, first + limit * step)
+        attrs["window"] = Window(width, step, first, page_end, _encode_page(page_end) if page_end < last else None)
+        attrs["group_by"] = list(dict.fromkeys(attrs.get("group_by", [])))
+        return attrs
 
 
-def _reject_unsupported(request, *names: str) -> None:
-    for name in names:
-        if _list_param(request, name) is not None:
-            raise InvalidRequestError(
-                f"'{name}' is not supported: usage is not attributed to console users on this platform.",
-                param=name, code="unsupported_parameter")
+class CostsQuerySerializer(UsageQuerySerializer):
+    """Query of ``GET /v1/organization/costs``: ``1d`` buckets only (default 7, max 180 per page),
+    ``group_by`` ``project_id``/``line_item``; no key or model filter. Errors as `UsageQuerySerializer`."""
+
+    LIMITS = COSTS_LIMITS
+    GROUP_BY = COSTS_GROUP_BY
+
+    bucket_width = serializers.ChoiceField(choices=list(COSTS_LIMITS), default="1d")
+    group_by = QueryListField(child=serializers.ChoiceField(choices=COSTS_GROUP_BY))
+    api_key_ids = None
+    models = None
+    user_ids = None
+
+
+class _BucketSerializer(serializers.Serializer):
+    object = serializers.CharField(default="bucket")
+    start_time = serializers.IntegerField(help_text="Unix seconds, inclusive.")
+    end_time = serializers.IntegerField(help_text="Unix seconds, exclusive.")
+
+
+class UsageEmbeddingsResultSerializer(serializers.Serializer):
+    """``organization.usage.embeddings.result``: tokens and requests of one group in a bucket."""
+
+    object = serializers.CharField(default="organization.usage.embeddings.result")
+    input_tokens = serializers.IntegerField()
+    num_model_requests = serializers.IntegerField()
+    project_id = serializers.CharField(allow_null=True)
+    user_id = serializers.CharField(allow_null=True)
+    api_key_id = serializers.CharField(allow_null=True)
+    model = serializers.CharField(allow_null=True)
+
+
+class UsageBucketSerializer(_BucketSerializer):
+    results = UsageEmbeddingsResultSerializer(many=True)
+
+
+class UsagePageSerializer(serializers.Serializer):
+    """OpenAI's ``page`` of usage buckets."""
+
+    object = serializers.CharField(default="page")
+    data = UsageBucketSerializer(many=True)
+    has_more = serializers.BooleanField()
+    next_page = serializers.CharField(allow_null=True, help_text="Pass as `page` for the next buckets.")
+
+
+class AmountSerializer(serializers.Serializer):
+    value = serializers.FloatField(help_text="Exact cost (not rounded to cents).")
+    currency = serializers.CharField()
+
+
+class CostsResultSerializer(serializers.Serializer):
+    """``organization.costs.result``: the spend of one group in a bucket."""
+
+    object = serializers.CharField(default="organization.costs.result")
+    amount = AmountSerializer()
+    line_item = serializers.CharField(allow_null=True, help_text="A model name.")
+    project_id = serializers.CharField(allow_null=True)
+
+
+class CostsBucketSerializer(_BucketSerializer):
+    results = CostsResultSerializer(many=True)
+
+
+class CostsPageSerializer(UsagePageSerializer):
+    """OpenAI's ``page`` of cost buckets."""
+
+    data = CostsBucketSerializer(many=True)
+
+
+ERRORS = error_responses(400, 401, 403)
 
 
 class _OrganizationAPIView(APIView):
@@ -146,12 +228,22 @@ class _OrganizationAPIView(APIView):
     """
 
     authentication_classes = [AdminAPIKeyAuthentication]
+    query_serializer_class: type[UsageQuerySerializer] = UsageQuerySerializer
 
-    def filter_for(self, request, window: _Window, *, keys: bool = True, models: bool = True) -> UsageFilter:
+    def query(self, request) -> dict:
+        """The validated query (`UsageQuerySerializer.validated_data`); raises `ValidationError`."""
+        serializer = self.query_serializer_class(data=request.query_params)
+        serializer.is_valid(raise_exception=True)
+        return serializer.validated_data
+
+    @staticmethod
+    def filter_for(request, query: dict) -> UsageFilter:
+        """The `UsageFilter` of ``query``'s page: the key's organization, public ids resolved to
+        primary keys inside it (ids of other organizations match nothing)."""
         org_id = request.auth.organization_id
-        project_ids = _list_param(request, "project_ids")
-        api_key_ids = _list_param(request, "api_key_ids") if keys else None
-        model_names = _list_param(request, "models") if models else None
+        window: Window = query["window"]
+        project_ids, api_key_ids, model_names = (query.get(name) for name in ("project_ids", "api_key_ids",
+                                                                               "models"))
         return UsageFilter(
             organization_id=org_id,
             start=window.dt(window.page_start),
@@ -178,25 +270,23 @@ def _public_ids(rows) -> tuple[dict, dict, dict]:
 class UsageEmbeddingsView(_OrganizationAPIView):
     """``GET /v1/organization/usage/embeddings``: input tokens and requests per time bucket.
 
-    Query: ``start_time`` (required, unix s), ``end_time`` (default now, exclusive),
-    ``bucket_width`` (``1m``/``1h``/``1d``, default ``1d``), ``project_ids``,
-    ``api_key_ids``, ``models`` (names or aliases), ``group_by`` (``project_id``/``api_key_id``/``model``),
-    ``limit`` (buckets; 1d: 7/31, 1h: 24/168, 1m: 60/1440 default/max), ``page``.
-    Results are ``organization.usage.embeddings.result`` objects; ungrouped fields are null.
+    Query: `UsageQuerySerializer` (``start_time`` required; ``bucket_width`` ``1m``/``1h``/``1d``;
+    filters ``project_ids``, ``api_key_ids``, ``models`` (names or aliases); ``group_by``
+    ``project_id``/``api_key_id``/``model``; ``limit``; ``page``). Results are
+    ``organization.usage.embeddings.result`` objects; ungrouped fields are null.
     """
 
-    @extend_schema(responses={200: OpenApiTypes.OBJECT}, summary="Embeddings usage")
+    @extend_schema(parameters=[UsageQuerySerializer], responses={200: UsagePageSerializer, **ERRORS},
+                   summary="Embeddings usage", operation_id="usage-embeddings")
     def get(self, request):
-        _reject_unsupported(request, "user_ids")
-        group_by = _group_by(request, USAGE_GROUP_BY)
-        window = _Window(request, widths=USAGE_LIMITS)
-        grouped = usage_embeddings_grouped(where=self.filter_for(request, window), bucket_width=window.width,
-                                           group_by=group_by)
+        query = self.query(request)
+        window: Window = query["window"]
+        grouped = usage_embeddings_grouped(where=self.filter_for(request, query), bucket_width=window.width,
+                                           group_by=query["group_by"])
         projects, keys, models = _public_ids([r for rows in grouped.values() for r in rows])
 
         def results(bucket: int) -> list[dict]:
             return [{
-                "object": "organization.usage.embeddings.result",
                 "input_tokens": r["input_tokens"],
                 "num_model_requests": r["num_model_requests"],
                 "project_id": projects.get(r["project_id"]),
@@ -205,32 +295,32 @@ class UsageEmbeddingsView(_OrganizationAPIView):
                 "model": models.get(r["model_id"]),
             } for r in grouped.get(bucket, [])]
 
-        return Response(window.page(results))
+        return Response(UsagePageSerializer(window.page(results)).data)
 
 
 class CostsView(_OrganizationAPIView):
     """``GET /v1/organization/costs``: spend per UTC day, priced at the price in effect that day.
 
-    Query: ``start_time`` (required), ``end_time``, ``bucket_width`` (``1d`` only),
-    ``project_ids``, ``group_by`` (``project_id``/``line_item``; a line item is a model),
-    ``limit`` (default 7, max 180), ``page``. ``amount.value`` is the exact cost (not
-    rounded to cents; monthly statements round per line).
+    Query: `CostsQuerySerializer` (``start_time`` required, ``end_time``, ``bucket_width`` ``1d``,
+    ``project_ids``, ``group_by`` ``project_id``/``line_item`` (a line item is a model), ``limit``
+    (default 7, max 180), ``page``). ``amount.value`` is the exact cost (not rounded to cents;
+    monthly statements round per line).
     """
 
-    @extend_schema(responses={200: OpenApiTypes.OBJECT}, summary="Costs")
+    query_serializer_class = CostsQuerySerializer
+
+    @extend_schema(parameters=[CostsQuerySerializer], responses={200: CostsPageSerializer, **ERRORS},
+                   summary="Costs", operation_id="usage-costs")
     def get(self, request):
-        group_by = _group_by(request, COSTS_GROUP_BY)
-        window = _Window(request, widths=COSTS_LIMITS)
-        grouped, currency = costs_grouped(where=self.filter_for(request, window, keys=False, models=False),
-                                          group_by=group_by)
+        query = self.query(request)
+        grouped, currency = costs_grouped(where=self.filter_for(request, query), group_by=query["group_by"])
         projects, _, models = _public_ids([r for rows in grouped.values() for r in rows])
 
         def results(bucket: int) -> list[dict]:
             return [{
-                "object": "organization.costs.result",
                 "amount": {"value": float(r["amount"]), "currency": currency},
                 "line_item": models.get(r["model_id"]),
                 "project_id": projects.get(r["project_id"]),
             } for r in grouped.get(bucket, [])]
 
-        return Response(window.page(results))
+        return Response(CostsPageSerializer(query["window"].page(results)).data)

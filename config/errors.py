@@ -153,6 +153,11 @@ _VALIDATION_CODES = {
     "blank": "invalid_value",
     "invalid": "invalid_value",
     "invalid_choice": "invalid_value",
+    "min_value": "invalid_value",
+    "max_value": "invalid_value",
+    "max_length": "invalid_value",
+    "null_characters_not_allowed": "invalid_value",
+    "not_a_list": "invalid_value",
 }
 
 

@@ -249,6 +249,10 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "OpenAI-compatible embeddings API (POST /v1/embeddings, GET /v1/models).",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # The schema is public, like OpenAI's: any Authorization header (admin key, bad key) is ignored.
+    "SERVE_AUTHENTICATION": [],
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "COMPONENT_SPLIT_REQUEST": True,
     "REDOC_DIST": "SIDECAR",
 }
 

@@ -9,6 +9,8 @@ from django.utils import timezone
 # The longest range the usage page draws (days): a year, as OpenAI's usage page allows.
 MAX_RANGE_DAYS = 366
 DEFAULT_RANGE_DAYS = 30
+# The last day the page can show: its queries end at the next UTC midnight, which must exist.
+LAST_DAY = dt.date.max - dt.timedelta(days=1)
 
 
 class UsageFilterForm(forms.Form):
@@ -39,6 +41,8 @@ class UsageFilterForm(forms.Form):
         start = cleaned.get("start") or end - dt.timedelta(days=DEFAULT_RANGE_DAYS - 1)
         if start > end:
             raise forms.ValidationError("The start date is after the end date.")
+        if end > LAST_DAY:
+            raise forms.ValidationError(f"Choose dates up to {LAST_DAY.isoformat()}.")
         if (end - start).days + 1 > MAX_RANGE_DAYS:
             raise forms.ValidationError(f"Choose at most {MAX_RANGE_DAYS} days.")
         cleaned.update(start=start, end=end, group_by=cleaned.get("group_by") or "model",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from drf_spectacular.drainage import set_override
 from rest_framework import serializers
 
 from config.errors import InvalidRequestError
@@ -105,11 +106,20 @@ class RawJSONField(serializers.JSONField):
 
     (DRF's `JSONField` calls ``json.dumps`` on the value to validate it, which costs
     tens of ms on a 300,000-token input; the body came from a JSON parser, so it is
-    JSON already.) Types are checked by the serializer's ``validate_<field>``.
+    JSON already.) Types are checked by the serializer's ``validate_<field>``; ``schema`` is the
+    field's OpenAPI schema (what those checks accept).
     """
+
+    def __init__(self, *, schema: dict | None = None, **kwargs):
+        super().__init__(**kwargs)
+        if schema is not None:
+            set_override(self, "field", schema)
 
     def to_internal_value(self, data):
         return data
+
+
+_TOKEN_IDS = {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1}
 
 
 class EmbeddingsRequestSerializer(serializers.Serializer):
@@ -120,15 +130,22 @@ class EmbeddingsRequestSerializer(serializers.Serializer):
     """
 
     input = RawJSONField(help_text="A string, array of strings, array of token ids, "
-                                            "or array of token-id arrays (at most 2048 inputs).")
-    model = RawJSONField(help_text="A model id or alias from GET /v1/models.")
+                                   "or array of token-id arrays (at most 2048 inputs).",
+                         schema={"oneOf": [{"type": "string"},
+                                           {"type": "array", "items": {"type": "string"}, "minItems": 1,
+                                            "maxItems": 2048},
+                                           _TOKEN_IDS,
+                                           {"type": "array", "items": _TOKEN_IDS, "minItems": 1, "maxItems": 2048}]})
+    model = RawJSONField(help_text="A model id or alias from GET /v1/models.", schema={"type": "string"})
     encoding_format = RawJSONField(required=False, allow_null=True,
-                                            help_text="`float` (default) or `base64` (little-endian float32).")
-    dimensions = RawJSONField(required=False, allow_null=True,
-                                       help_text="Output size; Matryoshka models only.")
-    user = RawJSONField(required=False, allow_null=True, help_text="Your end-user id.")
-    service_tier = RawJSONField(required=False, allow_null=True,
-                                         help_text="`auto` (default), `default` or `flex`.")
+                                   help_text="`float` (default) or `base64` (little-endian float32).",
+                                   schema={"type": "string", "enum": ["float", "base64"], "nullable": True})
+    dimensions = RawJSONField(required=False, allow_null=True, help_text="Output size; Matryoshka models only.",
+                              schema={"type": "integer", "minimum": 1, "nullable": True})
+    user = RawJSONField(required=False, allow_null=True, help_text="Your end-user id.",
+                        schema={"type": "string", "nullable": True})
+    service_tier = RawJSONField(required=False, allow_null=True, help_text="`auto` (default), `default` or `flex`.",
+                                schema={"type": "string", "enum": ["auto", "default", "flex"], "nullable": True})
 
     def to_internal_value(self, data):
         if not isinstance(data, dict):

@@ -13,6 +13,7 @@ from rest_framework.views import APIView
 
 from limits.api import RateLimitHeadersMixin
 from config.errors import NotFoundError, PermissionDeniedError
+from config.schema import error_responses
 
 from . import services
 from .selectors import embedding_model_get, embedding_models_active
@@ -51,8 +52,8 @@ class EmbeddingsView(RateLimitHeadersMixin, APIView):
 
     @extend_schema(
         request=EmbeddingsRequestSerializer,
-        responses={200: EmbeddingsResponseSerializer},
-        summary="Create embeddings",
+        responses={200: EmbeddingsResponseSerializer, **error_responses(400, 401, 403, 404, 413, 429, 500, 503, 504)},
+        summary="Create embeddings", operation_id="createEmbedding",
         description="OpenAI-compatible: returns one embedding per input, in input order.",
     )
     def post(self, request):
@@ -81,7 +82,8 @@ def model_object(model, model_id: str) -> dict:
 class ModelListView(APIView):
     """``GET /v1/models``: every active model, each alias listed as a model of its own."""
 
-    @extend_schema(responses={200: ModelListSerializer}, summary="List models")
+    @extend_schema(responses={200: ModelListSerializer, **error_responses(401, 403)}, summary="List models",
+                   operation_id="listModels")
     def get(self, request):
         data = [model_object(m, name) for m in embedding_models_active() for name in m.names]
         return Response({"object": "list", "data": data})
@@ -90,7 +92,8 @@ class ModelListView(APIView):
 class ModelDetailView(APIView):
     """``GET /v1/models/{id}``: one model by name or alias; 404 ``model_not_found`` otherwise."""
 
-    @extend_schema(responses={200: ModelObjectSerializer}, summary="Retrieve a model")
+    @extend_schema(responses={200: ModelObjectSerializer, **error_responses(401, 403, 404)},
+                   summary="Retrieve a model", operation_id="retrieveModel")
     def get(self, request, model_id: str):
         try:
             model = embedding_model_get(name=model_id)

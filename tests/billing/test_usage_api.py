@@ -204,6 +204,15 @@ def test_key_kinds_are_kept_apart(rolled, default_model, created_key):
     (COSTS, {"start_time": T0, "bucket_width": "1h"}, "bucket_width"),
     (COSTS, {"start_time": T0, "group_by": "model"}, "group_by"),
     (COSTS, {"start_time": T0, "limit": 181}, "limit"),
+    # Past the last day a bucket can have (year 10000 has no datetime), NUL in list values.
+    (USAGE, {"start_time": 253402300800}, "start_time"),
+    (USAGE, {"start_time": T0, "end_time": 10 ** 13}, "end_time"),
+    (COSTS, {"start_time": 10 ** 13, "end_time": 10 ** 13 + 1}, "start_time"),
+    (USAGE, {"start_time": T0, "project_ids": "proj_\x00"}, "project_ids"),
+    (USAGE, {"start_time": T0, "api_key_ids": "\x00"}, "api_key_ids"),
+    (USAGE, {"start_time": T0, "models": "all\x00"}, "models"),
+    (COSTS, {"start_time": T0, "project_ids": "\x00"}, "project_ids"),
+    (USAGE, {"start_time": T0, "limit": 10 ** 30}, "limit"),
 ])
 def test_bad_parameters_get_a_400_envelope(organization, path, params, param):
     response = admin_client(organization).get(path, params)

@@ -156,6 +156,7 @@ def test_usage_page_filters_and_refuses_bad_ranges(usage, django_user_model):
     for bad, message in [({"start": "2026-03-05", "end": "2026-03-01"}, "The start date is after the end date."),
                          ({"start": "2024-01-01", "end": "2026-03-01"}, "Choose at most 366 days."),
                          ({"start": "yesterday"}, "Enter a valid date."),
+                         ({"start": "9999-12-31", "end": "9999-12-31"}, "Choose dates up to 9999-12-30."),
                          ({"project": "proj_not_mine"}, "Select a valid choice.")]:
         page = client.get(url, bad)
         assert page.status_code == 200 and message in page.content.decode(), bad
