@@ -26,7 +26,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from bench._server import ROOT, embedded_services, free_port, manage
+from bench._server import ROOT, embedded_services, free_port, prepare
 
 
 def call(base: str, key: str) -> int | str:
@@ -64,10 +64,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-") as var_dir, \
             embedded_services(var_dir, {**os.environ, "VAR_DIR": var_dir}) as env:
         port = free_port()
-        env.update(HOST="127.0.0.1", PORT=str(port))
-        manage("migrate", "--noinput", "-v0", env=env)
-        manage("register_models", env=env)
-        key = manage("create_api_key", "--org", "bench", "--project", "bench", env=env).strip()
+        key = prepare(env, port)
         log = Path(var_dir) / "gunicorn.log"
         proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.py", "config.wsgi"],
                                 cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
