@@ -6,10 +6,12 @@ from django.core.cache import cache
 from django.utils import timezone
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 
+from config.client_address import client_ip
 from config.errors import AuthenticationError, PermissionDeniedError
 
 from .models import AdminAPIKey, APIKey
 from .selectors import ResolvedAdminKey, ResolvedKey, admin_api_key_resolve, api_key_resolve
+from .throttling import auth_failure_record, auth_failures_check
 
 # Longest plausible key; anything longer is refused before hashing.
 MAX_KEY_LENGTH = 256
@@ -28,7 +30,9 @@ class BearerKeyAuthentication(BaseAuthentication):
     Parses ``Authorization: Bearer sk-...``, resolves the key through `resolve`, refuses
     revoked and expired keys, and writes ``last_used_at`` at most once per
     ``API_KEY_LAST_USED_WRITE_SECONDS`` per key. Raises `AuthenticationError` (401
-    ``invalid_api_key``); returns ``None`` when no key was sent (DRF: 401).
+    ``invalid_api_key``); returns ``None`` when no key was sent (DRF: 401). Failures are
+    counted per client address (`accounts.throttling`): past ``API_AUTH_FAILURE_LIMIT`` in the
+    window, `RateLimitError` (429 ``too_many_failed_authentications``) before any lookup.
     """
 
     keyword = b"bearer"
@@ -46,6 +50,15 @@ class BearerKeyAuthentication(BaseAuthentication):
         header = get_authorization_header(request).split()
         if not header:
             return None
+        address = client_ip(request)
+        auth_failures_check(address=address)  # 429 once this address failed too often
+        try:
+            return self._authenticate(header)
+        except AuthenticationError:
+            auth_failure_record(address=address)
+            raise
+
+    def _authenticate(self, header: list[bytes]):
         if header[0].lower() != self.keyword or len(header) != 2:
             raise AuthenticationError("Invalid Authorization header. Expected 'Authorization: Bearer YOUR_KEY'.")
         try:

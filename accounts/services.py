@@ -31,6 +31,33 @@ def admin_api_key_cache_key(secret_hash: str) -> str:
     return f"adminkey:{secret_hash}"
 
 
+def api_key_cache_invalidate(keys) -> int:
+    """Drop the cached lookups of ``keys`` (`APIKey` and/or `AdminAPIKey` rows, or one row) so
+    the next request reads them from the database; returns how many cache entries were named.
+
+    The one place every change that can make a key invalid goes through: the revoke services,
+    and (`accounts.signals`) every save or delete of a key, every save of a project (archiving),
+    and the cascades of deleting a project or an organization, whoever makes them (console,
+    admin forms and bulk actions, management commands, shell). Entries are dropped at once and
+    again when the surrounding transaction commits: a request that read the old row in between
+    cannot keep it cached for ``API_KEY_CACHE_SECONDS``. ``QuerySet.update()`` sends no signals:
+    code that changes keys or projects that way must call this itself.
+    """
+    if isinstance(keys, (APIKey, AdminAPIKey)):
+        keys = [keys]
+    names = [admin_api_key_cache_key(key.secret_hash) if isinstance(key, AdminAPIKey)
+             else api_key_cache_key(key.secret_hash) for key in keys]
+    if names:
+        cache.delete_many(names)
+        transaction.on_commit(lambda: cache.delete_many(names))
+    return len(names)
+
+
+def project_api_keys_cache_invalidate(project: Project) -> int:
+    """`api_key_cache_invalidate` for every key of ``project`` (after archiving or renaming it)."""
+    return api_key_cache_invalidate(list(APIKey.objects.filter(project_id=project.pk).only("secret_hash")))
+
+
 @dataclass(frozen=True)
 class CreatedKey:
     """A new key: the stored row and the plaintext, which is never retrievable again."""
@@ -167,18 +194,29 @@ def admin_api_key_revoke(*, admin_api_key: AdminAPIKey) -> AdminAPIKey:
     if admin_api_key.revoked_at is None:
         admin_api_key.revoked_at = timezone.now()
         admin_api_key.save(update_fields=["revoked_at"])
-    cache.delete(admin_api_key_cache_key(admin_api_key.secret_hash))
+    api_key_cache_invalidate(admin_api_key)
     return admin_api_key
 
 
 def api_key_revoke(*, api_key: APIKey) -> APIKey:
-    """Revoke ``api_key`` now (idempotent) and drop it from the auth cache.
-
-    With a shared cache (Redis) the key stops working at once; with a per-process
-    cache, within ``API_KEY_CACHE_SECONDS``.
-    """
+    """Revoke ``api_key`` now (idempotent) and drop it from the auth cache
+    (`api_key_cache_invalidate`): the next request with it is refused (401)."""
     if api_key.revoked_at is None:
         api_key.revoked_at = timezone.now()
         api_key.save(update_fields=["revoked_at"])
-    cache.delete(api_key_cache_key(api_key.secret_hash))
+    api_key_cache_invalidate(api_key)
     return api_key
+
+
+def api_key_revoke_by_public_id(public_id: str) -> APIKey | AdminAPIKey:
+    """Revoke the project key or admin key ``public_id`` (``key_...``) now (idempotent).
+
+    Raises ``ValidationError`` (code ``not_found``) when neither kind has that id.
+    """
+    api_key = APIKey.objects.filter(public_id=public_id).first()
+    if api_key is not None:
+        return api_key_revoke(api_key=api_key)
+    admin_key = AdminAPIKey.objects.filter(public_id=public_id).first()
+    if admin_key is not None:
+        return admin_api_key_revoke(admin_api_key=admin_key)
+    raise ValidationError(f"No API key or admin key has the id '{public_id}'.", code="not_found")

@@ -41,6 +41,15 @@ def embedded_services(var_dir: str | Path, env: dict):
         servers.stop()
 
 
+def prepare(env: dict, port: int) -> str:
+    """Point ``env`` at ``127.0.0.1:port``, migrate its database, register the default model and
+    create a project key; returns the key's plaintext."""
+    env.update(HOST="127.0.0.1", PORT=str(port))
+    manage("migrate", "--noinput", "-v0", env=env)
+    manage("register_models", env=env)
+    return manage("create_api_key", "--org", "bench", "--project", "bench", env=env).strip()
+
+
 @contextlib.contextmanager
 def api_server(extra_env: dict | None = None, workers: int | None = None):
     """Yield ``(base_url, api_key)`` of a gunicorn API on a fresh database: the embedded servers in a
@@ -50,10 +59,7 @@ def api_server(extra_env: dict | None = None, workers: int | None = None):
         if workers:
             env["WEB_CONCURRENCY"] = str(workers)
         port = free_port()
-        env.update(HOST="127.0.0.1", PORT=str(port))
-        manage("migrate", "--noinput", "-v0", env=env)
-        manage("register_models", env=env)
-        key = manage("create_api_key", "--org", "bench", "--project", "bench", env=env).strip()
+        key = prepare(env, port)
         log = open(Path(var_dir) / "gunicorn.log", "w")
         proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.py", "config.wsgi"],
                                 cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -30,11 +30,14 @@ class APIError(Exception):
         param: the request field at fault, or ``None``.
         code: a stable machine-readable code, or ``None``.
         headers: extra response headers (e.g. ``Retry-After``).
+        logged: True when the condition is logged elsewhere (e.g. once per Redis outage,
+            `config.redis_outage`), so Django's per-response ``django.request`` line is skipped.
     """
 
     status_code = 400
     type = "invalid_request_error"
     code: str | None = None
+    logged = False
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
                  status_code: int | None = None, type: str | None = None,
@@ -186,7 +189,10 @@ def openai_exception_handler(exc, context) -> Response | None:
     `config.middleware.OpenAIErrorMiddleware`, which logs them and answers 500.
     """
     if isinstance(exc, APIError):
-        return Response(exc.body(), status=exc.status_code, headers=exc.headers)
+        response = Response(exc.body(), status=exc.status_code, headers=exc.headers)
+        if exc.logged:
+            response._has_been_logged = True  # what django.utils.log.log_response checks
+        return response
 
     if isinstance(exc, drf_exceptions.ValidationError):
         param, message, code = _first_validation_error(exc.detail)

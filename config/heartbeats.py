@@ -28,6 +28,8 @@ from celery import bootsteps
 from celery.beat import PersistentScheduler
 from django.conf import settings
 
+from .redis_outage import redis_outage
+
 logger = logging.getLogger(__name__)
 
 INTERVAL_SECONDS = 5.0
@@ -46,10 +48,13 @@ def client() -> redis.Redis:
 
 
 def _write(key: str, value: dict, ttl: int | None) -> None:
+    """SET ``key``; a Redis error is counted in the outage log (`config.redis_outage`), not raised."""
     try:
         client().set(key, json.dumps(value), ex=ttl)
     except redis.RedisError as exc:
-        logger.warning("heartbeat %s not written: %s", key, exc)
+        redis_outage().failed("heartbeat", exc)
+        return
+    redis_outage().succeeded()
 
 
 def _read_json(raw) -> dict | None:

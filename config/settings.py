@@ -90,7 +90,8 @@ DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-DJANGO_REDIS_LOG_IGNORED_EXCEPTIONS = True
+# No traceback per failed cache operation: config.cache logs an outage once at its start and end.
+DJANGO_REDIS_LOG_IGNORED_EXCEPTIONS = False
 
 # --- Redis: cache, Celery ------------------------------------------------------
 # Unset: the embedded Valkey's socket under VAR_DIR (config.embedded.redis_url).
@@ -109,7 +110,7 @@ def celery_redis_url(url: str) -> str:
 
 CACHES = {
     "default": {
-        "BACKEND": "django_redis.cache.RedisCache",
+        "BACKEND": "config.cache.RedisCache",  # django-redis, reporting outages (config.redis_outage)
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": env.str("CACHE_KEY_PREFIX", default="emb"),
         "OPTIONS": {
@@ -332,3 +333,15 @@ CELERY_BEAT_SCHEDULE = {
     },
 }
 
+
+# --- Client addresses and failed-key throttling (config.client_address, accounts.throttling) ---
+# Peers (IPs or CIDRs) whose X-Forwarded-For is believed: your load balancers / reverse proxies.
+# Empty (default): the peer's own address is the client's. Every address-based rule uses it.
+TRUSTED_PROXIES = env.list("TRUSTED_PROXIES", default=[])
+AXES_CLIENT_IP_CALLABLE = "config.client_address.client_ip"
+# After this many failed API-key authentications from one address (IPv6: one /64) within
+# API_AUTH_FAILURE_WINDOW_SECONDS (from the first), its requests get 429 until the window ends.
+# 100 a minute stops key guessing (measured: 167 guesses/s from one address) and leaves room for
+# a client retrying with a revoked key about once a second.
+API_AUTH_FAILURE_LIMIT = env.int("API_AUTH_FAILURE_LIMIT", default=100)
+API_AUTH_FAILURE_WINDOW_SECONDS = env.int("API_AUTH_FAILURE_WINDOW_SECONDS", default=60)

@@ -14,6 +14,7 @@ from .database import pending_migrations
 
 from .errors import error_response, server_error_message
 from .middleware import API_PREFIX
+from .redis_outage import redis_outage
 
 
 def v1_not_found(request, *args, **kwargs):
@@ -64,11 +65,14 @@ def _check_database() -> dict:
 
 
 def _check_redis() -> dict:
+    """PING ``REDIS_URL``; the answer also ends (or starts) a logged outage (`config.redis_outage`)."""
     try:
         heartbeats.client().ping()
-        return {"ok": True}
     except redis.RedisError as exc:
+        redis_outage().failed("readyz", exc)
         return {"ok": False, "error": f"unreachable: {exc.__class__.__name__}"}
+    redis_outage().succeeded()
+    return {"ok": True}
 
 
 _warming = threading.Lock()

@@ -24,9 +24,13 @@ from .serving.tokenization import OPENAI_TOKENIZER
 
 def check_project_scope(request) -> None:
     """403 when the ``OpenAI-Project`` header / ``ai_project_id`` query, or the
-    ``OpenAI-Organization`` header, names another project/organization than the key's."""
+    ``OpenAI-Organization`` header, names another project/organization than the key's.
+
+    Every value counts: ``?ai_project_id=<other>&ai_project_id=<own>`` is refused (reading only
+    the last one, as ``QueryDict.get`` does, would let the other pass); a repeated header reaches
+    us joined by commas, which never equals one public id, so it is refused too."""
     key = request.auth
-    for named in (request.headers.get("OpenAI-Project"), request.query_params.get("ai_project_id")):
+    for named in (request.headers.get("OpenAI-Project"), *request.query_params.getlist("ai_project_id")):
         if named and named != key.project_public_id:
             raise PermissionDeniedError(
                 f"The project '{named}' does not match the project of this API key.",

@@ -89,8 +89,9 @@ class Reservation:
         try:
             admission_backend().run(op, [c.key for c in checks], len(self.monthly), _args(checks, extras))
         except AdmissionUnavailable:
-            # Refund lost: counters stay high (safe side). Settle lost: only `r` stays high.
-            logger.warning("Admission store unreachable: %s of a reservation not recorded", op)
+            # Refund lost: counters stay high (safe side). Settle lost: only `r` stays high. The
+            # outage itself is logged once, with counts, by config.redis_outage (not per request).
+            logger.debug("Admission store unreachable: %s of a reservation not recorded", op)
 
     def refund(self) -> None:
         """Give back everything reserved (idempotent). Counters are as before the request."""
@@ -223,10 +224,11 @@ def admission_reserve(*, key, tokens: int, service_tier: str) -> Reservation:
         monthly, buckets = build_checks(applied=limits_for_key(key=key), tokens=tokens,
                                         service_tier=service_tier, month_start=month_start)
         if settings.ADMISSION_REDIS_DOWN_POLICY == "open":
-            logger.warning("Admission store unreachable (%s); admitting without limits (policy: open)", exc)
+            logger.debug("Admission store unreachable (%s); admitting without limits (policy: open)", exc)
             return Reservation(monthly, buckets, [], ratelimit_headers(
                 [BucketState(c, 0.0) for c in buckets], known=False), reserved=False)
-        logger.error("Admission store unreachable (%s); refusing (policy: closed)", exc)
+        # Logged once per outage (config.redis_outage), not per request.
+        logger.debug("Admission store unreachable (%s); refusing (policy: closed)", exc)
         raise redis_down_error() from exc
 
     status, reject, retry = result[0], int(result[1]), float(result[2])

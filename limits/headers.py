@@ -118,8 +118,11 @@ def _rejection(check: Check, value: float, retry_ms: float, month_end: datetime,
 
 
 def redis_down_error() -> ServiceUnavailableError:
-    """503 with ``Retry-After`` (``ADMISSION_RETRY_AFTER_SECONDS``): the fail-closed answer."""
+    """503 with ``Retry-After`` (``ADMISSION_RETRY_AFTER_SECONDS``): the fail-closed answer. Not logged
+    per response: the outage is logged once when it starts and ends (`config.redis_outage`)."""
     seconds = settings.ADMISSION_RETRY_AFTER_SECONDS
-    return ServiceUnavailableError(
+    error = ServiceUnavailableError(
         "Rate limiting is temporarily unavailable, so the request was not admitted. Please retry shortly.",
         headers=_retry_headers(seconds))
+    error.logged = True
+    return error

@@ -9,6 +9,8 @@ import logging
 
 from django.conf import settings
 
+from config.redis_outage import redis_outage_for
+
 logger = logging.getLogger(__name__)
 
 # RPM / TPM buckets refill over this many milliseconds (one minute).
@@ -160,7 +162,10 @@ class AdmissionUnavailable(Exception):
 # ---------------------------------------------------------------------------------------------------
 
 class RedisBackend:
-    """Runs `ADMISSION_LUA` on Redis (EVALSHA, loaded on first use). Raises `AdmissionUnavailable`."""
+    """Runs `ADMISSION_LUA` on Redis (EVALSHA, loaded on first use). Raises `AdmissionUnavailable`.
+
+    Every call reports to the server's `config.redis_outage.OutageLog` (as ``admission``): an
+    outage is logged once when it starts and once when it ends, not per request."""
 
     def __init__(self, url: str, timeout: float):
         import redis
@@ -169,12 +174,18 @@ class RedisBackend:
         self.client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
                                            health_check_interval=30)
         self.script = self.client.register_script(ADMISSION_LUA)
+        self.outage = redis_outage_for(url)
+
+    def _unavailable(self, exc: Exception) -> AdmissionUnavailable:
+        self.outage.failed("admission", exc)
+        return AdmissionUnavailable(str(exc))
 
     def run(self, op: str, keys: list[str], monthly_count: int, args: list, version: str = "") -> list | int | str:
         try:
             result = self.script(keys=keys, args=[op, monthly_count, PERIOD_MS, version, *args])
         except self.redis_errors as exc:
-            raise AdmissionUnavailable(str(exc)) from exc
+            raise self._unavailable(exc) from exc
+        self.outage.succeeded()
         return _decode(result)
 
     def read(self, keys: list[str]) -> list[dict[str, str]]:
@@ -183,9 +194,11 @@ class RedisBackend:
             pipe = self.client.pipeline(transaction=False)
             for key in keys:
                 pipe.hgetall(key)
-            return [_decode(h) for h in pipe.execute()]
+            values = pipe.execute()
         except self.redis_errors as exc:
-            raise AdmissionUnavailable(str(exc)) from exc
+            raise self._unavailable(exc) from exc
+        self.outage.succeeded()
+        return [_decode(h) for h in values]
 
     @contextlib.contextmanager
     def lock(self, name: str):
@@ -195,7 +208,8 @@ class RedisBackend:
         try:
             acquired = lock.acquire()
         except self.redis_errors as exc:
-            raise AdmissionUnavailable(str(exc)) from exc
+            raise self._unavailable(exc) from exc
+        self.outage.succeeded()
         if not acquired:
             raise AdmissionUnavailable(f"lock {name} not acquired within 10 s")
         try:
@@ -210,7 +224,8 @@ class RedisBackend:
         try:
             self.client.delete(*keys)
         except self.redis_errors as exc:
-            raise AdmissionUnavailable(str(exc)) from exc
+            raise self._unavailable(exc) from exc
+        self.outage.succeeded()
 
 
 def _decode(value):

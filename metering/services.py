@@ -1,7 +1,16 @@
 """The writer of `metering.models.UsageRecord`."""
 from __future__ import annotations
 
+import psycopg
+from django.db import IntegrityError, transaction
+
+from config.errors import AuthenticationError
+
 from .models import UsageRecord
+
+
+def _foreign_key_violation(exc: IntegrityError) -> bool:
+    return isinstance(exc.__cause__, psycopg.errors.ForeignKeyViolation)
 
 
 def usage_record_create(*, request_id: str, organization_id: int, project_id: int, api_key_id: int | None,
@@ -9,18 +18,31 @@ def usage_record_create(*, request_id: str, organization_id: int, project_id: in
                         user: str = "", service_tier: str = "default", latency_ms: int) -> UsageRecord:
     """Insert the usage record of one successful request (one INSERT, no UPDATE).
 
+    A key deleted while its request was served (its row gone, so the foreign key fails) is
+    recorded with ``api_key`` empty, as deleting it a moment later would have left the record
+    (``on_delete=SET_NULL``): the project and organization that were served are billed. When
+    the project or organization is gone too, nothing can be billed and the request is refused:
+    `AuthenticationError` (401), never a 500.
+
     Raises ``django.db.IntegrityError`` when ``request_id`` was already metered.
     """
-    return UsageRecord.objects.create(
-        request_id=request_id,
-        organization_id=organization_id,
-        project_id=project_id,
-        api_key_id=api_key_id,
-        model_id=model_id,
-        input_count=input_count,
-        prompt_tokens=prompt_tokens,
-        total_tokens=total_tokens,
-        user=user,
-        service_tier=service_tier,
-        latency_ms=latency_ms,
-    )
+    fields = dict(request_id=request_id, organization_id=organization_id, project_id=project_id,
+                  model_id=model_id, input_count=input_count, prompt_tokens=prompt_tokens,
+                  total_tokens=total_tokens, user=user, service_tier=service_tier, latency_ms=latency_ms)
+    for key_id in dict.fromkeys([api_key_id, None]):  # as sent, then without a deleted key
+        try:
+            return _insert({**fields, "api_key_id": key_id})
+        except IntegrityError as exc:
+            if not _foreign_key_violation(exc):
+                raise
+            missing = exc
+    raise AuthenticationError(
+        "The API key used for this request was deleted while the request was served.") from missing
+
+
+def _insert(fields: dict) -> UsageRecord:
+    """One INSERT in its own transaction. Django's foreign keys are DEFERRABLE INITIALLY DEFERRED: a
+    missing row is reported when this block commits, so it must be the outermost one (the API
+    meters outside any transaction); nested, the check would come at the outer commit."""
+    with transaction.atomic():
+        return UsageRecord.objects.create(**fields)
