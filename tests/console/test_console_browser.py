@@ -30,6 +30,17 @@ def owner(django_user_model):
     return user
 
 
+@pytest.fixture(autouse=True)
+def csp_violations(page):
+    """Every Content-Security-Policy violation Chromium reports while a test runs: the console's
+    policy allows no inline script or style, so a page that needs one fails here."""
+    seen = []
+    page.on("console", lambda message: seen.append(message.text) if "Content Security Policy" in message.text
+            else None)
+    yield seen
+    assert seen == []
+
+
 def sign_in(page, live_server, username):
     page.goto(f"{live_server.url}/console/")
     expect(page).to_have_url(re.compile(r"/console/login/"))
