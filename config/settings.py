@@ -264,7 +264,9 @@ CONTENT_SECURITY_POLICY = {
 # --- E-mail (console invitations: accounts/invitations.py) -------------------------
 # django-environ's EMAIL_URL: smtp://, smtp+tls://user:pass@host:587, consolemail:// (the
 # default: messages are printed by the web process), filemail:///path, memorymail://.
-vars().update(env.email_url("EMAIL_URL", default="consolemail://"))
+# Parts the URL leaves out (None) keep Django's defaults (EMAIL_PORT 25, no user).
+vars().update({name: value for name, value in env.email_url("EMAIL_URL", default="consolemail://").items()
+               if value is not None})
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="webmaster@localhost")
 # Days an invitation link stays usable.
 INVITATION_MAX_AGE_DAYS = env.int("INVITATION_MAX_AGE_DAYS", default=7)

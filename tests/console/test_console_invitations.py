@@ -70,6 +70,8 @@ def test_pending_invitations_are_listed_and_revoked_by_managers_only(tenants):
                                                           "invitation": invitation.public_id})
     assert signed_in(t["reader"]).post(revoke).status_code == 403
     assert signed_in(t["member"]).post(revoke).status_code == 403
+    assert invite(signed_in(t["member"]), t["a_org"].public_id, "friend@example.com", "reader")[0].status_code == 403
+    assert not Invitation.objects.filter(email="friend@example.com").exists()
     # Another organization's owner: 404 under A (not a member) and under B (not B's invitation).
     bob = signed_in(t["b_owner"])
     assert bob.post(revoke).status_code == 404
@@ -175,20 +177,22 @@ def test_an_admin_invites_only_roles_they_may_grant_and_a_failed_mail_still_show
     assert link and Client().get(link).status_code == 200
 
 
-@pytest.mark.parametrize("email_url, backend", [
-    (None, "django.core.mail.backends.console.EmailBackend"),
-    ("smtp+tls://user:secret@smtp.example.com:587", "django.core.mail.backends.smtp.EmailBackend"),
+@pytest.mark.parametrize("email_url, backend, host_port", [
+    (None, "django.core.mail.backends.console.EmailBackend", None),
+    ("smtp+tls://user:secret@smtp.example.com:587", "django.core.mail.backends.smtp.EmailBackend",
+     ["smtp.example.com", "587"]),
+    ("smtp://mail.internal", "django.core.mail.backends.smtp.EmailBackend", ["mail.internal", "25"]),  # SMTP's port
 ])
-def test_the_email_backend_comes_from_email_url(tmp_path, email_url, backend):
+def test_the_email_backend_comes_from_email_url(tmp_path, email_url, backend, host_port):
     env = {k: v for k, v in os.environ.items() if k != "EMAIL_URL"}
     if email_url:
         env["EMAIL_URL"] = email_url
-    env.update(VAR_DIR=str(tmp_path), DEBUG="true")
+    env.update(VAR_DIR=str(tmp_path), DEBUG="true", DJANGO_SETTINGS_MODULE="config.settings")
     code = "from django.conf import settings as s; print(s.EMAIL_BACKEND, s.EMAIL_HOST, s.EMAIL_PORT)"
     result = subprocess.run([sys.executable, "-c", f"import django; django.setup(); {code}"],
                             cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=60,
-                            env={**env, "DJANGO_SETTINGS_MODULE": "config.settings"})
+                            env=env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split()[0] == backend
-    if email_url:
-        assert result.stdout.split()[1:] == ["smtp.example.com", "587"]
+    if host_port:
+        assert result.stdout.split()[1:] == host_port
