@@ -157,3 +157,43 @@ class AdminAPIKey(KeyBase):
 
     class Meta(KeyBase.Meta):
         indexes = [models.Index(fields=["organization", "-created_at"], name="adminkey_org_created")]
+
+
+def _invitation_id() -> str:
+    return f"inv_{random_token(16)}"
+
+
+class Invitation(models.Model):
+    """An invitation to join ``organization`` with ``role``, sent to ``email``.
+
+    The accept link carries a 256-bit random token; only its SHA-256 is stored (like the API
+    keys), so the link is shown once, to the inviter, and mailed once. It can be used once,
+    until ``expires_at`` (``INVITATION_MAX_AGE_DAYS``), unless revoked; accepting creates the
+    membership (`accounts.invitations.invitation_accept`).
+    """
+
+    public_id = models.CharField(max_length=32, unique=True, default=_invitation_id, editable=False)
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="invitations")
+    email = models.EmailField()
+    role = models.CharField(max_length=16, choices=Membership.Role.choices, default=Membership.Role.MEMBER)
+    token_hash = models.CharField(max_length=64, unique=True, editable=False)
+    invited_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="+")
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    expires_at = models.DateTimeField()
+    accepted_at = models.DateTimeField(null=True, blank=True)
+    accepted_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                    related_name="+")
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["organization", "-created_at"], name="invitation_org_created")]
+
+    def __str__(self) -> str:
+        return f"{self.email} to {self.organization} ({self.role})"
+
+    def is_pending(self, now=None) -> bool:
+        """True while the link can be used: neither accepted, revoked nor expired at ``now``."""
+        now = now or timezone.now()
+        return self.accepted_at is None and self.revoked_at is None and self.expires_at > now

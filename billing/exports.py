@@ -5,11 +5,15 @@ bytes forever; an open month exports the lines of `billing.services.statement_dr
 (computed, not stored). Lines are sorted in Python (kind, usage period, project id,
 model, price date), so the order never depends on the database's collation. Money is
 written as decimal strings (never floats).
+
+CSV text cells are neutralised against formula injection (`csv_cell`): a project named
+``=HYPERLINK(...)`` must not become a live formula when the file is opened in a spreadsheet.
 """
 from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Iterable
 
 from billing.models import Statement, StatementLine
@@ -17,6 +21,23 @@ from billing.models import Statement, StatementLine
 CSV_COLUMNS = ["organization_id", "period", "kind", "usage_period", "project_id", "project_name", "model",
                "price_effective_from", "unit_price_per_million_tokens", "currency", "num_model_requests",
                "input_tokens", "amount"]
+
+
+# Characters that make a spreadsheet read a cell as a formula (OWASP, "CSV Injection":
+# https://owasp.org/www-community/attacks/CSV_Injection).
+FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
+_DECIMAL = re.compile(r"-?[0-9]+(\.[0-9]+)?")
+
+
+def csv_cell(value):
+    """``value`` made safe to open in a spreadsheet: a string starting with one of
+    `FORMULA_TRIGGERS` gets a leading single quote (OWASP's advice), unless the whole string
+    is a plain decimal number (``"-0.02"``, a credit, stays a number). Non-strings are returned
+    as they are.
+    """
+    if isinstance(value, str) and value.startswith(FORMULA_TRIGGERS) and not _DECIMAL.fullmatch(value):
+        return "'" + value
+    return value
 
 
 def _lines(statement: Statement, lines: Iterable[StatementLine] | None) -> list[StatementLine]:
@@ -52,12 +73,15 @@ def statement_export_rows(statement: Statement, lines: Iterable[StatementLine] |
 
 
 def statement_export_csv(statement: Statement, lines: Iterable[StatementLine] | None = None) -> str:
-    """The statement's lines as CSV text (header `CSV_COLUMNS`, one row per line); ``lines``
-    as in `statement_export_rows`."""
+    """The statement's lines as CSV text (RFC 4180: header `CSV_COLUMNS`, one CRLF-ended row per
+    line, text cells through `csv_cell`); ``lines`` as in `statement_export_rows`."""
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    # RFC 4180's CRLF line ends (the csv module's default): with them a CR inside a name is
+    # quoted too, so it cannot start a new row in a spreadsheet (with "\n" it was left bare).
+    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS)
     writer.writeheader()
-    writer.writerows(statement_export_rows(statement, lines))
+    writer.writerows({column: csv_cell(value) for column, value in row.items()}
+                     for row in statement_export_rows(statement, lines))
     return out.getvalue()
 
 

@@ -12,6 +12,7 @@ from urllib.parse import parse_qs, urlsplit
 import environ
 
 from . import embedded
+from .secret_key import secret_key
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 env = environ.Env()
@@ -19,8 +20,10 @@ if (BASE_DIR / ".env").exists():
     environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 VAR_DIR = Path(env.str("VAR_DIR", default=str(BASE_DIR / "var"))).resolve()
 
-SECRET_KEY = env.str("SECRET_KEY", default="dev-insecure-change-me-in-production-0123456789abcdef")
 DEBUG = env.bool("DEBUG", default=False)
+# Never the documented development key with DEBUG off; unset, one generated once into
+# VAR_DIR/secret_key (0600). The rules: config/secret_key.py.
+SECRET_KEY = secret_key(configured=env.str("SECRET_KEY", default=""), debug=DEBUG, var_dir=VAR_DIR)
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
@@ -220,6 +223,53 @@ AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_TEMPLATE = "console/locked_out.html"
 AXES_VERBOSE = False
+
+# --- HTTPS, cookies, Content-Security-Policy (production: platform/README.md) ---------------
+# Off by default so `make serve` works on http://127.0.0.1; the documented production
+# environment turns each on, and `manage.py check --deploy` is then clean (a test runs it).
+SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=False)
+CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=False)
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=False)
+# Probes of the load balancer or orchestrator reach the process over plain HTTP.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0)  # seconds; 31536000 = one year
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=False)
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)
+# Behind a TLS-terminating proxy that sets it: "HTTP_X_FORWARDED_PROTO,https". Only set it when
+# that proxy overwrites the header, or any client can claim HTTPS.
+SECURE_PROXY_SSL_HEADER = env.tuple("SECURE_PROXY_SSL_HEADER", default=None)
+if SECURE_PROXY_SSL_HEADER is not None and len(SECURE_PROXY_SSL_HEADER) != 2:
+    raise environ.ImproperlyConfigured("SECURE_PROXY_SSL_HEADER must be 'HEADER,value', e.g. "
+                                       "'HTTP_X_FORWARDED_PROTO,https'")
+# The console's policy (django-csp): its own static CSS and JS only, no inline script or
+# style, no framing, no plugins. The Django admin and the API docs page (Redoc, which needs
+# inline styles and blob: workers) are left to their own defaults.
+INSTALLED_APPS.append("csp")
+MIDDLEWARE.insert(MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1,
+                  "csp.middleware.CSPMiddleware")
+CONTENT_SECURITY_POLICY = {
+    "EXCLUDE_URL_PREFIXES": ["/admin/", "/api/docs/"],
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'none'"],
+        "frame-ancestors": ["'none'"],
+        "form-action": ["'self'"],
+    },
+}
+
+# --- E-mail (console invitations: accounts/invitations.py) -------------------------
+# django-environ's EMAIL_URL: smtp://, smtp+tls://user:pass@host:587, consolemail:// (the
+# default: messages are printed by the web process), filemail:///path, memorymail://.
+# Parts the URL leaves out (None) keep Django's defaults (EMAIL_PORT 25, no user).
+vars().update({name: value for name, value in env.email_url("EMAIL_URL", default="consolemail://").items()
+               if value is not None})
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="webmaster@localhost")
+# Days an invitation link stays usable.
+INVITATION_MAX_AGE_DAYS = env.int("INVITATION_MAX_AGE_DAYS", default=7)
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"

@@ -5,7 +5,7 @@ import datetime as dt
 
 from django import forms
 from django.contrib.auth import get_user_model
-from django.db.models import Q
+from django.contrib.auth.forms import UserCreationForm
 from django.utils import timezone
 
 from accounts.models import Membership
@@ -37,10 +37,10 @@ class APIKeyCreateForm(forms.Form):
         return dt.datetime.combine(day, dt.time.min, tzinfo=dt.UTC) if day else None
 
 
-class MemberAddForm(forms.Form):
-    """Add an existing user (by username or e-mail) with a role among ``roles``."""
+class InvitationCreateForm(forms.Form):
+    """Invite an e-mail address with a role among ``roles`` (whether it has an account or not)."""
 
-    user = forms.CharField(max_length=254, label="Username or e-mail")
+    email = forms.EmailField(max_length=254, label="E-mail")
     role = forms.ChoiceField(choices=())
 
     def __init__(self, *args, roles: list[str], **kwargs):
@@ -48,12 +48,21 @@ class MemberAddForm(forms.Form):
         self.fields["role"].choices = [(r, Membership.Role(r).label) for r in roles]
         self.fields["role"].initial = Membership.Role.MEMBER
 
-    def clean_user(self):
-        value = self.cleaned_data["user"].strip()
-        users = list(get_user_model().objects.filter(Q(username=value) | Q(email__iexact=value))[:2])
-        if len(users) != 1:
-            raise forms.ValidationError("No single user has this username or e-mail.")
-        return users[0]
+
+class InvitationSignUpForm(UserCreationForm):
+    """A new account for the invited address (``email``, fixed by the invitation): username and
+    password twice, checked by ``AUTH_PASSWORD_VALIDATORS``. An address that already has an
+    account is sent to sign in instead (the visitor holds a link mailed to that address)."""
+
+    def __init__(self, *args, email: str, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.instance.email = email
+
+    def clean(self):
+        cleaned = super().clean()
+        if get_user_model().objects.filter(email__iexact=self.instance.email).exists():
+            raise forms.ValidationError("An account with this e-mail address exists: sign in to accept instead.")
+        return cleaned
 
 
 class MemberRoleForm(forms.Form):

@@ -14,6 +14,8 @@ organization_urls = [
     path("projects/<str:project>/keys/", views.APIKeyListView.as_view(), name="keys"),
     path("projects/<str:project>/keys/<str:key>/revoke/", views.APIKeyRevokeView.as_view(), name="key-revoke"),
     path("members/", views.MemberListView.as_view(), name="members"),
+    path("members/invitations/<str:invitation>/revoke/", views.InvitationRevokeView.as_view(),
+         name="invitation-revoke"),
     path("members/<str:username>/", views.MemberUpdateView.as_view(), name="member-update"),
     path("members/<str:username>/remove/", views.MemberRemoveView.as_view(), name="member-remove"),
     path("admin-keys/", views.AdminAPIKeyListView.as_view(), name="admin-keys"),
@@ -28,5 +30,7 @@ urlpatterns = [
     path("", views.console_home, name="home"),
     path("login/", views.SignInView.as_view(), name="login"),
     path("logout/", views.SignOutView.as_view(), name="logout"),
+    # Outside orgs/: the invitee is not a member yet (the token is the authorization).
+    path("invitations/<str:token>/", views.InvitationAcceptView.as_view(), name="invitation-accept"),
     path("orgs/<str:org>/", include(organization_urls)),
 ]

@@ -8,20 +8,23 @@ scoping and the 404 for other tenants' objects live there); role rules come from
 from __future__ import annotations
 
 from django.contrib import messages
-from django.contrib.auth import get_user_model
+from django.contrib.auth import get_user_model, login
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
+from django.db import transaction
 from django.http import Http404
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.decorators import method_decorator
+from django.utils.http import urlencode
 from django.views.decorators.cache import never_cache
+from django.views.generic import TemplateView
 
-from accounts import roles, selectors, services
+from accounts import invitations, roles, selectors, services
 
 from .base import SESSION_ORGANIZATION, OrganizationView, limit_bars
-from .forms import APIKeyCreateForm, MemberAddForm, MemberRoleForm, ProjectCreateForm
+from .forms import APIKeyCreateForm, InvitationCreateForm, InvitationSignUpForm, MemberRoleForm, ProjectCreateForm
 
 
 class SignInView(auth_views.LoginView):
@@ -141,8 +144,14 @@ class APIKeyRevokeView(OrganizationView):
         return redirect("console:keys", org=self.organization.public_id, project=project.public_id)
 
 
+@method_decorator(never_cache, name="dispatch")
 class MemberListView(OrganizationView):
-    """``/console/orgs/<org>/members/``: members and roles; owners and admins add members (POST)."""
+    """``/console/orgs/<org>/members/``: members and roles, and the pending invitations.
+
+    Owners and admins invite by e-mail (POST): the answer is the same whether the address has
+    an account or not (201, the accept link shown this once with a copy button, and mailed).
+    Nobody is added without accepting (`accounts.invitations`).
+    """
 
     template_name = "console/members.html"
     nav = "members"
@@ -156,22 +165,102 @@ class MemberListView(OrganizationView):
             if member.manageable:
                 member.role_form = MemberRoleForm(initial={"role": member.role}, roles=assignable,
                                                   prefix=member.user.username)
-        context.update(members=members, form=form or MemberAddForm(roles=assignable or ["reader"]))
+        pending = []
+        if roles.can_manage_members(self.role):
+            pending = list(invitations.invitations_pending(organization=self.organization))
+            for invitation in pending:
+                invitation.revocable = invitation.role in assignable
+        context.update(members=members, invitations=pending,
+                       form=form or InvitationCreateForm(roles=assignable or ["reader"]))
         return context
 
     def post(self, request, *args, **kwargs):
         self.require(roles.can_manage_members(self.role))
-        form = MemberAddForm(request.POST, roles=roles.assignable_roles(self.role))
-        if form.is_valid():
-            try:
-                services.membership_add(organization=self.organization, user=form.cleaned_data["user"],
-                                        role=form.cleaned_data["role"])
-            except ValidationError as exc:
-                form.add_error("user", exc)
-            else:
-                messages.success(request, f"{form.cleaned_data['user'].get_username()} added.")
-                return redirect("console:members", org=self.organization.public_id)
-        return self.render_to_response(self.get_context_data(form=form), status=400)
+        form = InvitationCreateForm(request.POST, roles=roles.assignable_roles(self.role))
+        if not form.is_valid():
+            return self.render_to_response(self.get_context_data(form=form), status=400)
+        try:
+            created = invitations.invitation_create(organization=self.organization, email=form.cleaned_data["email"],
+                                                    role=form.cleaned_data["role"], invited_by=request.user)
+        except ValidationError as exc:
+            form.add_error("email", exc)
+            return self.render_to_response(self.get_context_data(form=form), status=400)
+        accept_url = request.build_absolute_uri(reverse("console:invitation-accept", kwargs={"token": created.token}))
+        sent = invitations.invitation_send(invitation=created.invitation, accept_url=accept_url)
+        context = self.get_context_data(created=created.invitation, accept_url=accept_url, sent=sent)
+        return self.render_to_response(context, status=201)
+
+
+class InvitationRevokeView(OrganizationView):
+    """``.../members/invitations/<invitation>/revoke/``: POST withdraws a pending invitation
+    (owners and admins, for roles they may grant); its link stops working at once."""
+
+    http_method_names = ["post"]
+
+    def post(self, request, *args, **kwargs):
+        invitation = invitations.invitation_get(organization=self.organization, public_id=self.kwargs["invitation"])
+        self.require(roles.can_manage_members(self.role)
+                     and invitation.role in roles.assignable_roles(self.role))
+        invitations.invitation_revoke(invitation=invitation)
+        messages.success(request, f"Invitation of {invitation.email} withdrawn.")
+        return redirect("console:members", org=self.organization.public_id)
+
+
+@method_decorator(never_cache, name="dispatch")
+class InvitationAcceptView(TemplateView):
+    """``/console/invitations/<token>/``: GET shows the invitation; POST accepts it.
+
+    Signed in: POST joins the organization with the invited role. Signed out: the page links to
+    the sign-in (which comes back here) and offers an account for the invited address
+    (``action=signup``), created, signed in and joined in one POST. An unknown link answers 404;
+    a used, withdrawn or expired one 410 with the reason.
+    """
+
+    template_name = "console/invitation.html"
+
+    def dispatch(self, request, *args, **kwargs):
+        self.invitation = invitations.invitation_get_by_token(token=kwargs["token"])
+        refusal = invitations.invitation_refusal(self.invitation)
+        if refusal:
+            return self.render_to_response({"refusal": refusal}, status=404 if self.invitation is None else 410)
+        return super().dispatch(request, *args, **kwargs)
+
+    def get_context_data(self, signup_form=None, **kwargs):
+        context = super().get_context_data(**kwargs)
+        context.update(invitation=self.invitation,
+                       signup_form=signup_form or InvitationSignUpForm(email=self.invitation.email),
+                       login_url=f"{reverse('console:login')}?{urlencode({'next': self.request.path})}")
+        return context
+
+    def post(self, request, *args, **kwargs):
+        if not request.user.is_authenticated:
+            if request.POST.get("action") != "signup":
+                return redirect(self.get_context_data()["login_url"])
+            form = InvitationSignUpForm(request.POST, email=self.invitation.email)
+            if not form.is_valid():
+                return self.render_to_response(self.get_context_data(signup_form=form), status=400)
+            with transaction.atomic():
+                user = form.save()
+                membership = self._accept(user)
+            if membership is not None:
+                login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+        else:
+            with transaction.atomic():
+                membership = self._accept(request.user)
+        if membership is None:
+            return self.render_to_response({"refusal": invitations.invitation_refusal(self.invitation)}, status=410)
+        messages.success(request, f"You are now a member of {membership.organization.name} "
+                                  f"({membership.get_role_display()}).")
+        return redirect("console:projects", org=membership.organization.public_id)
+
+    def _accept(self, user):
+        """The new membership, or None (and the invitation re-read) when the link was used meanwhile."""
+        try:
+            return invitations.invitation_accept(invitation=self.invitation, user=user)
+        except ValidationError:
+            transaction.set_rollback(True)  # no account is left behind by a refused sign-up
+            self.invitation.refresh_from_db()
+            return None
 
 
 class MemberUpdateView(OrganizationView):

@@ -30,6 +30,17 @@ def owner(django_user_model):
     return user
 
 
+@pytest.fixture(autouse=True)
+def csp_violations(page):
+    """Every Content-Security-Policy violation Chromium reports while a test runs: the console's
+    policy allows no inline script or style, so a page that needs one fails here."""
+    seen = []
+    page.on("console", lambda message: seen.append(message.text) if "Content Security Policy" in message.text
+            else None)
+    yield seen
+    assert seen == []
+
+
 def sign_in(page, live_server, username):
     page.goto(f"{live_server.url}/console/")
     expect(page).to_have_url(re.compile(r"/console/login/"))
@@ -253,3 +264,41 @@ def test_owner_creates_an_admin_key_and_downloads_a_statement(page, live_server,
     body = json.loads(open(download.value.path()).read())
     draft = statement_draft(organization=organization, period_start=start.date())
     assert body == statement_export_json(draft.statement, draft.lines) and body["total_amount"] == "0.02"
+
+
+def test_owner_invites_by_email_and_the_invitee_creates_an_account_and_joins(page, live_server, owner, browser,
+                                                                             artifacts_dir):
+    """Members page: invite an address, copy the link shown once; in another browser the link
+    creates an account for that address and lands in the organization."""
+    from django.core import mail
+
+    sign_in(page, live_server, "olivia")
+    page.get_by_role("link", name="Members").click()
+    page.get_by_label("E-mail").fill("newbie@example.com")
+    page.locator("#member-invite select[name=role]").select_option("reader")
+    page.get_by_role("button", name="Send invitation").click()
+    expect(page.locator("#invitation-created")).to_contain_text("An e-mail with this link was sent")
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=live_server.url)
+    page.get_by_role("button", name="Copy").click()
+    expect(page.get_by_role("button", name="Copied")).to_be_visible()
+    link = page.evaluate("navigator.clipboard.readText()")
+    assert link.startswith(f"{live_server.url}/console/invitations/inv-") and link in mail.outbox[-1].body
+    expect(page.locator("#invitations")).to_contain_text("newbie@example.com")
+    page.screenshot(path=artifacts_dir / "14-member-invited.png", full_page=True)
+
+    context = browser.new_context()
+    invitee = context.new_page()
+    violations = []
+    invitee.on("console", lambda m: violations.append(m.text) if "Content Security Policy" in m.text else None)
+    invitee.goto(link)
+    expect(invitee.get_by_role("heading", name="Join Acme")).to_be_visible()
+    invitee.get_by_label("Username").fill("newbie")
+    invitee.get_by_label("Password", exact=True).fill("correct-horse-battery-staple-9")
+    invitee.get_by_label("Password again").fill("correct-horse-battery-staple-9")
+    invitee.screenshot(path=artifacts_dir / "15-invitation.png", full_page=True)
+    invitee.get_by_role("button", name="Create account and accept").click()
+    expect(invitee.get_by_text("You are now a member of Acme (Reader).")).to_be_visible()
+    expect(invitee.get_by_role("heading", name=re.compile("^Acme"))).to_be_visible()
+    context.close()
+    assert violations == []
+    assert Membership.objects.get(user__username="newbie").role == Membership.Role.READER

@@ -6,7 +6,7 @@ import pytest
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
-from accounts.models import APIKey, Membership, Project
+from accounts.models import APIKey, Invitation, Membership, Project
 from accounts.services import hash_key, membership_add
 from console.base import OrganizationView
 from tests.console.conftest import PASSWORD, Role, signed_in
@@ -58,7 +58,7 @@ def test_another_tenants_objects_are_404_for_every_url_and_method(tenants):
         reverse("console:member-update", kwargs={"org": t["a_org"].public_id, "username": "bob"}),
         reverse("console:member-remove", kwargs={"org": t["a_org"].public_id, "username": "bob"}),
     ]
-    post_data = {"name": "pwned", "user": "alice", "role": "owner", "bob-role": "reader"}
+    post_data = {"name": "pwned", "email": "mallory@example.com", "role": "owner", "bob-role": "reader"}
     for url in foreign:
         if "member-update" not in url and not url.endswith("/members/bob/"):
             assert client.get(url).status_code == 404, url
@@ -72,6 +72,7 @@ def test_another_tenants_objects_are_404_for_every_url_and_method(tenants):
     assert APIKey.objects.filter(project=t["b_project"]).count() == 1
     assert Membership.objects.get(user=t["b_owner"]).role == Role.OWNER
     assert not Membership.objects.filter(user=t["a_owner"], organization=t["b_org"]).exists()
+    assert not Invitation.objects.exists()
     # A's own pages answer.
     for url in object_urls(t["a_org"], t["a_project"], t["a_key"], "rita"):
         if not url.endswith("/members/rita/"):
@@ -100,7 +101,7 @@ def test_reader_cannot_create_or_revoke_keys_or_manage_anything(tenants):
     assert client.post(revoke_url).status_code == 403
     assert client.post(reverse("console:projects", kwargs={"org": org}), {"name": "New"}).status_code == 403
     assert client.post(reverse("console:members", kwargs={"org": org}),
-                       {"user": "bob", "role": "reader"}).status_code == 403
+                       {"email": "bob@example.com", "role": "reader"}).status_code == 403
     assert client.post(reverse("console:member-update", kwargs={"org": org, "username": "mike"}),
                        {"mike-role": "admin"}).status_code == 403
     assert client.post(reverse("console:member-remove", kwargs={"org": org, "username": "mike"})).status_code == 403
@@ -112,6 +113,7 @@ def test_reader_cannot_create_or_revoke_keys_or_manage_anything(tenants):
     assert not Project.objects.filter(name="New").exists()
     assert Membership.objects.get(user=t["member"]).role == Role.MEMBER
     assert not Membership.objects.filter(user=t["b_owner"], organization=t["a_org"]).exists()
+    assert not Invitation.objects.exists()
 
 
 def test_member_creates_keys_and_revokes_only_their_own(tenants):
@@ -173,15 +175,25 @@ def test_project_names_are_unique_per_organization_ignoring_case(tenants):
     assert created["Location"].endswith(f"/projects/{project.public_id}/keys/")
 
 
+def invite(client, org: str, email: str, role: str):
+    """POST the members page's invitation form; the response and, on 201, the accept link's path."""
+    response = client.post(reverse("console:members", kwargs={"org": org}), {"email": email, "role": role})
+    link = response.context.get("accept_url") if response.status_code == 201 else None
+    return response, link and link.removeprefix("http://testserver")
+
+
 def test_member_management_rules(tenants, django_user_model):
     t = tenants
     org = t["a_org"].public_id
     owner = signed_in(t["a_owner"])
-    # Owner adds an admin; an admin cannot touch the owner nor grant ownership.
-    django_user_model.objects.create_user(username="adam", email="adam@example.com", password=PASSWORD)
-    assert owner.post(reverse("console:members", kwargs={"org": org}),
-                      {"user": "ADAM@example.com", "role": "admin"}).status_code == 302
-    admin = signed_in(django_user_model.objects.get(username="adam"))
+    # Owner invites an admin, who joins by accepting; an admin cannot touch the owner nor grant ownership.
+    adam = django_user_model.objects.create_user(username="adam", email="adam@example.com", password=PASSWORD)
+    response, link = invite(owner, org, "ADAM@example.com", "admin")
+    assert response.status_code == 201
+    assert not Membership.objects.filter(user=adam, organization=t["a_org"]).exists()  # not without consent
+    admin = signed_in(adam)
+    assert admin.post(link).status_code == 302
+    assert Membership.objects.get(user=adam, organization=t["a_org"]).role == Role.ADMIN
     update = lambda client, name, role: client.post(  # noqa: E731
         reverse("console:member-update", kwargs={"org": org, "username": name}), {f"{name}-role": role})
     assert update(admin, "alice", "reader").status_code == 403
@@ -190,6 +202,10 @@ def test_member_management_rules(tenants, django_user_model):
     assert Membership.objects.get(user=t["member"]).role == Role.MEMBER
     update(admin, "mike", "reader")
     assert Membership.objects.get(user=t["member"]).role == Role.READER
+    # An admin cannot invite an owner either (not a role offered); members and readers cannot invite.
+    assert invite(admin, org, "boss@example.com", "owner")[0].status_code == 400
+    assert invite(signed_in(t["reader"]), org, "x@example.com", "reader")[0].status_code == 403
+    assert not Invitation.objects.filter(email__in=["boss@example.com", "x@example.com"]).exists()
     # The last owner can neither be demoted nor removed.
     response = update(owner, "alice", "admin")
     assert response.status_code == 302
@@ -198,11 +214,11 @@ def test_member_management_rules(tenants, django_user_model):
     assert Membership.objects.filter(user=t["a_owner"], organization=t["a_org"]).exists()
     messages = [str(m) for m in owner.get(reverse("console:members", kwargs={"org": org})).context["messages"]]
     assert "An organization must keep at least one owner." in messages
-    # Adding someone twice, or nobody, is an error on the form.
-    again = owner.post(reverse("console:members", kwargs={"org": org}), {"user": "adam", "role": "reader"})
+    # Inviting a member's address again, or no address, is an error on the form.
+    again, _ = invite(owner, org, "adam@example.com", "reader")
     assert again.status_code == 400 and "already a member" in again.content.decode()
-    nobody = owner.post(reverse("console:members", kwargs={"org": org}), {"user": "ghost", "role": "reader"})
-    assert nobody.status_code == 400 and "No single user" in nobody.content.decode()
+    nobody, _ = invite(owner, org, "ghost", "reader")
+    assert nobody.status_code == 400 and "Enter a valid email address." in nobody.content.decode()
 
 
 def test_every_console_form_needs_its_csrf_token(tenants):

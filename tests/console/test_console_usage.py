@@ -127,14 +127,14 @@ def test_limit_bar_partial_renders_plain_data():
         "label": "Monthly tokens", "used": 12_300_000, "limit": 50_000_000, "unit": "tokens", "period": "this month",
         "resets_at": dt.datetime(2026, 4, 1, tzinfo=UTC)}})
     assert "12.3M of 50M tokens this month" in html
-    assert 'style="width: 24%"' in html and 'aria-valuenow="12300000"' in html
+    assert '<rect class="limit-fill" width="24%"' in html and 'aria-valuenow="12300000"' in html
     assert "Resets Apr 1, 00:00 UTC" in html and "limit-warn" not in html
     warn = render_to_string("console/_limit_bar.html", {"bar": {"label": "RPM", "used": 90, "limit": 100,
                                                                 "unit": "requests", "period": "per minute"}})
     assert "90 of 100 requests per minute" in warn and "limit-warn" in warn
     full = render_to_string("console/_limit_bar.html", {"bar": {"label": "TPM", "used": 150_000, "limit": 100_000,
                                                                 "unit": "tokens", "period": "per minute"}})
-    assert "limit-full" in full and 'style="width: 100%"' in full
+    assert "limit-full" in full and 'width="100%" height="100%"' in full
     unlimited = render_to_string("console/_limit_bar.html", {"bar": {"label": "Monthly tokens", "used": 1500,
                                                                      "limit": None, "unit": "tokens"}})
     assert "1.5K tokens · no limit" in unlimited and "progressbar" not in unlimited
