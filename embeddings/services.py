@@ -27,7 +27,8 @@ from .serving.engine import Engine, get_engine, renormalize
 from .models import EmbeddingModel
 from .selectors import embedding_model_get, embedding_models_active, embedding_models_cache_clear
 from .serializers import EmbeddingsRequest
-from .serving.tokenization import InvalidTokenId, ModelTokenizer, decode_openai_token_ids, get_tokenizer
+from .serving.tokenization import (InvalidTokenId, ModelTokenizer, OverLimit, decode_openai_token_ids,
+                                   get_tokenizer)
 
 logger = logging.getLogger(__name__)
 
@@ -155,17 +156,28 @@ def tokenize_inputs(*, request: EmbeddingsRequest, model: EmbeddingModel) -> Tok
     Raises `InvalidRequestError` (400, param ``input``):
       * ``invalid_token_id``: an id that is not a token of the applicable tokenizer;
       * ``context_length_exceeded``: an input over ``model.max_input_tokens`` tokens
-        (unless ``model.truncate``, which cuts it instead), OpenAI's wording;
+        (unless ``model.truncate``, which cuts it instead), OpenAI's wording; found without
+        tokenizing a long text to its end (`ModelTokenizer.tokenize_within`), so a 4 MB input is
+        refused in milliseconds;
       * ``max_tokens_per_request``: more than 300,000 tokens in all (OpenAI's limit).
     """
     tokenizer = tokenizer_for(model)
+    limit = model.max_input_tokens
+    texts = None
     if request.input_kind == "text":
-        token_ids = tokenizer.tokenize(request.input)
+        texts = request.input
     elif model.token_ids == EmbeddingModel.TokenIds.OPENAI:
         try:
-            token_ids = tokenizer.tokenize(decode_openai_token_ids(request.input))
+            texts = decode_openai_token_ids(request.input)
         except InvalidTokenId as exc:
             raise InvalidRequestError(str(exc), param="input", code="invalid_token_id") from None
+    if texts is not None and not model.truncate:
+        # Refuses an input over the limit without tokenizing all of it (issue 11, item 2).
+        token_ids = tokenizer.tokenize_within(texts, limit)
+        if isinstance(token_ids, OverLimit):
+            raise context_length_exceeded(limit=limit, over=token_ids)
+    elif texts is not None:
+        token_ids = tokenizer.tokenize(texts)
     else:
         vocab = tokenizer.vocab_size
         token_ids = []
@@ -178,24 +190,30 @@ def tokenize_inputs(*, request: EmbeddingsRequest, model: EmbeddingModel) -> Tok
                         code="invalid_token_id")
             token_ids.append(tokenizer.add_special_tokens(ids))
 
-    limit = model.max_input_tokens
     total = 0
     for i, ids in enumerate(token_ids):
         if len(ids) > limit:
             if model.truncate:
                 token_ids[i] = ids = tokenizer.truncate(ids, limit)
             else:
-                raise InvalidRequestError(
-                    f"This model's maximum context length is {limit} tokens, however you requested "
-                    f"{len(ids)} tokens ({len(ids)} in your prompt; 0 for the completion). "
-                    f"Please reduce your prompt; or completion length. (input[{i}])",
-                    param="input", code="context_length_exceeded")
+                raise context_length_exceeded(limit=limit, over=OverLimit(i, len(ids), exact=True))
         total += len(ids)
     if total > MAX_TOKENS_PER_REQUEST:
         raise InvalidRequestError(
             f"Requested {total} tokens, max {MAX_TOKENS_PER_REQUEST} tokens per request.",
             param="input", code="max_tokens_per_request")
     return TokenizedInputs(token_ids=token_ids, total_tokens=total)
+
+
+def context_length_exceeded(*, limit: int, over: OverLimit) -> InvalidRequestError:
+    """400 ``context_length_exceeded`` (param ``input``) for ``over``, in OpenAI's wording; a count
+    that is only a lower bound (the input was not tokenized to its end) reads "at least N"."""
+    n = over.tokens if over.exact else f"at least {over.tokens}"
+    return InvalidRequestError(
+        f"This model's maximum context length is {limit} tokens, however you requested "
+        f"{n} tokens ({n} in your prompt; 0 for the completion). "
+        f"Please reduce your prompt; or completion length. (input[{over.index}])",
+        param="input", code="context_length_exceeded")
 
 
 def encode_inputs(*, model: EmbeddingModel, token_ids: list[list[int]], dimensions: int | None,

@@ -239,11 +239,24 @@ def admission_reserve(*, key, tokens: int, service_tier: str) -> Reservation:
     return Reservation(monthly, buckets, generations, headers)
 
 
-def admission_peek_headers(*, key) -> dict[str, str]:
-    """The ``x-ratelimit-*`` headers for ``key`` without consuming anything (for responses
-    that end before admission, e.g. a 400). ``{}`` when the store is unreachable."""
+def admission_charge_rejected(*, key) -> dict[str, str]:
+    """Count a request refused before admission (an invalid body, an unknown model, an input over
+    the model's limits) toward every RPM limit of ``key``, and return the ``x-ratelimit-*``
+    headers of its response.
 
-    _, buckets = build_checks(applied=limits_for_key(key=key), tokens=0, service_tier="flex",
+    Why: validation, and tokenization most of all, costs CPU; a key at its RPM limit must not be
+    able to keep a server busy with requests that are refused anyway (issue 11, item 2). This is
+    the one store call the rejection path makes in any case (for the headers), so accepted
+    requests pay nothing for it. Requests (RPM) are charged one unit each, tokens (TPM) and the
+    monthly quota nothing (none were served); a flex request is charged like any other, since an
+    invalid body may not even name its tier.
+
+    Raises `RateLimitError` (429 ``rate_limit_exceeded``, type ``requests``, ``Retry-After``) when
+    an RPM bucket is full: the caller answers that instead of the refusal. ``{}`` (no headers,
+    nothing charged) when the store is unreachable.
+    """
+
+    _, buckets = build_checks(applied=limits_for_key(key=key), tokens=0, service_tier="default",
                               month_start=datetime.now(dt_timezone.utc))
     if not buckets:
         return ratelimit_headers([])
@@ -252,7 +265,13 @@ def admission_peek_headers(*, key) -> dict[str, str]:
                                          _args(buckets, [""] * len(buckets)))
     except AdmissionUnavailable:
         return {}
-    return ratelimit_headers([BucketState(c, float(v)) for c, v in zip(buckets, result[3:3 + len(buckets)])])
+    states = [BucketState(c, float(v)) for c, v in zip(buckets, result[3:3 + len(buckets)])]
+    headers = ratelimit_headers(states)
+    if result[0] == "rejected":
+        reject = int(result[1])
+        raise _rejection(buckets[reject - 1], states[reject - 1].level, float(result[2]),
+                         datetime.now(dt_timezone.utc), headers)
+    return headers
 
 
 @dataclass(frozen=True)
