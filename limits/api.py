@@ -4,7 +4,7 @@ from __future__ import annotations
 from rest_framework.exceptions import APIException
 
 from accounts.selectors import ResolvedKey
-from config.errors import APIError
+from config.errors import APIError, api_error_from_domain
 
 from .admission import admission_charge_rejected
 
@@ -14,6 +14,7 @@ _NOT_CHARGED = (401, 429)
 
 
 def _client_error(exc) -> bool:
+    exc = api_error_from_domain(exc) or exc
     status = exc.status_code if isinstance(exc, (APIError, APIException)) else None
     return status is not None and 400 <= status < 500 and status not in _NOT_CHARGED
 
