@@ -18,7 +18,7 @@ from decimal import Decimal
 import numpy as np
 from django.conf import settings
 
-from limits.admission import admission_reserve
+from limits.admission import admission_precheck, admission_reserve
 from metering.services import usage_record_create
 
 from config.exceptions import (BrokerUnavailable, DeadlineExceeded, InvalidInput, Overloaded, WorkerFailed,
@@ -72,6 +72,7 @@ def embeddings_create(*, key, body: EmbeddingsRequest, request_id: str, started_
     model = embedding_model_get(name=body.model)
     check_dimensions(model=model, dimensions=body.dimensions)
     service_tier = "default" if body.service_tier == "auto" else body.service_tier
+    admission_precheck(key=key, service_tier=service_tier)  # a key known to be at its RPM limit: 429 now
     tokenized = tokenize_inputs(request=body, model=model)
     reservation = admission_reserve(key=key, tokens=tokenized.total_tokens, service_tier=service_tier)
     with reservation:  # an exception from here on refunds the reservation (and propagates)

@@ -32,8 +32,10 @@ def _fresh_caches():
     Worker heartbeats survive the flush: they are facts about processes outside the test (a
     worker that serves a module's tests), and the API refuses work when none is alive."""
     from embeddings.selectors import embedding_models_cache_clear
+    from limits.admission import _rpm_full_until
 
     _clear_keeping_heartbeats()
+    _rpm_full_until.clear()  # what this process knew of the flushed RPM buckets
     embedding_models_cache_clear()
     yield
     embedding_models_cache_clear()

@@ -2,8 +2,9 @@
 
 A 4 MB input was tokenized to its end before its 400 ``context_length_exceeded`` (~10 s of CPU),
 and a key at its RPM limit could keep sending them. Now an input over the model's limit is
-found from a window of its first characters (`ModelTokenizer.tokenize_within`), and every
-refusal after authentication counts toward the key's RPM, so the key gets 429s.
+found from a window of its first characters (`ModelTokenizer.tokenize_within`), every
+refusal after authentication counts toward the key's RPM, so the key gets 429s, and a process
+that has seen a key's RPM bucket full answers its next requests 429 before tokenizing them.
 """
 from __future__ import annotations
 
@@ -85,3 +86,18 @@ def test_a_key_at_its_rpm_limit_sending_invalid_inputs_gets_429(client, created_
     # The limit holds for valid requests too: the invalid ones used it up.
     assert post_embeddings(client, {"model": MODEL, "input": "hello"}).status_code == 429
     assert UsageRecord.objects.count() == 0
+
+
+def test_a_key_known_to_be_at_its_rpm_limit_gets_429_before_tokenizing(client, created_key, project,
+                                                                       tokenized_lengths):
+    limit_set(organization=project.organization, api_key=created_key.api_key, rpm=2)
+    assert [post_embeddings(client, {"model": MODEL, "input": "hello"}).status_code for _ in range(2)] == [200, 200]
+    # Valid but costly to tokenize (100,000 characters, one [UNK] word): the first 429 is found
+    # by admission, after tokenization; from then on this process knows the bucket is full.
+    long_valid = {"model": MODEL, "input": "a" * 100_000}
+    assert post_embeddings(client, long_valid).status_code == 429
+    tokenized_lengths.clear()
+    again = post_embeddings(client, long_valid)
+    assert_error(again, 429, param=None, code="rate_limit_exceeded", type="requests")
+    assert int(again["Retry-After"]) >= 1 and again["x-ratelimit-remaining-requests"] == "0"
+    assert tokenized_lengths == []  # refused before the tokenizer
