@@ -17,6 +17,8 @@ from django.http import Http404, JsonResponse
 from rest_framework import exceptions as drf_exceptions
 from rest_framework.response import Response
 
+from . import exceptions as domain
+
 logger = logging.getLogger(__name__)
 
 
@@ -182,12 +184,40 @@ def _first_validation_error(detail, param: str | None = None):
     return param, str(detail), _VALIDATION_CODES.get(code, code)
 
 
+def api_error_from_domain(exc: Exception) -> APIError | None:
+    """The `APIError` (status, envelope, ``Retry-After``) of a domain error of the embeddings
+    request (`config.exceptions`), or None for any other exception. The one place where
+    those errors meet HTTP."""
+    if isinstance(exc, domain.InvalidInput):
+        return InvalidRequestError(exc.message, param=exc.param, code=exc.code)
+    if isinstance(exc, domain.WorkersUnavailable):
+        return ServiceUnavailableError(
+            "No embedding worker is running right now. Please retry shortly.",
+            code="no_worker_available", retry_after=exc.retry_after_s)
+    if isinstance(exc, domain.Overloaded):
+        return ServiceUnavailableError(
+            "The embedding workers are overloaded right now. Please retry shortly.",
+            code="server_overloaded", retry_after=exc.retry_after_s)
+    if isinstance(exc, domain.BrokerUnavailable):
+        return ServiceUnavailableError("The embedding workers are unreachable right now. Please retry shortly.",
+                                       retry_after=exc.retry_after_s)
+    if isinstance(exc, domain.DeadlineExceeded):
+        return GatewayTimeoutError(
+            f"The request timed out: the embedding workers did not finish within {exc.timeout_s:g} s. "
+            "Please retry, or send fewer inputs per request.")
+    if isinstance(exc, domain.WorkerFailed):
+        return InternalServerError(request_id=exc.request_id)
+    return None
+
+
 def openai_exception_handler(exc, context) -> Response | None:
-    """DRF ``EXCEPTION_HANDLER``: render known errors in OpenAI's envelope.
+    """DRF ``EXCEPTION_HANDLER``: render known errors in OpenAI's envelope (domain errors of the
+    embeddings request through `api_error_from_domain`).
 
     Returns ``None`` for unexpected exceptions so they propagate to
     `config.middleware.OpenAIErrorMiddleware`, which logs them and answers 500.
     """
+    exc = api_error_from_domain(exc) or exc
     if isinstance(exc, APIError):
         response = Response(exc.body(), status=exc.status_code, headers=exc.headers)
         if exc.logged:

@@ -36,6 +36,7 @@ INTERVAL_SECONDS = 5.0
 TTL_SECONDS = 15  # three missed beats
 PREFIX = "platform"
 WORKERS_INDEX = f"{PREFIX}:workers"  # sorted set: worker key -> last-seen Unix time
+CHUNK_PREFIX = f"{PREFIX}:chunk"  # platform:chunk:<task id> -> the worker key that took it
 
 @functools.cache  # one client per URL; building one twice in a race is harmless (no I/O until used)
 def _client_for(url: str) -> redis.Redis:
@@ -78,7 +79,7 @@ class WorkerHeartbeat(bootsteps.StartStopStep):
 
     def start(self, worker) -> None:
         queues = sorted(worker.app.amqp.queues.consume_from or worker.app.amqp.queues)
-        self.key = f"{PREFIX}:worker:{worker.hostname}:{os.getpid()}"
+        self.key = worker_key(worker.hostname)
         self.info = {"hostname": worker.hostname, "pid": os.getpid(), "host": socket.gethostname(),
                      "queues": queues, "started_at": time.time()}
         self.beat()
@@ -115,6 +116,37 @@ class BeatScheduler(PersistentScheduler):
                    TTL_SECONDS)
         # Wake up at least every INTERVAL_SECONDS so the heartbeat stays fresh between jobs.
         return min(super().tick(*args, **kwargs), INTERVAL_SECONDS)
+
+
+def worker_key(hostname: str, pid: int | None = None) -> str:
+    """The heartbeat key of the worker ``hostname`` (Celery's node name), process ``pid`` (default:
+    this process)."""
+    return f"{PREFIX}:worker:{hostname}:{os.getpid() if pid is None else pid}"
+
+
+def chunk_claim(task_id: str, *, hostname: str, ttl_s: int) -> None:
+    """Record that this worker process (``hostname``) took the task ``task_id``, for ``ttl_s``
+    seconds, so the caller can tell when the worker holding its chunk is no longer alive
+    (`chunk_owners`). Never raises (a lost claim only means no early re-dispatch)."""
+    try:
+        client().set(f"{CHUNK_PREFIX}:{task_id}", worker_key(hostname), ex=max(1, int(ttl_s)))
+    except redis.RedisError as exc:
+        logger.warning("claim of chunk %s not written: %s", task_id, exc)
+
+
+def chunk_owners(task_ids: list[str]) -> list[str | None]:
+    """The worker key that took each task (`chunk_claim`), None where none did (yet). Raises
+    ``redis.RedisError``."""
+    if not task_ids:
+        return []
+    return [raw.decode() if raw else None for raw in client().mget([f"{CHUNK_PREFIX}:{t}" for t in task_ids])]
+
+
+def worker_keys_alive() -> set[str]:
+    """The keys of the workers alive now (heartbeat key present). Raises ``redis.RedisError``."""
+    keys = client().zrangebyscore(WORKERS_INDEX, time.time() - TTL_SECONDS, "+inf")
+    values = client().mget(keys) if keys else []
+    return {key.decode() for key, value in zip(keys, values) if value}
 
 
 def workers_alive() -> list[dict]:

@@ -164,6 +164,11 @@ CELERY_PLATFORM_QUEUES = [EMBEDDINGS_QUEUE, EMBEDDINGS_FLEX_QUEUE, BILLING_QUEUE
 EMBEDDINGS_VISIBILITY_TIMEOUT = env.int(
     "EMBEDDINGS_VISIBILITY_TIMEOUT", default=max(300, int(EMBEDDINGS_DISPATCH_TIMEOUT * 2)))
 
+# Overload (issue 11, item 5): a request is refused at once (503 server_overloaded, Retry-After)
+# while more than this many chunks wait in its queue, instead of timing out a minute later
+# (0: no bound). Size it to what the workers finish within EMBEDDINGS_DISPATCH_TIMEOUT.
+EMBEDDINGS_MAX_QUEUE_DEPTH = env.int("EMBEDDINGS_MAX_QUEUE_DEPTH", default=1000)
+
 CELERY_TASK_DEFAULT_QUEUE = EMBEDDINGS_QUEUE
 CELERY_TASK_CREATE_MISSING_QUEUES = True
 # Ack after the task ran; a chunk on a worker that died is delivered again (no lost work).

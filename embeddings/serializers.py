@@ -183,6 +183,11 @@ class EmbeddingsRequestSerializer(serializers.Serializer):
             return ""
         if not isinstance(value, str):
             raise InvalidRequestError("'user' must be a string.", param="user", code="invalid_type")
+        if "\x00" in value:
+            # Stored in UsageRecord.user: PostgreSQL text cannot hold NUL, and failing there
+            # would be a 500 after inference; refused here, before admission.
+            raise InvalidRequestError("'user' must not contain NUL (\\u0000) characters.",
+                                      param="user", code="invalid_value")
         if len(value) > MAX_USER_LENGTH:
             raise InvalidRequestError(f"'user' is too long: at most {MAX_USER_LENGTH} characters.",
                                       param="user", code="invalid_value")

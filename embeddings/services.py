@@ -2,8 +2,9 @@
 meter, as TEI's ``Infer``), its steps, and the model registry's writes.
 
 The view (`embeddings.views.EmbeddingsView`) validates the body, calls `embeddings_create`, and
-renders what it returns; errors are `config.errors.APIError` exceptions, mapped to OpenAI's envelope in
-one place (`config.errors.openai_exception_handler`).
+renders what it returns. Services know no HTTP: they raise the domain errors of
+`config.exceptions` (and the selectors' and admission's errors), which one place maps to
+OpenAI's envelope, status and ``Retry-After`` (`config.errors.openai_exception_handler`).
 """
 from __future__ import annotations
 
@@ -16,17 +17,18 @@ from dataclasses import dataclass
 import numpy as np
 from django.conf import settings
 
-from config.errors import (APIError, GatewayTimeoutError, InternalServerError, InvalidRequestError,
-                           ServiceUnavailableError)
-from limits.admission import admission_reserve
+from limits.admission import admission_precheck, admission_reserve
 from metering.services import usage_record_create
 
+from config.exceptions import (BrokerUnavailable, DeadlineExceeded, InvalidInput, Overloaded, WorkerFailed,
+                               WorkersUnavailable)
 from .serving.batching import MicroBatcher, get_batcher
 from .serving.engine import Engine, get_engine, renormalize
 from .models import EmbeddingModel
 from .selectors import embedding_model_get, embedding_models_active, embedding_models_cache_clear
 from .serializers import EmbeddingsRequest
-from .serving.tokenization import InvalidTokenId, ModelTokenizer, decode_openai_token_ids, get_tokenizer
+from .serving.tokenization import (InvalidTokenId, ModelTokenizer, OverLimit, decode_openai_token_ids,
+                                   get_tokenizer)
 
 logger = logging.getLogger(__name__)
 
@@ -60,12 +62,14 @@ def embeddings_create(*, key, body: EmbeddingsRequest, request_id: str, started_
     on the workers; 5. meter one usage record (``started_at``: ``time.perf_counter()`` at
     arrival, for the latency). A failure after admission refunds the reservation.
 
-    Raises `config.errors.APIError`: 404 unknown model, 400 invalid input or limits, 429/503
-    from admission, 503/504/500 from the workers.
+    Raises: `config.errors.NotFoundError` (unknown model); `config.exceptions.InvalidInput`
+    (input or limits); admission's 429/503 (`limits.admission.admission_reserve`); from the workers
+    `WorkersUnavailable`, `Overloaded`, `BrokerUnavailable`, `DeadlineExceeded`, `WorkerFailed`.
     """
     model = embedding_model_get(name=body.model)
     check_dimensions(model=model, dimensions=body.dimensions)
     service_tier = "default" if body.service_tier == "auto" else body.service_tier
+    admission_precheck(key=key, service_tier=service_tier)  # a key known to be at its RPM limit: 429 now
     tokenized = tokenize_inputs(request=body, model=model)
     reservation = admission_reserve(key=key, tokens=tokenized.total_tokens, service_tier=service_tier)
     with reservation:  # an exception from here on refunds the reservation (and propagates)
@@ -125,18 +129,18 @@ def engine_for(model: EmbeddingModel) -> Engine:
 
 
 def check_dimensions(*, model: EmbeddingModel, dimensions: int | None) -> None:
-    """Raise `InvalidRequestError` (param ``dimensions``) unless ``dimensions`` is allowed for ``model``.
+    """Raise `InvalidInput` (param ``dimensions``) unless ``dimensions`` is allowed for ``model``.
 
     Allowed: ``None``; or ``1 <= dimensions <= model.dimensions`` on a Matryoshka model.
     """
     if dimensions is None:
         return
     if not model.supports_dimensions:
-        raise InvalidRequestError(
+        raise InvalidInput(
             f"This model ({model.name}) does not support specifying dimensions.",
             param="dimensions", code="unsupported_parameter")
     if dimensions > model.dimensions:
-        raise InvalidRequestError(
+        raise InvalidInput(
             f"Invalid value for 'dimensions': {dimensions}. This model ({model.name}) supports at most "
             f"{model.dimensions} dimensions.", param="dimensions", code="invalid_value")
 
@@ -150,50 +154,67 @@ def tokenize_inputs(*, request: EmbeddingsRequest, model: EmbeddingModel) -> Tok
     exactly like that text; ``served`` = ids of the served model's own tokenizer, checked
     against its vocabulary and wrapped in its special tokens.
 
-    Raises `InvalidRequestError` (400, param ``input``):
+    Raises `InvalidInput` (param ``input``):
       * ``invalid_token_id``: an id that is not a token of the applicable tokenizer;
       * ``context_length_exceeded``: an input over ``model.max_input_tokens`` tokens
-        (unless ``model.truncate``, which cuts it instead), OpenAI's wording;
+        (unless ``model.truncate``, which cuts it instead), OpenAI's wording; found without
+        tokenizing a long text to its end (`ModelTokenizer.tokenize_within`), so a 4 MB input is
+        refused in milliseconds;
       * ``max_tokens_per_request``: more than 300,000 tokens in all (OpenAI's limit).
     """
     tokenizer = tokenizer_for(model)
+    limit = model.max_input_tokens
+    texts = None
     if request.input_kind == "text":
-        token_ids = tokenizer.tokenize(request.input)
+        texts = request.input
     elif model.token_ids == EmbeddingModel.TokenIds.OPENAI:
         try:
-            token_ids = tokenizer.tokenize(decode_openai_token_ids(request.input))
+            texts = decode_openai_token_ids(request.input)
         except InvalidTokenId as exc:
-            raise InvalidRequestError(str(exc), param="input", code="invalid_token_id") from None
+            raise InvalidInput(str(exc), param="input", code="invalid_token_id") from None
+    if texts is not None and not model.truncate:
+        # Refuses an input over the limit without tokenizing all of it (issue 11, item 2).
+        token_ids = tokenizer.tokenize_within(texts, limit)
+        if isinstance(token_ids, OverLimit):
+            raise context_length_exceeded(limit=limit, over=token_ids)
+    elif texts is not None:
+        token_ids = tokenizer.tokenize(texts)
     else:
         vocab = tokenizer.vocab_size
         token_ids = []
         for i, ids in enumerate(request.input):
             for token in ids:
                 if not 0 <= token < vocab:
-                    raise InvalidRequestError(
+                    raise InvalidInput(
                         f"Invalid token id {token} in input[{i}]: ids must lie in [0, {vocab}) for "
                         f"model {model.name}, which takes ids of its own tokenizer.", param="input",
                         code="invalid_token_id")
             token_ids.append(tokenizer.add_special_tokens(ids))
 
-    limit = model.max_input_tokens
     total = 0
     for i, ids in enumerate(token_ids):
         if len(ids) > limit:
             if model.truncate:
                 token_ids[i] = ids = tokenizer.truncate(ids, limit)
             else:
-                raise InvalidRequestError(
-                    f"This model's maximum context length is {limit} tokens, however you requested "
-                    f"{len(ids)} tokens ({len(ids)} in your prompt; 0 for the completion). "
-                    f"Please reduce your prompt; or completion length. (input[{i}])",
-                    param="input", code="context_length_exceeded")
+                raise context_length_exceeded(limit=limit, over=OverLimit(i, len(ids), exact=True))
         total += len(ids)
     if total > MAX_TOKENS_PER_REQUEST:
-        raise InvalidRequestError(
+        raise InvalidInput(
             f"Requested {total} tokens, max {MAX_TOKENS_PER_REQUEST} tokens per request.",
             param="input", code="max_tokens_per_request")
     return TokenizedInputs(token_ids=token_ids, total_tokens=total)
+
+
+def context_length_exceeded(*, limit: int, over: OverLimit) -> InvalidInput:
+    """400 ``context_length_exceeded`` (param ``input``) for ``over``, in OpenAI's wording; a count
+    that is only a lower bound (the input was not tokenized to its end) reads "at least N"."""
+    n = over.tokens if over.exact else f"at least {over.tokens}"
+    return InvalidInput(
+        f"This model's maximum context length is {limit} tokens, however you requested "
+        f"{n} tokens ({n} in your prompt; 0 for the completion). "
+        f"Please reduce your prompt; or completion length. (input[{over.index}])",
+        param="input", code="context_length_exceeded")
 
 
 def encode_inputs(*, model: EmbeddingModel, token_ids: list[list[int]], dimensions: int | None,
@@ -205,9 +226,7 @@ def encode_inputs(*, model: EmbeddingModel, token_ids: list[list[int]], dimensio
     share forward passes); a larger one is split into chunks and sent to the workers
     (`encode_dispatched`). ``service_tier`` is ``"default"`` or ``"flex"``.
 
-    Raises (all `config.errors.APIError`): `ServiceUnavailableError` (503, broker down),
-    `GatewayTimeoutError` (504, deadline passed), `InternalServerError` (500, a worker
-    failed; the message names ``request_id``).
+    Raises what `encode_dispatched` raises (`config.exceptions`).
     """
     total = sum(len(ids) for ids in token_ids)
     if total <= settings.EMBEDDINGS_INLINE_MAX_TOKENS:
@@ -237,19 +256,111 @@ def chunk_by_tokens(token_ids: list[list[int]], budget: int) -> list[list[list[i
     return chunks
 
 
+# How often (s) a process re-reads worker liveness and queue depth (`queue_check`): admission to
+# the queue costs no Redis round trip per request, and a dead or overloaded queue shows within 1 s.
+QUEUE_STATE_SECONDS = 1.0
+# How often (s) a waiting request checks that the workers holding its chunks are still alive.
+OWNER_CHECK_SECONDS = 1.0
+# A chunk nobody claimed while its queue stayed empty this long (s) was lost with a worker (see
+# `_orphaned`); a live worker claims a chunk within milliseconds of taking it.
+UNCLAIMED_GRACE_SECONDS = 5.0
+# Retry-After (s) of the 503s: a worker that starts shows within one heartbeat interval (5 s).
+WORKERS_RETRY_AFTER_SECONDS = 5
+BROKER_RETRY_AFTER_SECONDS = 2
+
+
+@dataclass
+class _QueueState:
+    alive: int
+    depth: int
+    at: float
+
+
+_queue_states: dict[str, _QueueState] = {}
+
+
+def queue_depth(queue: str) -> int:
+    """Chunks waiting in ``queue`` on the broker (not yet taken by a worker): the sum of ``LLEN``
+    over the lists kombu's Redis transport keeps for it, one per priority step (``queue``,
+    ``queue\\x06\\x163``, ...: named by kombu itself, ``Channel._q_for_pri``), in one pipeline, on a
+    connection of the app's pool. Raises ``redis.RedisError`` or kombu's ``OperationalError``."""
+    from celery import current_app
+
+    with current_app.pool.acquire(block=True, timeout=1) as connection:
+        channel = connection.default_channel
+        pipe = channel.client.pipeline(transaction=False)
+        for step in channel.priority_steps:
+            pipe.llen(channel._q_for_pri(queue, step))
+        return int(sum(pipe.execute()))
+
+
+def queue_check(queue: str) -> None:
+    """Refuse work for ``queue`` that cannot be done in time, before sending any: raises
+    `WorkersUnavailable` when no worker alive (by heartbeat, `config.heartbeats`) consumes it, and
+    `Overloaded` when more than ``EMBEDDINGS_MAX_QUEUE_DEPTH`` chunks wait in it (0: no bound).
+    Both are read at most every `QUEUE_STATE_SECONDS` per process. When Redis cannot be read
+    the work is sent (sending will report the broker)."""
+    import redis
+    from kombu.exceptions import OperationalError
+
+    from config import heartbeats
+
+    now = time.monotonic()
+    state = _queue_states.get(queue)
+    if state is None or now - state.at > QUEUE_STATE_SECONDS:
+        try:
+            alive = heartbeats.per_queue(heartbeats.workers_alive(), [queue])[queue]
+            depth = queue_depth(queue) if settings.EMBEDDINGS_MAX_QUEUE_DEPTH else 0
+        except (redis.RedisError, OperationalError) as exc:
+            logger.warning("Worker liveness of queue %s unreadable (%s); sending anyway", queue, exc)
+            return
+        state = _queue_states[queue] = _QueueState(alive, depth, now)
+    if not state.alive:
+        raise WorkersUnavailable(queue=queue, retry_after_s=WORKERS_RETRY_AFTER_SECONDS)
+    bound = settings.EMBEDDINGS_MAX_QUEUE_DEPTH
+    if bound and state.depth > bound:
+        raise Overloaded(queue=queue, depth=state.depth, retry_after_s=WORKERS_RETRY_AFTER_SECONDS)
+
+
+class _Chunk:
+    """One chunk of a request and every task sent for it (the first, and any re-dispatch)."""
+
+    def __init__(self, index: int, token_ids: list[list[int]]):
+        self.index, self.token_ids = index, token_ids
+        self.results: list = []
+        self.value = None
+        self.unclaimed_since: float | None = None  # monotonic s: unclaimed while its queue was empty
+
+    def poll(self):
+        """The packed vectors of the first task of this chunk that finished, else None; raises what
+        a failed task raised."""
+        for result in self.results:
+            if result.ready():
+                return result.get(propagate=True)
+        return None
+
+
 def encode_dispatched(*, model: EmbeddingModel, token_ids: list[list[int]], service_tier: str = "default",
                       request_id: str = "", timeout: float | None = None) -> np.ndarray:
     """Send ``token_ids`` to the ``embeddings`` queue (``embeddings-flex`` for flex) in chunks of
     ``EMBEDDINGS_CHUNK_TOKENS`` tokens, wait for all of them until the deadline
     (``timeout`` s, default ``EMBEDDINGS_DISPATCH_TIMEOUT``), and merge in input order.
 
-    Chunks carry ``expires`` = the deadline: a worker drops those the
-    caller stopped waiting for. Results are deleted once read.
+    Before sending, `queue_check` refuses at once when no worker is alive for the queue or the
+    queue is too deep. While waiting, every `OWNER_CHECK_SECONDS` the chunks whose worker (the
+    one that claimed the task, `config.heartbeats.chunk_claim`) is no longer alive, or that
+    vanished unclaimed (`_orphaned`), are sent again under a new task id; the first result of a
+    chunk wins. A SIGKILLed worker stops being
+    alive when its heartbeat key expires (15 s), so such a request finishes within its normal
+    time plus 15 s, and is metered once (by the caller, after this returns).
 
-    Returns ``(n, model.dimensions)`` float32. Raises `ServiceUnavailableError` (503,
-    ``Retry-After``) when the broker cannot be reached, `GatewayTimeoutError` (504) when
-    the deadline passes, `InternalServerError` (500, naming ``request_id``) when a worker
-    failed.
+    Chunks carry ``expires`` = the deadline: a worker drops those the caller stopped waiting
+    for (and the redelivered messages of a dead worker, which come after it). Results are
+    deleted once read.
+
+    Returns ``(n, model.dimensions)`` float32. Raises (`config.exceptions`)
+    `WorkersUnavailable`, `Overloaded`, `BrokerUnavailable` (the broker cannot be reached),
+    `DeadlineExceeded` (the deadline passed), `WorkerFailed` (a worker raised).
     """
     from celery import current_app
     from celery.exceptions import TaskRevokedError
@@ -260,43 +371,88 @@ def encode_dispatched(*, model: EmbeddingModel, token_ids: list[list[int]], serv
 
     timeout = settings.EMBEDDINGS_DISPATCH_TIMEOUT if timeout is None else timeout
     queue = settings.EMBEDDINGS_FLEX_QUEUE if service_tier == "flex" else settings.EMBEDDINGS_QUEUE
+    queue_check(queue)
     started = time.monotonic()
     deadline = time.time() + timeout
-    results = []
+    chunks = [_Chunk(i, c) for i, c in enumerate(chunk_by_tokens(token_ids, settings.EMBEDDINGS_CHUNK_TOKENS))]
+
+    def send(chunk: _Chunk) -> None:
+        # By name (`embeddings.tasks.encode_chunk`): the API does not import the workers' code.
+        chunk.results.append(current_app.send_task(
+            "embeddings.encode_chunk", args=(model.local_path, model.name, chunk.token_ids, service_tier, deadline),
+            queue=queue, expires=max(0.01, deadline - time.time())))
+
     try:
-        for chunk in chunk_by_tokens(token_ids, settings.EMBEDDINGS_CHUNK_TOKENS):
-            # By name (`embeddings.tasks.encode_chunk`): the API does not import the workers' code.
-            results.append(current_app.send_task(
-                "embeddings.encode_chunk", args=(model.local_path, model.name, chunk, service_tier, deadline),
-                queue=queue, expires=timeout))
-        parts = []
-        for result in results:
+        for chunk in chunks:
+            send(chunk)
+        next_check = time.monotonic() + OWNER_CHECK_SECONDS
+        while pending := [c for c in chunks if c.value is None]:
             left = timeout - (time.monotonic() - started)
             if left <= 0:
                 raise CeleryTimeoutError()
-            parts.append(unpack_vectors(result.get(timeout=left, propagate=True)))
+            if time.monotonic() >= next_check:  # once a second: any task done, any worker gone?
+                for chunk in pending:
+                    chunk.value = chunk.poll()
+                for chunk in _orphaned([c for c in pending if c.value is None], queue):
+                    logger.warning("Request %s: the worker holding chunk %d is gone; sending it again",
+                                   request_id, chunk.index)
+                    chunk.unclaimed_since = None
+                    send(chunk)
+                next_check = time.monotonic() + OWNER_CHECK_SECONDS
+                continue
+            try:  # wait on one task (Celery's result backend wakes us), at most until the next check
+                pending[0].value = pending[0].results[-1].get(
+                    timeout=max(0.01, min(left, next_check - time.monotonic())), propagate=True)
+            except CeleryTimeoutError:
+                pass
+        parts = [unpack_vectors(chunk.value) for chunk in chunks]
     except OperationalError as exc:
         logger.warning("Broker unreachable for request %s: %s", request_id, exc)
-        raise ServiceUnavailableError(
-            "The embedding workers are unreachable right now. Please retry shortly.",
-            retry_after=2) from exc
+        raise BrokerUnavailable(retry_after_s=BROKER_RETRY_AFTER_SECONDS) from exc
     except (CeleryTimeoutError, TaskRevokedError, TimeoutError) as exc:
-        logger.warning("Request %s: %d chunks not done within %.1f s", request_id, len(results), timeout)
-        raise GatewayTimeoutError(
-            f"The request timed out: the embedding workers did not finish within {timeout:g} s. "
-            "Please retry, or send fewer inputs per request.") from exc
-    except APIError:
-        raise
+        logger.warning("Request %s: %d chunks not done within %.1f s", request_id, len(chunks), timeout)
+        raise DeadlineExceeded(request_id=request_id, timeout_s=timeout) from exc
     except Exception as exc:
         logger.exception("Worker failed on request %s", request_id)
-        raise InternalServerError(request_id=request_id) from exc
+        raise WorkerFailed(request_id=request_id) from exc
     finally:
-        for result in results:
-            try:
-                result.forget()
-            except Exception:  # noqa: BLE001 - results expire anyway
-                pass
+        for chunk in chunks:
+            for result in chunk.results:
+                try:
+                    result.forget()
+                except Exception:  # noqa: BLE001 - results expire anyway
+                    pass
     return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+
+def _orphaned(pending: list[_Chunk], queue: str) -> list[_Chunk]:
+    """Of ``pending``, the chunks whose last task will not finish: it was claimed by a worker that
+    is no longer alive, or nobody claimed it although ``queue`` has been empty for
+    `UNCLAIMED_GRACE_SECONDS` (kombu's Redis transport pops a message before the worker sees it:
+    a worker killed in between took it without a claim). ``[]`` when Redis cannot be read."""
+    import redis
+    from kombu.exceptions import OperationalError
+
+    from config import heartbeats
+
+    try:
+        alive = heartbeats.worker_keys_alive()
+        owners = heartbeats.chunk_owners([c.results[-1].id for c in pending])
+        empty = None if all(owners) else queue_depth(queue) == 0
+    except (redis.RedisError, OperationalError):
+        return []
+    now, orphaned = time.monotonic(), []
+    for chunk, owner in zip(pending, owners):
+        if owner is not None:
+            if owner not in alive:
+                orphaned.append(chunk)
+        elif not empty:
+            chunk.unclaimed_since = None  # still waiting in the queue
+        elif chunk.unclaimed_since is None:
+            chunk.unclaimed_since = now
+        elif now - chunk.unclaimed_since >= UNCLAIMED_GRACE_SECONDS:
+            orphaned.append(chunk)
+    return orphaned
 
 
 def embedding_data(*, vectors: np.ndarray, encoding_format: str) -> list[dict]:
@@ -362,26 +518,19 @@ def engines_run_here() -> bool:
     return settings.EMBEDDINGS_INLINE_MAX_TOKENS > 0
 
 
-_batch_log_level = logging.DEBUG
-
-
-def set_batch_log_level(level: int) -> None:
-    """Level of the per-batch log line of batchers created from now on (workers: INFO)."""
-    global _batch_log_level
-    _batch_log_level = level
-
-
-def batcher_for(model: EmbeddingModel) -> MicroBatcher:
+def batcher_for(model: EmbeddingModel, *, log_level: int = logging.DEBUG) -> MicroBatcher:
     """The process's `MicroBatcher` of ``model`` (its engine loaded on first use), named for logs
-    by the model's name."""
+    by the model's name; ``log_level``: of its per-batch log line, fixed when it is created
+    (workers pass INFO, `embeddings.tasks.BATCH_LOG_LEVEL`)."""
     return get_batcher(engine_for(model), max_batch_tokens=settings.EMBEDDINGS_MAX_BATCH_TOKENS,
                        max_wait_ms=settings.EMBEDDINGS_BATCH_WAIT_MS, name=model.name or model.local_path,
-                       log_level=_batch_log_level)
+                       log_level=log_level)
 
 
-def warm_up(*, load_engines: bool | None = None) -> list[str]:
+def warm_up(*, load_engines: bool | None = None, batch_log_level: int = logging.DEBUG) -> list[str]:
     """Load the tokenizer of every active model in this process, and, when ``load_engines``
-    (default: `engines_run_here`), its weights and batcher, with one tiny forward pass each.
+    (default: `engines_run_here`), its weights and batcher (its batches logged at
+    ``batch_log_level``), with one tiny forward pass each.
     Returns the names warmed. Called at server and worker start.
 
     With ``EMBEDDINGS_INLINE_MAX_TOKENS=0`` and a broker, an API process loads no weights.
@@ -392,6 +541,6 @@ def warm_up(*, load_engines: bool | None = None) -> list[str]:
     for model in embedding_models_active():
         tokenizer = tokenizer_for(model)
         if load_engines:
-            batcher_for(model).encode(tokenizer.tokenize(["warm up"]))
+            batcher_for(model, log_level=batch_log_level).encode(tokenizer.tokenize(["warm up"]))
         names.append(model.name)
     return names

@@ -23,11 +23,14 @@ import logging
 import time
 
 from celery import shared_task
-from celery.signals import worker_init
+from celery.signals import task_received, worker_init
 
 from .serving.transport import pack_vectors
 
 logger = logging.getLogger(__name__)
+
+# Level of the workers' per-batch log line (the API process logs its inline batches at DEBUG).
+BATCH_LOG_LEVEL = logging.INFO
 
 
 @shared_task(name="embeddings.encode_chunk", acks_late=True, reject_on_worker_lost=True, ignore_result=False,
@@ -54,7 +57,7 @@ def encode_chunk(model_path: str, model_name: str, token_ids: list[list[int]], s
     if timeout is not None and timeout <= 0:
         raise TimeoutError(f"chunk of {len(token_ids)} inputs arrived after its deadline")
     model = EmbeddingModel(name=model_name, local_path=model_path)  # no database read per chunk
-    future = batcher_for(model).submit(token_ids, tier=service_tier)
+    future = batcher_for(model, log_level=BATCH_LOG_LEVEL).submit(token_ids, tier=service_tier)
     try:
         vectors = future.result(timeout=timeout)
     except concurrent.futures.TimeoutError:
@@ -63,16 +66,29 @@ def encode_chunk(model_path: str, model_name: str, token_ids: list[list[int]], s
     return pack_vectors(vectors)
 
 
+@task_received.connect
+def claim_chunk(sender=None, request=None, **kwargs) -> None:
+    """Record which worker took each chunk (``task_received``: in the worker's main process, whose
+    heartbeat says whether it is alive, for every pool), so the API can send the chunk again when
+    this worker dies holding it (`embeddings.services.encode_dispatched`)."""
+    if request is None or request.name != "embeddings.encode_chunk":
+        return
+    from config.heartbeats import chunk_claim
+
+    args = request.args or ()
+    deadline = args[4] if len(args) > 4 and args[4] else time.time() + 300
+    chunk_claim(request.id, hostname=request.hostname, ttl_s=int(deadline - time.time()) + 60)
+
+
 @worker_init.connect
 def warm_worker(sender=None, **kwargs) -> None:
     """Load and warm every active model before the worker consumes (``worker_init`` signal)."""
     from django.db import connections
 
-    from .services import set_batch_log_level, warm_up
+    from .services import warm_up
 
-    set_batch_log_level(logging.INFO)
     try:
-        names = warm_up(load_engines=True)
+        names = warm_up(load_engines=True, batch_log_level=BATCH_LOG_LEVEL)
     except Exception:  # noqa: BLE001 - a worker without a database still serves (loads models per chunk)
         logger.exception("Could not list the active models; they will load on their first chunk")
         names = []

@@ -237,15 +237,79 @@ def admission_reserve(*, key, tokens: int, service_tier: str) -> Reservation:
     states = [BucketState(c, values[len(monthly) + i]) for i, c in enumerate(buckets)]
     headers = ratelimit_headers(states)
     if status == "rejected":
+        _remember_rpm_full(key, checks[reject - 1], retry)
         raise _rejection(checks[reject - 1], values[reject - 1], retry, month_end, headers)
     return Reservation(monthly, buckets, generations, headers)
 
 
-def admission_peek_headers(*, key) -> dict[str, str]:
-    """The ``x-ratelimit-*`` headers for ``key`` without consuming anything (for responses
-    that end before admission, e.g. a 400). ``{}`` when the store is unreachable."""
+# key id -> time.monotonic() until which an RPM bucket of the key is known to be full (a store
+# call said so: "retry in ..."). Buckets only fill up between refills (every process adds, none
+# takes away), so until then every request of the key gets 429.
+_rpm_full_until: dict[int, float] = {}
+_RPM_FULL_MAX_KEYS = 10_000  # bound on this process's memory of them
 
-    _, buckets = build_checks(applied=limits_for_key(key=key), tokens=0, service_tier="flex",
+
+def _remember_rpm_full(key, check: Check, retry_ms: float) -> None:
+    if check.kind != "rpm" or retry_ms <= 0:
+        return
+    if len(_rpm_full_until) >= _RPM_FULL_MAX_KEYS:
+        _rpm_full_until.clear()
+    _rpm_full_until[key.key_id] = time.monotonic() + retry_ms / 1000
+
+
+def admission_precheck(*, key, service_tier: str) -> None:
+    """Before the expensive steps of a request (tokenization): raise the RPM 429 at once when this
+    process already knows an RPM bucket of ``key`` is full (a reservation or a refusal was
+    rejected for it, and the bucket has not refilled one request since). No store call
+    otherwise, so accepted requests pay nothing; when one is known full, one store call confirms
+    it (and makes the 429's headers), as a refused request makes anyway. ``flex`` requests do
+    not consume RPM: never refused here.
+
+    Raises `RateLimitError` (429 ``rate_limit_exceeded``, type ``requests``, ``Retry-After``).
+    """
+    until = _rpm_full_until.get(key.key_id)
+    if until is None or service_tier == "flex":
+        return
+    if time.monotonic() >= until:
+        _rpm_full_until.pop(key.key_id, None)
+        return
+    _, buckets = build_checks(applied=limits_for_key(key=key), tokens=0, service_tier="default",
+                              month_start=datetime.now(dt_timezone.utc))
+    buckets = [c for c in buckets if c.kind == "rpm"]
+    keys = [c.key for c in buckets]
+    try:
+        result = admission_backend().run("reserve", keys, 0, _args(buckets, [""] * len(buckets)))
+        if result[0] != "rejected":  # a limit was raised meanwhile: give the unit back, go on
+            _rpm_full_until.pop(key.key_id, None)
+            admission_backend().run("refund", keys, 0, _args(buckets, [""] * len(buckets)))
+            return
+    except AdmissionUnavailable:
+        return  # admission itself applies the store-down policy
+    reject, retry = int(result[1]), float(result[2])
+    states = [BucketState(c, float(v)) for c, v in zip(buckets, result[3:3 + len(buckets)])]
+    _remember_rpm_full(key, buckets[reject - 1], retry)
+    raise _rejection(buckets[reject - 1], states[reject - 1].level, retry, datetime.now(dt_timezone.utc),
+                     ratelimit_headers(states))
+
+
+def admission_charge_rejected(*, key) -> dict[str, str]:
+    """Count a request refused before admission (an invalid body, an unknown model, an input over
+    the model's limits) toward every RPM limit of ``key``, and return the ``x-ratelimit-*``
+    headers of its response.
+
+    Why: validation, and tokenization most of all, costs CPU; a key at its RPM limit must not be
+    able to keep a server busy with requests that are refused anyway (issue 11, item 2). This is
+    the one store call the rejection path makes in any case (for the headers), so accepted
+    requests pay nothing for it. Requests (RPM) are charged one unit each, tokens (TPM) and the
+    monthly quota nothing (none were served); a flex request is charged like any other, since an
+    invalid body may not even name its tier.
+
+    Raises `RateLimitError` (429 ``rate_limit_exceeded``, type ``requests``, ``Retry-After``) when
+    an RPM bucket is full: the caller answers that instead of the refusal. ``{}`` (no headers,
+    nothing charged) when the store is unreachable.
+    """
+
+    _, buckets = build_checks(applied=limits_for_key(key=key), tokens=0, service_tier="default",
                               month_start=datetime.now(dt_timezone.utc))
     if not buckets:
         return ratelimit_headers([])
@@ -254,7 +318,14 @@ def admission_peek_headers(*, key) -> dict[str, str]:
                                          _args(buckets, [""] * len(buckets)))
     except AdmissionUnavailable:
         return {}
-    return ratelimit_headers([BucketState(c, float(v)) for c, v in zip(buckets, result[3:3 + len(buckets)])])
+    states = [BucketState(c, float(v)) for c, v in zip(buckets, result[3:3 + len(buckets)])]
+    headers = ratelimit_headers(states)
+    if result[0] == "rejected":
+        reject = int(result[1])
+        _remember_rpm_full(key, buckets[reject - 1], float(result[2]))
+        raise _rejection(buckets[reject - 1], states[reject - 1].level, float(result[2]),
+                         datetime.now(dt_timezone.utc), headers)
+    return headers
 
 
 @dataclass(frozen=True)

@@ -28,13 +28,31 @@ def _test_database_dropped_at_the_end(django_db_setup, django_db_blocker):
 
 @pytest.fixture(autouse=True)
 def _fresh_caches():
-    """Each test starts with an empty Redis cache and this process's model list forgotten."""
+    """Each test starts with an empty Redis cache and this process's model list forgotten.
+    Worker heartbeats survive the flush: they are facts about processes outside the test (a
+    worker that serves a module's tests), and the API refuses work when none is alive."""
     from embeddings.selectors import embedding_models_cache_clear
+    from limits.admission import _rpm_full_until
 
-    cache.clear()
+    _clear_keeping_heartbeats()
+    _rpm_full_until.clear()  # what this process knew of the flushed RPM buckets
     embedding_models_cache_clear()
     yield
     embedding_models_cache_clear()
+
+
+def _clear_keeping_heartbeats() -> None:
+    from config import heartbeats
+
+    client = heartbeats.client()
+    index = client.zrange(heartbeats.WORKERS_INDEX, 0, -1, withscores=True)
+    beats = {key: (client.get(key), client.pttl(key)) for key, _ in index}
+    cache.clear()
+    for key, (value, ttl) in beats.items():
+        if value is not None and ttl > 0:
+            client.set(key, value, px=ttl)
+    if index:
+        client.zadd(heartbeats.WORKERS_INDEX, dict(index))
 
 
 @pytest.fixture(autouse=True)

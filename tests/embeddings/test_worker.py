@@ -161,59 +161,6 @@ def test_concurrent_requests_from_several_clients_are_coalesced(worker, transact
     assert UsageRecord.objects.count() == clients
 
 
-def test_worker_killed_mid_request_completes_by_redelivery_or_5xx_and_is_metered_at_most_once(
-        worker, transactional_db, created_key, default_model, dispatch_all, reference_encode):
-    """SIGKILL the worker while it runs the request's chunks (acks_late: still unacknowledged in
-    Redis). A new worker redelivers them once the visibility timeout passes (4 s here; in
-    production it exceeds the dispatch deadline, so the caller gets a 504 instead), and the
-    request completes with the right vectors, metered exactly once. (kombu's Redis transport has
-    a short window, between popping a message and recording it as unacknowledged, in which a
-    killed worker loses it; then the caller gets a 504 envelope and nothing is metered.)
-
-    Runs last among this module's tests that need the worker (it kills the module's worker)."""
-    dispatch_all.EMBEDDINGS_CHUNK_TOKENS = 256
-    dispatch_all.EMBEDDINGS_DISPATCH_TIMEOUT = 90
-    texts = corpus(300, offset=7000)
-    worker.settle()
-    start = len(worker.log())
-    result: dict[str, object] = {}
-
-    def call() -> None:
-        from django.db import connection
-
-        api = APIClient()
-        api.credentials(HTTP_AUTHORIZATION=f"Bearer {created_key.plaintext}")
-        try:
-            result["response"] = post_embeddings(api, {"model": MODEL, "input": texts})
-        finally:
-            connection.close()
-
-    thread = threading.Thread(target=call)
-    thread.start()
-    worker.wait_for("batch started model=", start=start)  # it holds the chunks and runs the first batch
-    worker.kill()
-    assert worker.batches(start) == []  # killed before it finished a batch of this request
-
-    replacement = WorkerProcess(concurrency=24, env={"EMBEDDINGS_VISIBILITY_TIMEOUT": "4",
-                                                     "EMBEDDINGS_UNACKED_RESTORE_INTERVAL": "1"})
-    try:
-        replacement.wait_ready()
-        thread.join(120)
-        response = result["response"]
-        if response.status_code == 200:
-            vectors = np.array([d["embedding"] for d in response.json()["data"]], dtype=np.float32)
-            np.testing.assert_allclose(vectors, reference_encode(texts), atol=1e-5, rtol=0)
-            assert sum(b["inputs"] for b in replacement.batches()) >= len(texts)
-            assert UsageRecord.objects.filter(request_id=response["x-request-id"]).count() == 1
-            assert UsageRecord.objects.count() == 1
-        else:
-            assert_error(response, 504, param=None, code="timeout", type="server_error")
-            assert UsageRecord.objects.count() == 0
-            print("worker killed: the request got a 504; replacement log:\n", replacement.log()[-3000:])
-    finally:
-        replacement.stop()
-
-
 def test_flex_requests_go_through_the_flex_queue_to_the_worker(worker, client, dispatch_all, reference_encode):
     """``service_tier: "flex"`` is served by the worker from ``embeddings-flex`` (the batcher's
     precedence of default work over flex is shown in test_worker_batching.py)."""
@@ -285,3 +232,56 @@ def test_broker_down_is_a_503_envelope_with_retry_after_within_the_deadline(clie
     assert int(response["Retry-After"]) >= 1
     assert elapsed < 10, elapsed  # the deadline is 60 s: no hang
     assert UsageRecord.objects.count() == 0
+
+
+def test_worker_killed_mid_request_completes_by_redelivery_or_5xx_and_is_metered_at_most_once(
+        worker, transactional_db, created_key, default_model, dispatch_all, reference_encode):
+    """SIGKILL the worker while it runs the request's chunks (acks_late: still unacknowledged in
+    Redis). A new worker redelivers them once the visibility timeout passes (4 s here; in
+    production it exceeds the dispatch deadline, so the caller gets a 504 instead), and the
+    request completes with the right vectors, metered exactly once. (kombu's Redis transport has
+    a short window, between popping a message and recording it as unacknowledged, in which a
+    killed worker loses it; then the caller gets a 504 envelope and nothing is metered.)
+
+    Runs last among this module's tests that need the worker (it kills the module's worker)."""
+    dispatch_all.EMBEDDINGS_CHUNK_TOKENS = 256
+    dispatch_all.EMBEDDINGS_DISPATCH_TIMEOUT = 90
+    texts = corpus(300, offset=7000)
+    worker.settle()
+    start = len(worker.log())
+    result: dict[str, object] = {}
+
+    def call() -> None:
+        from django.db import connection
+
+        api = APIClient()
+        api.credentials(HTTP_AUTHORIZATION=f"Bearer {created_key.plaintext}")
+        try:
+            result["response"] = post_embeddings(api, {"model": MODEL, "input": texts})
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    worker.wait_for("batch started model=", start=start)  # it holds the chunks and runs the first batch
+    worker.kill()
+    assert worker.batches(start) == []  # killed before it finished a batch of this request
+
+    replacement = WorkerProcess(concurrency=24, env={"EMBEDDINGS_VISIBILITY_TIMEOUT": "4",
+                                                     "EMBEDDINGS_UNACKED_RESTORE_INTERVAL": "1"})
+    try:
+        replacement.wait_ready()
+        thread.join(120)
+        response = result["response"]
+        if response.status_code == 200:
+            vectors = np.array([d["embedding"] for d in response.json()["data"]], dtype=np.float32)
+            np.testing.assert_allclose(vectors, reference_encode(texts), atol=1e-5, rtol=0)
+            assert sum(b["inputs"] for b in replacement.batches()) >= len(texts)
+            assert UsageRecord.objects.filter(request_id=response["x-request-id"]).count() == 1
+            assert UsageRecord.objects.count() == 1
+        else:
+            assert_error(response, 504, param=None, code="timeout", type="server_error")
+            assert UsageRecord.objects.count() == 0
+            print("worker killed: the request got a 504; replacement log:\n", replacement.log()[-3000:])
+    finally:
+        replacement.stop()

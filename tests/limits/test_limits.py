@@ -104,10 +104,11 @@ def test_every_embeddings_response_after_authentication_carries_the_headers(clie
     assert response["x-ratelimit-limit-tokens"] == "10000"
     assert 10_000 - HELLO_TOKENS <= int(response["x-ratelimit-remaining-tokens"]) <= 10_000
 
-    # An error after authentication reports the state without consuming it.
+    # An error after authentication counts one request (RPM), no tokens (issue 11, item 2).
     bad = post_embeddings(client, {"model": MODEL, "input": ""})
     assert_error(bad, 400, param="input", code=bad.json()["error"]["code"])
-    assert bad["x-ratelimit-remaining-requests"] == "9"
+    assert bad["x-ratelimit-remaining-requests"] == "8"
+    assert 10_000 - HELLO_TOKENS <= int(bad["x-ratelimit-remaining-tokens"]) <= 10_000
     # No key, no headers (nothing to report on).
     client.credentials()
     assert "x-ratelimit-limit-requests" not in post_embeddings(client, HELLO)
