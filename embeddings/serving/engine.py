@@ -123,7 +123,8 @@ class Engine:
         backend: ``"auto"``, ``"torch"`` or ``"onnx"`` (see the module docstring).
         cache_dir: where ONNX exports are kept (default: the system's temporary directory).
 
-    Raises `ValueError` for an unknown backend, `ImportError` for ``"onnx"`` without onnxruntime.
+    Raises `ValueError` for an unknown backend, `ImportError` for ``"onnx"`` without onnxruntime;
+    `encode` raises `IndexError` for a token id outside the vocabulary on either backend.
 
     Attributes:
         dimensions: output size ``d`` (all-MiniLM-L6-v2: 384).
@@ -167,6 +168,7 @@ class Engine:
                 options.intra_op_num_threads = torch_threads
             self._session = onnxruntime.InferenceSession(str(exported), options, providers=["CPUExecutionProvider"])
             self._session_inputs = names
+            self._vocab_rows = int(self.model[0].auto_model.config.vocab_size)
         logger.info("Loaded model %s on %s (%s, %s) in %.0f ms", self.path, self.device, self.backend,
                     "fp16" if self.device.startswith("cuda") else "fp32",
                     (time.perf_counter() - started) * 1000)
@@ -203,6 +205,8 @@ class Engine:
             input_ids[i, : len(r)] = r
             attention_mask[i, : len(r)] = 1
         if self._session is not None:
+            if input_ids.min() < 0 or input_ids.max() >= self._vocab_rows:  # as torch's embedding lookup
+                raise IndexError(f"token id outside the vocabulary of {self._vocab_rows}")
             arrays = {"input_ids": input_ids, "attention_mask": attention_mask,
                       "token_type_ids": np.zeros_like(input_ids)}
             (hidden,) = self._session.run(None, {n: arrays[n] for n in self._session_inputs})
