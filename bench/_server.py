@@ -1,4 +1,4 @@
-"""Start the API (gunicorn, as `make serve` does) on loopback for a benchmark; stop it after."""
+"""Start the API (the web role's server, as `make serve` runs it) on loopback for a benchmark; stop it after."""
 from __future__ import annotations
 
 import contextlib
@@ -26,6 +26,17 @@ def manage(*args: str, env: dict) -> str:
                           stdout=subprocess.PIPE, text=True).stdout
 
 
+def web_server(env: dict, host: str, port: int) -> tuple[list[str], dict]:
+    """``(argv, env)`` of the web role's HTTP server on ``host:port`` as ``make web`` runs it
+    (`config.web`), for ``env``."""
+    sys.path.insert(0, str(ROOT))
+    from config.web import granian_argv, server_env
+
+    env = {**env, "HOST": host, "PORT": str(port)}
+    env.update(server_env(env))
+    return granian_argv(host, port), env
+
+
 @contextlib.contextmanager
 def embedded_services(var_dir: str | Path, env: dict):
     """Start the embedded PostgreSQL/Valkey under ``var_dir`` for the URLs ``env`` lacks (as
@@ -43,7 +54,7 @@ def embedded_services(var_dir: str | Path, env: dict):
 
 @contextlib.contextmanager
 def api_server(extra_env: dict | None = None, workers: int | None = None):
-    """Yield ``(base_url, api_key)`` of a gunicorn API on a fresh database: the embedded servers in a
+    """Yield ``(base_url, api_key)`` of the API on a fresh database: the embedded servers in a
     temp dir unless ``DATABASE_URL`` / ``REDIS_URL`` are set in the environment."""
     with tempfile.TemporaryDirectory(prefix="bench-") as var_dir, \
             embedded_services(var_dir, {**os.environ, "VAR_DIR": var_dir, **(extra_env or {})}) as env:
@@ -54,9 +65,9 @@ def api_server(extra_env: dict | None = None, workers: int | None = None):
         manage("migrate", "--noinput", "-v0", env=env)
         manage("register_models", env=env)
         key = manage("create_api_key", "--org", "bench", "--project", "bench", env=env).strip()
-        log = open(Path(var_dir) / "gunicorn.log", "w")
-        proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.py", "config.wsgi"],
-                                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        log = open(Path(var_dir) / "web.log", "w")
+        argv, env = web_server(env, "127.0.0.1", port)
+        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         base = f"http://127.0.0.1:{port}"
         try:
             deadline = time.time() + 120
@@ -66,7 +77,7 @@ def api_server(extra_env: dict | None = None, workers: int | None = None):
                     break
                 except Exception:  # noqa: BLE001 - not up yet
                     if proc.poll() is not None or time.time() > deadline:
-                        raise RuntimeError(open(Path(var_dir) / "gunicorn.log").read()) from None
+                        raise RuntimeError(open(Path(var_dir) / "web.log").read()) from None
                     time.sleep(0.3)
             yield base, key
         finally:
