@@ -16,7 +16,9 @@ Environment (defaults in brackets):
   micro-batcher, so a process needs enough of them for a batch to form); more wait, unread;
 * ``WEB_GRACEFUL_TIMEOUT`` [30]: seconds a stopping process may finish its requests;
 * ``WEB_HEADER_TIMEOUT`` [10]: seconds a client has to send its request headers;
-* ``WEB_MAX_HEADER_BYTES`` [65536]: request line plus headers (hyper answers 431 or 414 above);
+* ``WEB_MAX_HEADER_BYTES`` [65536]: hyper's read buffer for request line plus headers; headers
+  past it (give or take one read) get 431, a request line over 65,534 bytes 414, both with an
+  empty body from hyper, before Python sees them;
 * ``EMBEDDINGS_TORCH_THREADS``: torch threads per process [cores / processes].
 
 No control socket, no pid file, no shared path: two instances on one host (other ports) share

@@ -41,7 +41,9 @@ def web_env(django_db_blocker):
     name = f"security_{uuid.uuid4().hex[:10]}"
     with django_db_blocker.unblock(), admin_connection() as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    env = user_env(DATABASE_URL=worker_database_url(name), REDIS_URL=settings.REDIS_URL)
+    # Headers may take 60 s here (10 s by default), so slow-header probes stay held however slow
+    # the machine is while the test measures.
+    env = user_env(DATABASE_URL=worker_database_url(name), REDIS_URL=settings.REDIS_URL, WEB_HEADER_TIMEOUT="60")
     subprocess.run([str(VENV / "bin" / "python"), "-m", "config.run", "migrate"], env=env, check=True,
                    capture_output=True, timeout=600)
     yield env
