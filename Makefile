@@ -33,7 +33,8 @@ serve: install
 migrate: install
 	$(PY) -m config.run migrate
 
-# gunicorn on $(HOST):$(PORT); waits for a migrated database.
+# The HTTP server (granian serving config.asgi, settings in config/web.py) on $(HOST):$(PORT);
+# waits for a migrated database.
 web: install
 	exec $(PY) -m config.run web
 

@@ -1,4 +1,4 @@
-"""Start the API (gunicorn, as `make serve` does) on loopback for a benchmark; stop it after."""
+"""Start the API (the web role's server, as `make serve` runs it) on loopback for a benchmark; stop it after."""
 from __future__ import annotations
 
 import contextlib
@@ -24,6 +24,23 @@ def manage(*args: str, env: dict) -> str:
     """Run ``manage.py`` with ``env``; returns stdout (stderr passes through)."""
     return subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=env, check=True,
                           stdout=subprocess.PIPE, text=True).stdout
+
+
+def web_server(env: dict, host: str, port: int) -> tuple[list[str], dict]:
+    """``(argv, env)`` of the web role's HTTP server on ``host:port`` as ``make web`` runs it
+    (`config.web`), for ``env``."""
+    sys.path.insert(0, str(ROOT))
+    from config.web import granian_argv, server_env
+
+    env = {**env, "HOST": host, "PORT": str(port)}
+    env.update(server_env(env))
+    return granian_argv(host, port), env
+
+
+def web_process(env: dict, port: int, log_path: str | Path) -> subprocess.Popen:
+    """Start the web role's HTTP server (`web_server`) on ``127.0.0.1:port``, its output to ``log_path``."""
+    argv, env = web_server(env, "127.0.0.1", port)
+    return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
 
 
 @contextlib.contextmanager
@@ -52,7 +69,7 @@ def prepare(env: dict, port: int) -> str:
 
 @contextlib.contextmanager
 def api_server(extra_env: dict | None = None, workers: int | None = None):
-    """Yield ``(base_url, api_key)`` of a gunicorn API on a fresh database: the embedded servers in a
+    """Yield ``(base_url, api_key)`` of the API on a fresh database: the embedded servers in a
     temp dir unless ``DATABASE_URL`` / ``REDIS_URL`` are set in the environment."""
     with tempfile.TemporaryDirectory(prefix="bench-") as var_dir, \
             embedded_services(var_dir, {**os.environ, "VAR_DIR": var_dir, **(extra_env or {})}) as env:
@@ -60,9 +77,8 @@ def api_server(extra_env: dict | None = None, workers: int | None = None):
             env["WEB_CONCURRENCY"] = str(workers)
         port = free_port()
         key = prepare(env, port)
-        log = open(Path(var_dir) / "gunicorn.log", "w")
-        proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.py", "config.wsgi"],
-                                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        log = Path(var_dir) / "web.log"
+        proc = web_process(env, port, log)
         base = f"http://127.0.0.1:{port}"
         try:
             deadline = time.time() + 120
@@ -72,7 +88,7 @@ def api_server(extra_env: dict | None = None, workers: int | None = None):
                     break
                 except Exception:  # noqa: BLE001 - not up yet
                     if proc.poll() is not None or time.time() > deadline:
-                        raise RuntimeError(open(Path(var_dir) / "gunicorn.log").read()) from None
+                        raise RuntimeError(open(Path(var_dir) / "web.log").read()) from None
                     time.sleep(0.3)
             yield base, key
         finally:

@@ -1,11 +1,11 @@
-"""Key guessing from one address against a real gunicorn API, with the failed-key throttle
+"""Key guessing from one address against a real API (the web role's server), with the failed-key throttle
 (`accounts.throttling`) on and off.
 
 Usage::
 
     .venv/bin/python -m bench.auth_throttle [--seconds 5] [--threads 8]
 
-Starts the API as ``make serve`` does (gunicorn, embedded PostgreSQL and Valkey in a temp dir,
+Starts the API as ``make serve`` does (granian, embedded PostgreSQL and Valkey in a temp dir,
 `bench._server.api_server`) and sends unknown ``sk-proj-`` keys to ``GET /v1/models`` from
 ``--threads`` threads for ``--seconds``, twice: with the default throttle
 (``API_AUTH_FAILURE_LIMIT``=100 a minute) and with it effectively off (limit 10**9). Prints

@@ -2,7 +2,7 @@
 
 Usage: ``.venv/bin/python -m bench.latency [--requests 200]``
 
-Starts gunicorn as ``make serve`` does (the embedded PostgreSQL and Valkey in a temp
+Starts the web role's server as ``make serve`` does (the embedded PostgreSQL and Valkey in a temp
 dir, unless DATABASE_URL/REDIS_URL are set), warms up, then sends sequential
 requests over one keep-alive connection and prints p50/p90/p99 in ms next to
 ``SentenceTransformer.encode(sentence, normalize_embeddings=True)`` timed in this
@@ -70,7 +70,7 @@ def main() -> None:
     args = parser.parse_args()
     cores = os.cpu_count() or 1
     workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-    server_threads = max(1, cores // workers)  # what config/gunicorn.py gives each worker
+    server_threads = max(1, cores // workers)  # what config/web.py gives each process
     encode_all = percentiles(time_encode(args.requests, cores))
     print(f"model encode (in-process, torch threads={cores}): "
           + "  ".join(f"{k}={v:.2f} ms" for k, v in encode_all.items()))
@@ -80,7 +80,7 @@ def main() -> None:
     with api_server() as (base, key):
         for fmt in ("float", "base64"):
             api = percentiles(time_api(base, key, args.requests, fmt))
-            print(f"API /v1/embeddings ({fmt}, gunicorn as `make serve`): "
+            print(f"API /v1/embeddings ({fmt}, as `make serve`): "
                   + "  ".join(f"{k}={v:.2f} ms" for k, v in api.items())
                   + f"   p50 ratio API/encode = {api['p50'] / encode['p50']:.2f}x, "
                     f"overhead = {api['p50'] - encode['p50']:+.2f} ms")

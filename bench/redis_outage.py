@@ -1,10 +1,10 @@
-"""What a Redis outage writes to the log of a real gunicorn API under load.
+"""What a Redis outage writes to the log of a real API (the web role's server) under load.
 
 Usage::
 
     .venv/bin/python -m bench.redis_outage [--outage 10] [--threads 4]
 
-Starts the API as ``make serve`` does (gunicorn, embedded PostgreSQL and Valkey in a temp dir),
+Starts the API as ``make serve`` does (granian, embedded PostgreSQL and Valkey in a temp dir),
 sends ``POST /v1/embeddings`` with a valid key and with an unknown one from ``--threads``
 threads, stops the Valkey for ``--outage`` seconds and starts it again on the same socket.
 Prints the responses by status and the log lines written meanwhile: tracebacks, ERROR and
@@ -18,7 +18,6 @@ import collections
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -26,7 +25,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from bench._server import ROOT, embedded_services, free_port, prepare
+from bench._server import embedded_services, free_port, prepare, web_process
 
 
 def call(base: str, key: str) -> int | str:
@@ -65,9 +64,8 @@ def main() -> None:
             embedded_services(var_dir, {**os.environ, "VAR_DIR": var_dir}) as env:
         port = free_port()
         key = prepare(env, port)
-        log = Path(var_dir) / "gunicorn.log"
-        proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.py", "config.wsgi"],
-                                cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+        log = Path(var_dir) / "web.log"
+        proc = web_process(env, port, log)
         base = f"http://127.0.0.1:{port}"
         try:
             wait_up(base, proc, log)

@@ -1,6 +1,6 @@
 """Throughput of the batch path: the model's own ``encode`` vs the API inline vs the API through a worker.
 
-Starts on loopback what it needs: a Celery worker, and two gunicorn API servers on the same
+Starts on loopback what it needs: a Celery worker, and two API servers (as `make web`) on the same
 database and Redis, one that encodes inline (``EMBEDDINGS_INLINE_MAX_TOKENS`` huge) and one that
 sends everything to the worker (``EMBEDDINGS_INLINE_MAX_TOKENS=0``). Then, for one corpus, prints
 texts/s and tokens/s of
@@ -17,8 +17,8 @@ Each figure is the best of ``--rounds`` (3) interleaved repetitions: the machine
     DATABASE_URL=postgres://... REDIS_URL=redis://127.0.0.1:6379/3 .venv/bin/python bench/throughput.py
 
 Without ``DATABASE_URL`` / ``REDIS_URL`` it starts the embedded PostgreSQL / Valkey in a temp
-dir, as ``make serve`` does. The Redis is FLUSHDB-ed first. The API servers run with ``config/gunicorn.py``'s
-defaults, as ``make serve`` runs them (``WEB_CONCURRENCY`` 2 processes x ``WEB_THREADS`` 16 threads,
+dir, as ``make serve`` does. The Redis is FLUSHDB-ed first. The API servers run with ``config/web.py``'s
+defaults, as ``make serve`` runs them (``WEB_CONCURRENCY`` 2 processes x ``WEB_THREADS`` 16 requests,
 torch threads = cores / processes); each process's micro-batcher coalesces its concurrent requests. Timings on a shared machine are noisy; compare
 ratios from the same run.
 """
@@ -39,7 +39,7 @@ from pathlib import Path
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._server import embedded_services  # noqa: E402
+from bench._server import embedded_services, web_server  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -162,11 +162,8 @@ def run(args, sizes: list[int], tmp: Path, env: dict) -> None:
         cwd=ROOT, env=worker_env, stdout=logs["worker"], stderr=subprocess.STDOUT))
     api = {"inline": args.port, "dispatch": args.port + 1}
     for name, threshold in (("inline", str(10**9)), ("dispatch", "0")):
-        procs.append(subprocess.Popen(
-            [str(Path(py).parent / "gunicorn"), "-c", "config/gunicorn.py", "config.wsgi"],
-            cwd=ROOT, env={**env, "PORT": str(api[name]), "HOST": "127.0.0.1",
-                           "EMBEDDINGS_INLINE_MAX_TOKENS": threshold},
-            stdout=logs[name], stderr=subprocess.STDOUT))
+        argv, server_env = web_server({**env, "EMBEDDINGS_INLINE_MAX_TOKENS": threshold}, "127.0.0.1", api[name])
+        procs.append(subprocess.Popen(argv, cwd=ROOT, env=server_env, stdout=logs[name], stderr=subprocess.STDOUT))
     try:
         from sentence_transformers import SentenceTransformer
         from tokenizers import Tokenizer  # noqa: F401 - imported by the model below

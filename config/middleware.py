@@ -14,6 +14,27 @@ logger = logging.getLogger(__name__)
 API_PREFIX = "/v1/"
 
 
+def body_limit(path: str) -> int:
+    """The largest request body (bytes) accepted on ``path``: the entry of
+    ``settings.REQUEST_BODY_MAX_BYTES`` with the longest matching path prefix (``""`` matches
+    every path). Used before the body is read, by `config.asgi` and `OpenAIErrorMiddleware`."""
+    limits = settings.REQUEST_BODY_MAX_BYTES
+    prefix = max((p for p in limits if path.startswith(p)), key=len, default=None)
+    return limits[prefix] if prefix is not None else settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+
+
+def body_too_large_message(length: int | None, limit: int) -> str:
+    """The message of a 413 (`length`, `limit`: bytes; `length` None when unknown, e.g. a
+    chunked body that went past the limit)."""
+    said = f"{length} bytes" if length is not None else f"more than {limit} bytes"
+    return f"Request body too large: {said}; the limit is {limit} bytes."
+
+
+def body_too_large(length: int, limit: int):
+    """413 ``request_too_large`` in the envelope, as a Django response."""
+    return error_response(body_too_large_message(length, limit), status=413, code="request_too_large")
+
+
 def new_request_id() -> str:
     """A fresh request id, ``req_`` + 32 hex chars (the shape OpenAI's ``x-request-id`` has)."""
     return f"req_{uuid.uuid4().hex}"
@@ -41,8 +62,9 @@ class RequestIDMiddleware:
 class OpenAIErrorMiddleware:
     """For ``/v1`` paths: 413 for oversized bodies and a 500 envelope for crashes.
 
-    * A body larger than ``EMBEDDINGS_MAX_BODY_BYTES`` (bytes, from
-      ``Content-Length``) is refused before it is read: 413 ``request_too_large``.
+    * A body larger than `body_limit` of its path (bytes, from ``Content-Length``) is
+      refused before it is read: 413 ``request_too_large`` (the server, `config.asgi`, does
+      the same before Django sees the request; this covers other entry points).
     * An unexpected exception is logged with its traceback (server-side only) and
       answered with a 500 envelope that names the request id, never the traceback.
     """
@@ -56,12 +78,9 @@ class OpenAIErrorMiddleware:
                 length = int(request.META.get("CONTENT_LENGTH") or 0)
             except ValueError:
                 length = 0
-            limit = settings.EMBEDDINGS_MAX_BODY_BYTES
+            limit = body_limit(request.path)
             if length > limit:
-                return error_response(
-                    f"Request body too large: {length} bytes; the limit is {limit} bytes.",
-                    status=413, code="request_too_large",
-                )
+                return body_too_large(length, limit)
         return self.get_response(request)
 
     def process_exception(self, request, exception):

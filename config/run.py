@@ -12,7 +12,7 @@
   are set, then pytest with the arguments after ``--``; its exit status.
 * ``migrate`` (``make migrate``, a release step): migrations and the model registry under a
   PostgreSQL advisory lock, so any number of hosts may run it at once.
-* ``web`` / ``worker`` / ``beat``: gunicorn, a Celery worker (``QUEUES``, default every queue
+* ``web`` / ``worker`` / ``beat``: the HTTP server (`config.web`), a Celery worker (``QUEUES``, default every queue
   of `settings.CELERY_PLATFORM_QUEUES`), Celery beat. They never migrate: they wait (and
   say so) until the database is reachable and fully migrated, then start.
 
@@ -149,12 +149,16 @@ def migrate() -> None:
 # --- roles -------------------------------------------------------------------------------------------
 
 def web() -> None:
-    """gunicorn (``config/gunicorn.py``), after migrations and ``collectstatic``."""
+    """The HTTP server (granian serving ``config.asgi``; settings: `config.web`), after migrations
+    and ``collectstatic``."""
     from django.core.management import call_command
+
+    from config.web import granian_argv, server_env
 
     wait_for_migrations("web")
     call_command("collectstatic", interactive=False, verbosity=0)
-    os.execv(PY, [PY, "-m", "gunicorn", "-c", str(ROOT / "config" / "gunicorn.py"), "config.wsgi"])
+    argv = granian_argv()
+    os.execve(argv[0], argv, {**os.environ, **server_env()})
 
 
 def worker() -> None:

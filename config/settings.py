@@ -146,7 +146,7 @@ EMBEDDINGS_INLINE_MAX_TOKENS = env.int("EMBEDDINGS_INLINE_MAX_TOKENS", default=1
 # Tokens per dispatched chunk (one Celery task); a worker coalesces chunks of many requests.
 EMBEDDINGS_CHUNK_TOKENS = env.int("EMBEDDINGS_CHUNK_TOKENS", default=8192)
 # Seconds the API waits for all chunks of a request before answering 504; chunks still queued
-# then expire (the worker drops them). Below gunicorn's WEB_TIMEOUT (120 s).
+# then expire (the worker drops them).
 EMBEDDINGS_DISPATCH_TIMEOUT = env.float("EMBEDDINGS_DISPATCH_TIMEOUT", default=60.0)
 # Real tokens one micro-batch may hold (the engine then cuts it into forward passes of
 # EMBEDDINGS_BATCH_TOKENS padded tokens, sorted by length).
@@ -361,6 +361,19 @@ LOGGING = {
         "django_redis.cache": {"level": "WARNING"},
     },
 }
+
+# --- HTTP server (config/web.py, config/asgi.py) ----------------------------------
+# Largest request body per route, in bytes: the longest matching path prefix wins, "" is every
+# other path. Over it: 413 (the envelope under /v1) before the body is read whole. An upload
+# route (e.g. a future /v1/files) gets its own, larger entry here.
+REQUEST_BODY_MAX_BYTES = {
+    "": env.int("REQUEST_BODY_MAX_BYTES", default=2621440),  # Django's DATA_UPLOAD_MAX_MEMORY_SIZE
+    "/v1/embeddings": EMBEDDINGS_MAX_BODY_BYTES,
+}
+# No secret in any log line: every record of every logger has `sk-...` tokens masked.
+from config.logs import install_secret_redaction  # noqa: E402
+
+install_secret_redaction()
 
 # --- Billing (rollups, statements; see billing/services.py) ---------------------
 # Currency of prices and statements (ISO 4217, lower case as OpenAI's costs API writes it).

@@ -29,6 +29,29 @@ def not_found(request, exception=None):
     return defaults.page_not_found(request, exception)
 
 
+def bad_request(request, exception=None):
+    """``handler400`` (Django's answer to ``SuspiciousOperation`` raised before or outside a view:
+    a ``Host`` not in ``ALLOWED_HOSTS``, too many fields, a body over Django's limits): the
+    envelope under /v1, Django's page elsewhere. The message names the kind of fault, never
+    the offending value."""
+    if request.path.startswith(API_PREFIX):
+        from django.core.exceptions import DisallowedHost
+
+        if isinstance(exception, DisallowedHost):
+            message, code = "The Host header of the request is not one this server answers to.", "invalid_host"
+        else:
+            message, code = "Bad request.", "bad_request"
+        return error_response(message, status=400, code=code)
+    return defaults.bad_request(request, exception)
+
+
+def permission_denied(request, exception=None):
+    """``handler403`` (e.g. a CSRF failure): the envelope under /v1, Django's page elsewhere."""
+    if request.path.startswith(API_PREFIX):
+        return error_response("Forbidden.", status=403, code="permission_denied")
+    return defaults.permission_denied(request, exception)
+
+
 def server_error(request):
     """``handler500``: the envelope (with the request id) under /v1, Django's page elsewhere."""
     if request.path.startswith(API_PREFIX):

@@ -1,4 +1,4 @@
-"""WSGI entry point (gunicorn ``config.wsgi:application``)."""
+"""WSGI entry point (Django's ``runserver`` and other WSGI servers; the web role serves ``config.asgi``)."""
 import os
 
 from django.core.wsgi import get_wsgi_application

@@ -44,7 +44,7 @@ def test_method_not_allowed(client):
 
 
 def test_body_too_large(client, settings):
-    settings.EMBEDDINGS_MAX_BODY_BYTES = 1000
+    settings.REQUEST_BODY_MAX_BYTES = {**settings.REQUEST_BODY_MAX_BYTES, "/v1/embeddings": 1000}
     response = client.post("/v1/embeddings", {"model": "all-MiniLM-L6-v2", "input": "x" * 2000}, format="json")
     assert_error(response, 413, param=None, code="request_too_large")
     assert UsageRecord.objects.count() == 0

@@ -1,0 +1,93 @@
+"""The web role's HTTP server: granian serving Django's ASGI application (``config.asgi``).
+
+Why this server: a slow client (a body sent a byte at a time, headers a byte a second, an idle
+keep-alive connection) must not hold a Python thread. granian reads requests in Rust (tokio,
+hyper); Django's ASGI handler reads the whole body as a coroutine before it hands the request to
+a thread (`config.asgi` bounds the body per route and the requests in threads per process).
+gunicorn's gthread workers and granian's WSGI interface both hold a thread for as long as a
+body takes to arrive. Measured: ``bench/slow_clients.py``.
+
+Environment (defaults in brackets):
+
+* ``HOST`` [127.0.0.1], ``PORT`` [8000];
+* ``WEB_CONCURRENCY`` [2]: server processes;
+* ``WEB_THREADS`` [16]: requests in Django at once per process (each runs in a thread once its
+  body has arrived; concurrent requests of one process share forward passes through its
+  micro-batcher, so a process needs enough of them for a batch to form); more wait, unread;
+* ``WEB_GRACEFUL_TIMEOUT`` [30]: seconds a stopping process may finish its requests;
+* ``WEB_HEADER_TIMEOUT`` [10]: seconds a client has to send its request headers;
+* ``WEB_MAX_HEADER_BYTES`` [65536]: hyper's read buffer for request line plus headers; headers
+  past it (give or take one read) get 431, a request line over 65,534 bytes 414, both with an
+  empty body from hyper, before Python sees them;
+* ``EMBEDDINGS_TORCH_THREADS``: torch threads per process [cores / processes].
+
+No control socket, no pid file, no shared path: two instances on one host (other ports) share
+nothing but the database and Redis. Database connections: one per request under ASGI
+(``CONN_MAX_AGE`` defaults to 0 here, see `server_env`).
+"""
+from __future__ import annotations
+
+import os
+import sys
+import threading
+
+# The access log: no query string (``?api_key=`` would be written) and no header; the
+# request id is in the application's own log lines.
+ACCESS_LOG_FORMAT = '%(addr)s "%(method)s %(path)s %(protocol)s" %(status)d %(dt_ms).1fms'
+
+
+def _env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name) or default)
+
+
+def server_env(environ: dict | None = None) -> dict[str, str]:
+    """Variables the server's processes need beyond ``environ`` (default ``os.environ``):
+    ``EMBEDDINGS_TORCH_THREADS`` (cores / processes, so inline encodes of the processes do not
+    oversubscribe the CPU) and ``CONN_MAX_AGE=0`` (Django's ASGI handler runs each request in
+    a thread of its own, so a persistent connection would be left behind by every request)."""
+    environ = os.environ if environ is None else environ
+    workers = int(environ.get("WEB_CONCURRENCY") or 2)
+    extra = {}
+    if not environ.get("EMBEDDINGS_TORCH_THREADS"):
+        extra["EMBEDDINGS_TORCH_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
+    if not environ.get("CONN_MAX_AGE"):
+        extra["CONN_MAX_AGE"] = "0"
+    return extra
+
+
+def granian_argv(host: str | None = None, port: int | str | None = None) -> list[str]:
+    """The server's command line (interpreter first), from the environment (see the module)."""
+    host = host or os.environ.get("HOST", "127.0.0.1")
+    port = port or os.environ.get("PORT", "8000")
+    return [
+        sys.executable, "-m", "granian", "config.asgi:application",
+        "--interface", "asginl",  # ASGI without lifespan: Django has none
+        "--host", str(host), "--port", str(port),
+        "--workers", str(_env_int("WEB_CONCURRENCY", 2)),
+        "--http", "1", "--no-ws",
+        "--respawn-failed-workers",
+        "--workers-kill-timeout", str(_env_int("WEB_GRACEFUL_TIMEOUT", 30)),
+        "--http1-header-read-timeout", str(_env_int("WEB_HEADER_TIMEOUT", 10) * 1000),
+        "--http1-buffer-size", str(max(8192, _env_int("WEB_MAX_HEADER_BYTES", 65536))),
+        "--log-level", "info", "--access-log", "--access-log-fmt", ACCESS_LOG_FORMAT,
+    ]
+
+
+def warm_up() -> None:
+    """Load the active models' tokenizers (and weights where this process encodes) before the
+    server takes requests: no cold first request. Runs in a thread of its own (servers import
+    the application inside their event loop, where Django refuses database calls) and closes
+    that thread's database connection."""
+    def run():
+        from django.db import connections
+
+        from embeddings.services import warm_up as warm_models
+
+        try:
+            warm_models()
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=run, name="warm-up")
+    thread.start()
+    thread.join()
