@@ -67,10 +67,20 @@ def prepare(env: dict, port: int) -> str:
     return manage("create_api_key", "--org", "bench", "--project", "bench", env=env).strip()
 
 
+class RunningAPI(tuple):
+    """``(base_url, api_key)``, plus ``var_dir`` (the embedded servers' directory) and ``log``
+    (the web server's output file)."""
+
+    def __new__(cls, base: str, key: str, var_dir: str, log: Path):
+        running = super().__new__(cls, (base, key))
+        running.var_dir, running.log = var_dir, log
+        return running
+
+
 @contextlib.contextmanager
 def api_server(extra_env: dict | None = None, workers: int | None = None):
-    """Yield ``(base_url, api_key)`` of the API on a fresh database: the embedded servers in a
-    temp dir unless ``DATABASE_URL`` / ``REDIS_URL`` are set in the environment."""
+    """Yield a `RunningAPI` (unpacks as ``(base_url, api_key)``) of the API on a fresh database:
+    the embedded servers in a temp dir unless ``DATABASE_URL`` / ``REDIS_URL`` are set."""
     with tempfile.TemporaryDirectory(prefix="bench-") as var_dir, \
             embedded_services(var_dir, {**os.environ, "VAR_DIR": var_dir, **(extra_env or {})}) as env:
         if workers:
@@ -90,7 +100,7 @@ def api_server(extra_env: dict | None = None, workers: int | None = None):
                     if proc.poll() is not None or time.time() > deadline:
                         raise RuntimeError(open(Path(var_dir) / "web.log").read()) from None
                     time.sleep(0.3)
-            yield base, key
+            yield RunningAPI(base, key, var_dir, log)
         finally:
             proc.terminate()
             proc.wait(timeout=30)

@@ -16,16 +16,13 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import os
-import subprocess
-import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-from bench._server import embedded_services, free_port, prepare, web_process
+from bench._server import api_server
 
 
 def call(base: str, key: str) -> int | str:
@@ -41,18 +38,6 @@ def call(base: str, key: str) -> int | str:
         return type(exc).__name__
 
 
-def wait_up(base: str, proc: subprocess.Popen, log: Path) -> None:
-    deadline = time.time() + 120
-    while True:
-        try:
-            urllib.request.urlopen(f"{base}/healthz", timeout=2)
-            return
-        except OSError:
-            if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError(log.read_text()) from None
-            time.sleep(0.3)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--outage", type=float, default=10.0, help="seconds Redis is down")
@@ -60,42 +45,32 @@ def main() -> None:
     args = parser.parse_args()
     from config.embedded import EmbeddedValkey
 
-    with tempfile.TemporaryDirectory(prefix="bench-") as var_dir, \
-            embedded_services(var_dir, {**os.environ, "VAR_DIR": var_dir}) as env:
-        port = free_port()
-        key = prepare(env, port)
-        log = Path(var_dir) / "web.log"
-        proc = web_process(env, port, log)
-        base = f"http://127.0.0.1:{port}"
-        try:
-            wait_up(base, proc, log)
-            assert call(base, key) == 200
-            before = len(log.read_text().splitlines())
-            statuses: collections.Counter = collections.Counter()
-            stop = threading.Event()
+    with api_server() as running:
+        (base, key), log = running, running.log
+        assert call(base, key) == 200
+        before = len(log.read_text().splitlines())
+        statuses: collections.Counter = collections.Counter()
+        stop = threading.Event()
 
-            def load():
-                while not stop.is_set():
-                    statuses[call(base, key)] += 1
-                    statuses[call(base, "sk-proj-" + "Q" * 43)] += 1
+        def load():
+            while not stop.is_set():
+                statuses[call(base, key)] += 1
+                statuses[call(base, "sk-proj-" + "Q" * 43)] += 1
 
-            threads = [threading.Thread(target=load) for _ in range(args.threads)]
-            for thread in threads:
-                thread.start()
-            time.sleep(2)
-            valkey = EmbeddedValkey(Path(var_dir))
-            valkey.stop()
-            down = time.monotonic()
-            time.sleep(args.outage)
-            valkey.start()
-            print(f"Redis down for {time.monotonic() - down:.1f} s")
-            time.sleep(3)
-            stop.set()
-            for thread in threads:
-                thread.join()
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+        threads = [threading.Thread(target=load) for _ in range(args.threads)]
+        for thread in threads:
+            thread.start()
+        time.sleep(2)
+        valkey = EmbeddedValkey(Path(running.var_dir))
+        valkey.stop()
+        down = time.monotonic()
+        time.sleep(args.outage)
+        valkey.start()
+        print(f"Redis down for {time.monotonic() - down:.1f} s")
+        time.sleep(3)
+        stop.set()
+        for thread in threads:
+            thread.join()
         lines = log.read_text().splitlines()[before:]
         access = [line for line in lines if '"POST /v1/' in line or '"GET /' in line]
         print("responses:", dict(sorted(statuses.items(), key=str)))
