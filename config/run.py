@@ -323,6 +323,11 @@ def main(argv: list[str]) -> int:
     if (ROOT / ".env").exists():
         environ.Env.read_env(ROOT / ".env", overwrite=False)
     role = argv[0] if argv else ""
+    if role != "test":
+        # Libraries' per-user caches (ONNX Runtime writes a device id under ~/.cache when imported)
+        # live in this installation's var dir, so the platform writes nothing under $HOME.
+        os.environ.setdefault("XDG_CACHE_HOME", str(Path(os.environ.get("VAR_DIR") or ROOT / "var").resolve()
+                                                     / "cache"))
     if role == "serve":
         return serve()
     if role == "test":
