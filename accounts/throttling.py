@@ -70,13 +70,16 @@ def auth_failures_check(*, address: str) -> None:
 
 def auth_failure_record(*, address: str) -> int:
     """Count one failed authentication of ``address``; returns the count in the window (0 when
-    Redis is unreachable). One round trip: SET NX with the window's expiry, then INCR."""
+    Redis is unreachable). One round trip (INCR and TTL); a second, EXPIRE, only when the key has
+    no expiry yet (the window's first failure), so a counter can never outlive its window."""
     key = auth_failures_cache_key(address)
     try:
         pipe = _client().pipeline(transaction=False)
-        pipe.set(key, 0, ex=settings.API_AUTH_FAILURE_WINDOW_SECONDS, nx=True)
         pipe.incr(key)
-        count = int(pipe.execute()[1])
+        pipe.ttl(key)
+        count, ttl = (int(value) for value in pipe.execute())
+        if ttl < 0:
+            _client().expire(key, settings.API_AUTH_FAILURE_WINDOW_SECONDS)
     except redis.RedisError as exc:
         redis_outage().failed("auth throttle", exc)
         return 0

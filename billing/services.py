@@ -89,8 +89,10 @@ def price_schedules(*, model_ids) -> dict[int, PriceSchedule]:
 
 
 def price_initial_set(*, model, price_per_million_tokens: Decimal, currency: str | None = None) -> Price:
-    """Give ``model`` its first price, in effect from 1970-01-01 (so for all of its past usage),
-    unless it already has one: then its current prices are kept and the earliest is returned.
+    """Give ``model`` its first price, in effect from 1970-01-01 (so for all of its past usage) or,
+    once a month is closed on a statement, from the month after the last closed one (a closed
+    bill, and the costs of its months, never change); unless it already has a price: then its
+    prices are kept and the earliest is returned.
 
     Idempotent: the release step (`config.run.migrate`) calls it for the default model on every
     deploy. Raises `InvalidRequestError` when the price is negative.
@@ -101,7 +103,9 @@ def price_initial_set(*, model, price_per_million_tokens: Decimal, currency: str
     existing = Price.objects.filter(model=model).order_by("effective_from").first()
     if existing is not None:
         return existing
-    return Price.objects.get_or_create(model=model, effective_from=EPOCH, defaults={
+    last_closed = Statement.objects.filter(status=Statement.Status.CLOSED).order_by("-period_start").first()
+    start = EPOCH if last_closed is None else month_after(last_closed.period_start)
+    return Price.objects.get_or_create(model=model, effective_from=start, defaults={
         "price_per_million_tokens": price, "currency": currency or settings.BILLING_CURRENCY})[0]
 
 

@@ -6,16 +6,19 @@ Django's ASGI handler, behind `RequestGate`, which runs before Django sees a req
 * a body longer than its route allows (`config.middleware.body_limit`, bytes, from
   ``Content-Length``) is answered 413 at once, unread (the envelope under ``/v1``);
 * a chunked body (``Transfer-Encoding: chunked``, no ``Content-Length``) is read here up to
-  that limit (413 past it) and handed on with its ``Content-Length`` set: Django REST
-  framework reads a body without ``Content-Length`` as empty;
+  that limit (413 past it), spooled to disk past ``SPOOL_MEMORY_BYTES`` as Django spools
+  bodies, and handed on with its ``Content-Length`` set: Django REST framework reads a body
+  without ``Content-Length`` as empty;
 * at most ``WEB_THREADS`` requests per process are in Django (each in a thread) at once,
   counted from the moment their body has arrived whole: a slow client holds no thread.
+  ``/healthz`` and ``/readyz`` skip that gate, so a busy process still answers its probes.
 """
 from __future__ import annotations
 
 import asyncio
 import json
 import os
+import tempfile
 
 from django.core.asgi import get_asgi_application
 
@@ -24,6 +27,14 @@ django_application = get_asgi_application()
 
 from config.errors import error_body  # noqa: E402  (after Django is set up)
 from config.middleware import API_PREFIX, body_limit, body_too_large_message, new_request_id  # noqa: E402
+
+# A chunked body is kept in memory up to this many bytes, on disk past it (Django's
+# FILE_UPLOAD_MAX_MEMORY_SIZE default), so concurrent large chunked uploads cannot exhaust memory.
+SPOOL_MEMORY_BYTES = 2_621_440
+# Bytes per message when a spooled body is handed on to Django.
+REPLAY_CHUNK_BYTES = 65_536
+# Probes answered whatever the load (they take no slot of the gate).
+UNGATED_PATHS = frozenset({"/healthz", "/readyz"})
 
 
 async def _too_large(scope, send, limit: int, length: int | None) -> None:
@@ -64,25 +75,32 @@ class RequestGate:
         if length is not None and length > limit:
             return await _too_large(scope, send, limit, length)
         if chunked and length is None:
-            body = bytearray()
+            spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY_BYTES)
+            size = 0
             while True:
                 message = await receive()
                 if message["type"] == "http.disconnect":
+                    spool.close()
                     return None
-                body += message.get("body", b"")
-                if len(body) > limit:
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    spool.close()
                     return await _too_large(scope, send, limit, None)
+                spool.write(chunk)
                 if not message.get("more_body"):
                     break
+            spool.seek(0)
             headers = [(n, v) for n, v in scope["headers"] if n != b"transfer-encoding"]
-            scope = {**scope, "headers": [*headers, (b"content-length", str(len(body)).encode())]}
-            receive = self._replay(bytes(body), receive)
+            scope = {**scope, "headers": [*headers, (b"content-length", str(size).encode())]}
+            receive = self._replay(spool, size, receive)
         held = False
+        gated = scope["path"] not in UNGATED_PATHS
 
         async def gated_receive():
             nonlocal held
             message = await receive()
-            if message["type"] == "http.request" and not message.get("more_body") and not held:
+            if gated and message["type"] == "http.request" and not message.get("more_body") and not held:
                 await self._slots.acquire()  # the body is whole: now it may take a thread
                 held = True
             return message
@@ -94,16 +112,21 @@ class RequestGate:
                 self._slots.release()
 
     @staticmethod
-    def _replay(body: bytes, receive):
-        """A ``receive`` that returns ``body`` whole once, then waits on the connection's."""
-        sent = False
+    def _replay(spool, size: int, receive):
+        """A ``receive`` that returns the spooled body (an open file at offset 0, ``size`` bytes)
+        in `REPLAY_CHUNK_BYTES` messages, closes it, then waits on the connection's ``receive``."""
+        sent = 0
 
         async def replay():
             nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
+            if spool.closed:
+                return await receive()
+            chunk = spool.read(REPLAY_CHUNK_BYTES)
+            sent += len(chunk)
+            more = bool(chunk) and sent < size
+            if not more:
+                spool.close()
+            return {"type": "http.request", "body": chunk, "more_body": more}
 
         return replay
 

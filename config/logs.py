@@ -15,13 +15,14 @@ import traceback
 
 # OpenAI-style secret keys: ``sk-`` then the key's characters (ours: ``sk-proj-`` + base62;
 # admin keys ``sk-admin-``), as OpenAI documents them.
-SECRET_RE = re.compile(r"sk-[A-Za-z0-9_-]+")
-MASK = "sk-***"
+# Invitation links (``/console/invitations/inv-...``) are bearer secrets too.
+SECRET_RE = re.compile(r"\b(sk|inv)-[A-Za-z0-9_-]+")
 
 
 def redact(text: str) -> str:
-    """``text`` with every ``sk-...`` token replaced by ``sk-***``."""
-    return SECRET_RE.sub(MASK, text)
+    """``text`` with every ``sk-...`` (API key) and ``inv-...`` (invitation token) replaced by
+    ``sk-***`` / ``inv-***``."""
+    return SECRET_RE.sub(lambda match: f"{match.group(1)}-***", text)
 
 
 def redact_record(record: logging.LogRecord) -> logging.LogRecord:

@@ -5,6 +5,7 @@ results, admission counters), always. ``DATABASE_URL`` / ``REDIS_URL`` name them
 they name the embedded default's private servers under ``VAR_DIR`` (``config.embedded``),
 which ``make serve`` / ``make test`` start from pip wheels. Reading settings starts nothing.
 """
+import ipaddress
 from decimal import Decimal
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -410,6 +411,11 @@ CELERY_BEAT_SCHEDULE = {
 # Peers (IPs or CIDRs) whose X-Forwarded-For is believed: your load balancers / reverse proxies.
 # Empty (default): the peer's own address is the client's. Every address-based rule uses it.
 TRUSTED_PROXIES = env.list("TRUSTED_PROXIES", default=[])
+for _entry in TRUSTED_PROXIES:  # a typo stops the start, not every request later (with a 500)
+    try:
+        ipaddress.ip_network(_entry.strip(), strict=False)
+    except ValueError:
+        raise environ.ImproperlyConfigured(f"TRUSTED_PROXIES: {_entry!r} is neither an IP address nor a CIDR") from None
 AXES_CLIENT_IP_CALLABLE = "config.client_address.client_ip"
 # After this many failed API-key authentications from one address (IPv6: one /64) within
 # API_AUTH_FAILURE_WINDOW_SECONDS (from the first), its requests get 429 until the window ends.

@@ -51,17 +51,27 @@ class InvitationCreateForm(forms.Form):
 
 class InvitationSignUpForm(UserCreationForm):
     """A new account for the invited address (``email``, fixed by the invitation): username and
-    password twice, checked by ``AUTH_PASSWORD_VALIDATORS``. An address that already has an
-    account is sent to sign in instead (the visitor holds a link mailed to that address)."""
+    password twice, checked by ``AUTH_PASSWORD_VALIDATORS``. A taken username or an address that
+    already has an account get one answer, which says neither (whoever holds the link, the inviter
+    included, learns nothing about other accounts): sign in instead, or choose another username."""
+
+    UNAVAILABLE = ("This account cannot be created. If you already have an account, sign in to accept; "
+                   "otherwise choose another username.")
 
     def __init__(self, *args, email: str, **kwargs):
         super().__init__(*args, **kwargs)
         self.instance.email = email
 
+    def clean_username(self):
+        username = self.cleaned_data.get("username")
+        if username and get_user_model().objects.filter(username__iexact=username).exists():
+            raise forms.ValidationError(self.UNAVAILABLE, code="unavailable")
+        return username
+
     def clean(self):
         cleaned = super().clean()
         if get_user_model().objects.filter(email__iexact=self.instance.email).exists():
-            raise forms.ValidationError("An account with this e-mail address exists: sign in to accept instead.")
+            raise forms.ValidationError(self.UNAVAILABLE, code="unavailable")
         return cleaned
 
 

@@ -278,3 +278,14 @@ def test_set_price_command_sets_a_first_price_then_only_dated_changes(db):
     assert list(Price.objects.filter(model=model).order_by("effective_from")
                 .values_list("effective_from", "price_per_million_tokens")) == [
         (date(1970, 1, 1), Decimal("0.02")), (date(2031, 2, 1), Decimal("0.03"))]
+
+
+def test_a_first_price_set_after_a_closed_month_leaves_closed_months_unpriced(month):
+    """A model billed at 0 on a closed statement stays at 0 for that month: its first price starts
+    the month after the last closed one."""
+    from billing.models import Price
+
+    statement_close(organization=month.orgs[0], period_start=MONTH, now=datetime(2026, 11, 2, 12, tzinfo=UTC))
+    late = EmbeddingModel.objects.create(name="priced-late", local_path="/none", dimensions=8, max_input_tokens=8)
+    price_initial_set(model=late, price_per_million_tokens=Decimal("0.02"))
+    assert Price.objects.get(model=late).effective_from == date(2026, 11, 1)

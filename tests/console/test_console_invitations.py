@@ -127,11 +127,19 @@ def test_an_existing_user_signs_in_then_accepts(tenants, django_user_model):
     django_user_model.objects.create_user(username="known", email="known@example.com", password=PASSWORD)
     _, link = invite(signed_in(t["a_owner"]), t["a_org"].public_id, "known@example.com", "reader")
     visitor = Client()
-    # An account for an address that has one is refused: sign in instead.
+    # An account for an address that has one is refused with the answer a taken username gets,
+    # so whoever holds the link (the inviter too) learns nothing about which accounts exist.
     taken = visitor.post(link, {"action": "signup", "username": "known2", "password1": NEW_PASSWORD,
                                 "password2": NEW_PASSWORD})
-    assert taken.status_code == 400 and "sign in to accept instead" in taken.content.decode()
+    assert taken.status_code == 400 and "sign in to accept" in taken.content.decode()
     assert not django_user_model.objects.filter(username="known2").exists()
+    _, other_link = invite(signed_in(t["a_owner"]), t["a_org"].public_id, "nobody@example.com", "reader")
+    taken_name = Client().post(other_link, {"action": "signup", "username": "KNOWN", "password1": NEW_PASSWORD,
+                                            "password2": NEW_PASSWORD})
+    assert taken_name.status_code == 400
+    errors = [re.findall(r'<ul class="errorlist[^"]*"[^>]*>(.*?)</ul>', page.content.decode(), re.S)
+              for page in (taken, taken_name)]
+    assert errors[0] == errors[1] and errors[0], errors
     # Accepting signed out leads to the sign-in, which comes back to the invitation.
     to_login = visitor.post(link)
     assert to_login.status_code == 302 and to_login["Location"].startswith(reverse("console:login"))

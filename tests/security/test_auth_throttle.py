@@ -117,6 +117,20 @@ def test_window_end_lifts_the_block(db, settings):
     assert models(BAD_KEY).status_code == 401
 
 
+def test_a_count_without_expiry_gets_the_window_back(db, settings):
+    """Should a failure's INCR ever create the counter after its window expired, the counter still
+    gets an expiry: no address is locked out for good."""
+    from django_redis import get_redis_connection
+
+    from accounts.throttling import auth_failure_record, auth_failures_cache_key
+
+    redis = get_redis_connection("default")
+    key = auth_failures_cache_key("192.0.2.77")
+    redis.set(key, LIMIT + 5)  # as left by an INCR racing the expiry: no TTL
+    auth_failure_record(address="192.0.2.77")
+    assert 0 < redis.ttl(key) <= settings.API_AUTH_FAILURE_WINDOW_SECONDS
+
+
 @pytest.mark.parametrize(("peer", "forwarded", "trusted", "expected"), [
     ("192.0.2.1", "203.0.113.9", [], "192.0.2.1"),
     ("192.0.2.1", "203.0.113.9", ["10.0.0.0/8"], "192.0.2.1"),

@@ -49,3 +49,4 @@ def test_any_log_record_has_its_keys_masked(caplog):
     text = "\n".join(caplog.messages) + "\n".join(record.exc_text or "" for record in caplog.records)
     assert key not in text and "sk-***" in text
     assert redact(f"a {key} b sk-admin-Q9") == "a sk-*** b sk-***"
+    assert redact("GET /console/invitations/inv-Ab_9-x/ 410") == "GET /console/invitations/inv-***/ 410"

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SETTINGS_NAMES = ("DEBUG", "SECRET_KEY", "ALLOWED_HOSTS", "CSRF_TRUSTED_ORIGINS", "SECURE_SSL_REDIRECT",
                   "SECURE_PROXY_SSL_HEADER", "SESSION_COOKIE_SECURE", "CSRF_COOKIE_SECURE", "SECURE_HSTS_SECONDS",
                   "SECURE_HSTS_INCLUDE_SUBDOMAINS", "SECURE_HSTS_PRELOAD",
-                  "DJANGO_ALLOW_ASYNC_UNSAFE")  # set by tests/conftest.py for Playwright only
+                  "TRUSTED_PROXIES", "DJANGO_ALLOW_ASYNC_UNSAFE")  # set by tests/conftest.py for Playwright only
 
 
 def documented_production_env() -> dict[str, str]:
@@ -47,6 +47,11 @@ def test_check_deploy_is_clean_in_the_documented_production_configuration(tmp_pa
     result = manage_check(documented_production_env(), tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "System check identified no issues" in result.stdout
+
+
+def test_a_trusted_proxies_typo_stops_the_start(tmp_path):
+    result = manage_check({**documented_production_env(), "TRUSTED_PROXIES": "10.0.0.0/8,10.0.0.300"}, tmp_path)
+    assert result.returncode != 0 and "TRUSTED_PROXIES: '10.0.0.300'" in result.stderr
 
 
 def test_the_development_key_is_refused_when_debug_is_off(tmp_path):

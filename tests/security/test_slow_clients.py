@@ -52,6 +52,21 @@ def test_a_chunked_body_from_a_real_client_is_read(live_web):
     assert len(response.json()["data"][0]["embedding"]) == 384
 
 
+def test_a_chunked_body_larger_than_memory_spooling_arrives_whole(live_web):
+    """A chunked body past `config.asgi.SPOOL_MEMORY_BYTES` (2.5 MiB) is spooled to disk and
+    replayed in pieces: Django parses all of it (the 3 MiB field at its end is what it refuses)."""
+    payload = json.dumps({"model": "all-MiniLM-L6-v2", "input": "hi", "padding": "x" * 3_000_000}).encode()
+
+    def chunks():
+        for start in range(0, len(payload), 100_000):
+            yield payload[start:start + 100_000]
+
+    response = httpx.post(f"{live_web.base}/v1/embeddings", content=chunks(), timeout=60,
+                          headers={"Authorization": f"Bearer {live_web.key}", "Content-Type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == "padding", response.text
+
+
 def read_response(sock: socket.socket) -> tuple[int, dict, bytes]:
     """One HTTP/1.1 response with a Content-Length: ``(status, headers, body)``."""
     data = b""
