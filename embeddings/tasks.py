@@ -70,7 +70,7 @@ def encode_chunk(model_path: str, model_name: str, token_ids: list[list[int]], s
 def claim_chunk(sender=None, request=None, **kwargs) -> None:
     """Record which worker took each chunk (``task_received``: in the worker's main process, whose
     heartbeat says whether it is alive, for every pool), so the API can send the chunk again when
-    this worker dies holding it (`embeddings.services.encode_dispatched`)."""
+    this worker dies holding it (`embeddings.dispatch.encode_dispatched`)."""
     if request is None or request.name != "embeddings.encode_chunk":
         return
     from config.heartbeats import chunk_claim

@@ -17,7 +17,7 @@ from django.conf import settings
 from kombu.transport.redis import Channel
 
 from config import heartbeats
-from embeddings import services
+from embeddings import dispatch
 from metering.models import UsageRecord
 from tests.conftest import assert_error, post_embeddings
 
@@ -40,9 +40,9 @@ def dispatched(settings):
     settings.EMBEDDINGS_INLINE_MAX_TOKENS = 0
     settings.EMBEDDINGS_CHUNK_TOKENS = 64
     settings.EMBEDDINGS_DISPATCH_TIMEOUT = 3
-    services._queue_states.clear()
+    dispatch._queue_states.clear()
     yield settings
-    services._queue_states.clear()
+    dispatch._queue_states.clear()
 
 
 @pytest.fixture
