@@ -327,9 +327,9 @@ EMBEDDINGS_BATCH_TOKENS = env.int("EMBEDDINGS_BATCH_TOKENS", default=16384)
 EMBEDDINGS_TORCH_THREADS = env.int("EMBEDDINGS_TORCH_THREADS", default=0)
 # Device for inference: "auto" (CUDA when present), "cpu", "cuda", "cuda:1", ...
 EMBEDDINGS_DEVICE = env.str("EMBEDDINGS_DEVICE", default="auto")
-# Engine backend: "auto" (torch fp16 on CUDA, ONNX Runtime on CPU), "torch" or "onnx"; ONNX exports
-# (fp32, exact) are made once per model and kept under EMBEDDINGS_EXPORT_DIR.
-EMBEDDINGS_BACKEND = env.str("EMBEDDINGS_BACKEND", default="auto")
+# Engine backend: "torch" (default), "onnx" (ONNX Runtime on CPU) or "auto" (torch fp16 on CUDA, ONNX
+# Runtime on CPU); ONNX exports (fp32, exact) are made once per model under EMBEDDINGS_EXPORT_DIR.
+EMBEDDINGS_BACKEND = env.str("EMBEDDINGS_BACKEND", default="torch")
 EMBEDDINGS_EXPORT_DIR = Path(env.str("EMBEDDINGS_EXPORT_DIR", default=str(VAR_DIR / "models"))).resolve()
 
 # --- Quotas and rate limits (limits.admission) ------------------------------------------------

@@ -7,7 +7,9 @@ Backends: ``torch`` runs the whole sentence-transformers pipeline in PyTorch (fp
 ``onnx`` runs the transformer in ONNX Runtime from an fp32 export made once per model and kept
 in ``cache_dir``, then the model's own pooling and normalization modules on its output (vectors
 within 1e-6 of torch's; the export is exact, no quantization). ``auto`` = torch on CUDA, onnx on
-CPU when ONNX Runtime is installed (``bench/engine_vs_raw.py --backend`` compares them).
+CPU when ONNX Runtime is installed (``bench/engine_vs_raw.py --backend`` compares them). The
+platform's default stays ``torch`` (``EMBEDDINGS_BACKEND``) until the export is made by the release
+step alone: today each process exports on its first load when the file is missing.
 """
 from __future__ import annotations
 
@@ -133,7 +135,7 @@ class Engine:
     """
 
     def __init__(self, path: str, *, device: str = "auto", batch_tokens: int = 16384, torch_threads: int = 0,
-                 backend: str = "auto", cache_dir: str | os.PathLike | None = None):
+                 backend: str = "torch", cache_dir: str | os.PathLike | None = None):
         import torch
         from sentence_transformers import SentenceTransformer
 
@@ -234,7 +236,7 @@ _engines: ProcessRegistry[Engine] = ProcessRegistry()
 
 
 def get_engine(path: str, *, device: str = "auto", batch_tokens: int = 16384, torch_threads: int = 0,
-               backend: str = "auto", cache_dir: str | os.PathLike | None = None) -> Engine:
+               backend: str = "torch", cache_dir: str | os.PathLike | None = None) -> Engine:
     """The process-wide `Engine` for ``path`` and ``backend``; loaded on first use, once, under a
     lock (the other arguments apply to that first load)."""
     return _engines.get((str(path), device, backend), lambda: Engine(
