@@ -88,6 +88,21 @@ def price_schedules(*, model_ids) -> dict[int, PriceSchedule]:
     return schedules
 
 
+def _price_amount(price_per_million_tokens) -> Decimal:
+    """The price as a `Decimal`; raises `InvalidRequestError` when it is negative."""
+    price = Decimal(price_per_million_tokens)
+    if price < 0:
+        raise InvalidRequestError("A price cannot be negative.", param="price_per_million_tokens")
+    return price
+
+
+def _last_closed_month() -> date | None:
+    """The ``period_start`` of the newest closed statement (any organization), or None: prices
+    may only start after it, so a closed bill never changes."""
+    return (Statement.objects.filter(status=Statement.Status.CLOSED).order_by("-period_start")
+            .values_list("period_start", flat=True).first())
+
+
 def price_initial_set(*, model, price_per_million_tokens: Decimal, currency: str | None = None) -> Price:
     """Give ``model`` its first price, in effect from 1970-01-01 (so for all of its past usage) or,
     once a month is closed on a statement, from the month after the last closed one (a closed
@@ -97,14 +112,12 @@ def price_initial_set(*, model, price_per_million_tokens: Decimal, currency: str
     Idempotent: the release step (`config.run.migrate`) calls it for the default model on every
     deploy. Raises `InvalidRequestError` when the price is negative.
     """
-    price = Decimal(price_per_million_tokens)
-    if price < 0:
-        raise InvalidRequestError("A price cannot be negative.", param="price_per_million_tokens")
+    price = _price_amount(price_per_million_tokens)
     existing = Price.objects.filter(model=model).order_by("effective_from").first()
     if existing is not None:
         return existing
-    last_closed = Statement.objects.filter(status=Statement.Status.CLOSED).order_by("-period_start").first()
-    start = EPOCH if last_closed is None else month_after(last_closed.period_start)
+    last_closed = _last_closed_month()
+    start = EPOCH if last_closed is None else month_after(last_closed)
     return Price.objects.get_or_create(model=model, effective_from=start, defaults={
         "price_per_million_tokens": price, "currency": currency or settings.BILLING_CURRENCY})[0]
 
@@ -119,13 +132,11 @@ def price_create(*, model, price_per_million_tokens: Decimal, effective_from: da
     that date, or when ``effective_from`` falls in a month already closed on a statement
     (a closed bill never changes).
     """
-    price = Decimal(price_per_million_tokens)
-    if price < 0:
-        raise InvalidRequestError("A price cannot be negative.", param="price_per_million_tokens")
-    last_closed = Statement.objects.filter(status=Statement.Status.CLOSED).order_by("-period_start").first()
-    if last_closed and effective_from < month_after(last_closed.period_start):
+    price = _price_amount(price_per_million_tokens)
+    last_closed = _last_closed_month()
+    if last_closed and effective_from < month_after(last_closed):
         raise InvalidRequestError(
-            f"{effective_from} falls in a closed billing month ({last_closed.period_start:%Y-%m}); "
+            f"{effective_from} falls in a closed billing month ({last_closed:%Y-%m}); "
             "a new price must start after the last closed month.", param="effective_from")
     if Price.objects.filter(model=model, effective_from=effective_from).exists():
         raise InvalidRequestError(f"{model.name} already has a price starting {effective_from}.",

@@ -69,6 +69,16 @@ def embed(live_server, key: str) -> Reply:
         return Reply(error.code, dict(error.headers), json.loads(error.read()))
 
 
+def copy_shown_key(page, live_server, heading: str) -> str:
+    """On the page that shows a new key once (under ``heading``), press Copy as a user would and
+    return what reached the clipboard."""
+    expect(page.get_by_role("heading", name=heading)).to_be_visible()
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=live_server.url)
+    page.get_by_role("button", name="Copy").click()
+    expect(page.get_by_role("button", name="Copied")).to_be_visible()
+    return page.evaluate("navigator.clipboard.readText()")
+
+
 def test_sign_in_create_project_and_key_call_api_see_usage_revoke(page, live_server, owner, default_model,
                                                                    artifacts_dir):
     shot = lambda name: page.screenshot(path=artifacts_dir / f"{name}.png", full_page=True)  # noqa: E731
@@ -92,11 +102,7 @@ def test_sign_in_create_project_and_key_call_api_see_usage_revoke(page, live_ser
     # Create a key: the plaintext is shown once, with a copy button.
     page.get_by_label("Name").fill("laptop")
     page.get_by_role("button", name="Create key").click()
-    expect(page.get_by_role("heading", name="Save your key")).to_be_visible()
-    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=live_server.url)
-    page.get_by_role("button", name="Copy").click()
-    expect(page.get_by_role("button", name="Copied")).to_be_visible()
-    key = page.evaluate("navigator.clipboard.readText()")
+    key = copy_shown_key(page, live_server, "Save your key")
     assert key == page.locator("#new-key").input_value()
     assert re.fullmatch(r"sk-proj-[A-Za-z0-9]{43}", key)
     shot("04-key-created")
@@ -236,11 +242,7 @@ def test_owner_creates_an_admin_key_and_downloads_a_statement(page, live_server,
     expect(page.get_by_text("No admin keys yet.")).to_be_visible()
     page.get_by_label("Name").fill("grafana")
     page.get_by_role("button", name="Create admin key").click()
-    expect(page.get_by_role("heading", name="Save your admin key")).to_be_visible()
-    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=live_server.url)
-    page.get_by_role("button", name="Copy").click()
-    expect(page.get_by_role("button", name="Copied")).to_be_visible()
-    admin_key = page.evaluate("navigator.clipboard.readText()")
+    admin_key = copy_shown_key(page, live_server, "Save your admin key")
     assert re.fullmatch(r"sk-admin-[A-Za-z0-9]{43}", admin_key)
     page.screenshot(path=artifacts_dir / "14-admin-key-created.png", full_page=True)
     start_time = int(start.timestamp())
