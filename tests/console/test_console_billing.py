@@ -17,7 +17,7 @@ from rest_framework.test import APIClient
 from accounts.models import AdminAPIKey
 from accounts.services import admin_api_key_create, hash_key, membership_add
 from billing.exports import statement_export_csv, statement_export_json
-from billing.models import Price, Statement, StatementLine
+from billing.models import Statement, StatementLine
 from metering.models import UsageRecord
 from billing.services import month_start, price_initial_set, statement_build, statement_close, usage_rollup_build
 from embeddings.models import EmbeddingModel
