@@ -262,6 +262,7 @@ def serve() -> int:
         logger.info("migrated in %.1f s since start; starting web, worker, beat", time.monotonic() - started)
         threading.Thread(target=servers.watch, args=(watch_stop,), name="embedded-watch", daemon=True).start()
         run = socket_dir(var_dir)
+        run.mkdir(parents=True, exist_ok=True)  # with both URLs set no embedded server made it
         watchers = [{
             "name": name,
             "cmd": PY,

@@ -13,6 +13,8 @@ import embeddings.serving  # noqa: E402,F401 - the one offline switch, before an
 # inside one unless told it is safe (it is: the loop never runs our code concurrently).
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
+from tests.live import live_serve  # noqa: E402,F401 - the session's `make serve` (tests/live.py)
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _test_database_dropped_at_the_end(django_db_setup, django_db_blocker):
