@@ -340,9 +340,10 @@ EMBEDDINGS_BATCH_TOKENS = env.int("EMBEDDINGS_BATCH_TOKENS", default=16384)
 EMBEDDINGS_TORCH_THREADS = env.int("EMBEDDINGS_TORCH_THREADS", default=0)
 # Device for inference: "auto" (CUDA when present), "cpu", "cuda", "cuda:1", ...
 EMBEDDINGS_DEVICE = env.str("EMBEDDINGS_DEVICE", default="auto")
-# Engine backend: "torch" (default), "onnx" (ONNX Runtime on CPU) or "auto" (torch fp16 on CUDA, ONNX
-# Runtime on CPU); ONNX exports (fp32, exact) are made once per model under EMBEDDINGS_EXPORT_DIR.
-EMBEDDINGS_BACKEND = env.str("EMBEDDINGS_BACKEND", default="torch")
+# Engine backend: "auto" (default: torch fp16 on CUDA, ONNX Runtime on CPU, the fastest exact one
+# on each: bench/engine_vs_raw.py --backend), "torch" or "onnx"; ONNX exports (fp32, exact) are made
+# once per model under EMBEDDINGS_EXPORT_DIR, by the release step (it loads every model it registers).
+EMBEDDINGS_BACKEND = env.str("EMBEDDINGS_BACKEND", default="auto")
 EMBEDDINGS_EXPORT_DIR = Path(env.str("EMBEDDINGS_EXPORT_DIR", default=str(VAR_DIR / "models"))).resolve()
 
 # --- Quotas and rate limits (limits.admission) ------------------------------------------------
