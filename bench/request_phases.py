@@ -13,9 +13,10 @@ function that does it:
   lookup, ``last_used_at``);
 * ``validate``: `embeddings.views.embeddings_request` (project headers, the serializer);
 * ``tokenize``: `embeddings.services.tokenize_inputs`;
-* ``admit``: `admission_precheck` + `admission_reserve` + the reservation's settle;
+* ``admit``: `admission_precheck` + `admission_reserve` (the one Lua call that reserves);
 * ``encode``: `embeddings.services.encode_inputs` (the process's micro-batcher, inline);
 * ``meter``: `metering.services.usage_record_create` (one INSERT, autocommit);
+* ``settle``: the reservation's settle after metering (the second Lua call);
 * ``db_connect``: opening database connections, wherever a phase opened one (inside the above);
 * ``rest``: the whole request minus the phases (Django, middleware, rendering).
 
@@ -41,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 from bench._server import embedded_services, prepare  # noqa: E402
 
 SENTENCE = "The quick brown fox jumps over the lazy dog."
-PHASES = ("auth", "validate", "tokenize", "admit", "encode", "meter")
+PHASES = ("auth", "validate", "tokenize", "admit", "encode", "meter", "settle")
 
 
 class Timers:
@@ -86,7 +87,7 @@ def instrument(timers: Timers) -> None:
     timers.wrap(services, "tokenize_inputs", "tokenize")
     timers.wrap(services, "admission_precheck", "admit")
     timers.wrap(services, "admission_reserve", "admit")
-    timers.wrap(Reservation, "settle", "admit")
+    timers.wrap(Reservation, "settle", "settle")
     timers.wrap(services, "encode_inputs", "encode")
     timers.wrap(services, "usage_record_create", "meter")
     timers.wrap(DatabaseWrapper, "connect", "db_connect")

@@ -92,17 +92,6 @@ if DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
         f"DATABASE_URL must name a PostgreSQL database (postgres://...), not {DATABASES['default']['ENGINE']}")
 DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=60))
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
-# A pool of connections per process (psycopg_pool, through Django): the web role sets it
-# (`config.web.server_env`) because Django's ASGI handler runs each request in a thread of its own,
-# so a persistent connection per thread would be left behind by every request, and opening one per
-# request costs ~4 ms (a PostgreSQL backend fork; bench/request_phases.py). 0 = no pool.
-DATABASE_POOL_SIZE = env.int("DATABASE_POOL_SIZE", default=0)
-if DATABASE_POOL_SIZE > 0:
-    DATABASES["default"]["CONN_MAX_AGE"] = 0  # Django: a pool needs it (connections go back to the pool)
-    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
-        "min_size": 1, "max_size": DATABASE_POOL_SIZE,
-        "timeout": env.float("DATABASE_POOL_TIMEOUT", default=10.0),  # s a request waits for a connection
-    }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # No traceback per failed cache operation: config.cache logs an outage once at its start and end.

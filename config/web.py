@@ -14,7 +14,9 @@ Environment (defaults in brackets):
 * ``WEB_THREADS`` [16]: requests in Django at once per process (each runs in a thread once its
   body has arrived; concurrent requests of one process share forward passes through its
   micro-batcher, so a process needs enough of them for a batch to form); more wait, unread;
-* ``WEB_GRACEFUL_TIMEOUT`` [30]: seconds a stopping process may finish its requests;
+* ``WEB_GRACEFUL_TIMEOUT`` [8]: seconds a stopping process may finish its requests before it is
+  killed (so a stop ends within 10 s; a granian process that had served requests was seen, now
+  and then, never to act on its SIGTERM, and would otherwise be waited for);
 * ``WEB_HEADER_TIMEOUT`` [10]: seconds a client has to send its request headers;
 * ``WEB_MAX_HEADER_BYTES`` [65536]: hyper's read buffer for request line plus headers; headers
   past it (give or take one read) get 431, a request line over 65,534 bytes 414, both with an
@@ -22,8 +24,10 @@ Environment (defaults in brackets):
 * ``EMBEDDINGS_TORCH_THREADS``: torch threads per process [cores / processes].
 
 No control socket, no pid file, no shared path: two instances on one host (other ports) share
-nothing but the database and Redis. Database connections: a pool per process
-(``DATABASE_POOL_SIZE`` [``WEB_THREADS`` + 2]; psycopg_pool through Django), see `server_env`.
+nothing but the database and Redis. Database connections: one per request under ASGI
+(``CONN_MAX_AGE`` defaults to 0 here, see `server_env`). A psycopg_pool connection pool saves
+~4 ms per request (bench/request_phases.py), but with it a stopping granian process that had
+served requests ignored its SIGTERM in 3 of 3 tries (1 in 6 without), so it is not used.
 """
 from __future__ import annotations
 
@@ -43,10 +47,8 @@ def _env_int(name: str, default: int) -> int:
 def server_env(environ: dict | None = None) -> dict[str, str]:
     """Variables the server's processes need beyond ``environ`` (default ``os.environ``):
     ``EMBEDDINGS_TORCH_THREADS`` (cores / processes, so inline encodes of the processes do not
-    oversubscribe the CPU), ``CONN_MAX_AGE=0`` (Django's ASGI handler runs each request in a
-    thread of its own, so a persistent connection would be left behind by every request) and,
-    with it, ``DATABASE_POOL_SIZE`` = ``WEB_THREADS`` + 2 (connections are taken from and given
-    back to a per-process pool instead of opened per request)."""
+    oversubscribe the CPU) and ``CONN_MAX_AGE=0`` (Django's ASGI handler runs each request in
+    a thread of its own, so a persistent connection would be left behind by every request)."""
     environ = os.environ if environ is None else environ
     workers = int(environ.get("WEB_CONCURRENCY") or 2)
     extra = {}
@@ -54,9 +56,6 @@ def server_env(environ: dict | None = None) -> dict[str, str]:
         extra["EMBEDDINGS_TORCH_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
     if not environ.get("CONN_MAX_AGE"):
         extra["CONN_MAX_AGE"] = "0"
-    if not environ.get("DATABASE_POOL_SIZE") and extra.get("CONN_MAX_AGE", environ.get("CONN_MAX_AGE")) == "0":
-        # one connection per request thread that may run at once, plus the warm-up's and a spare
-        extra["DATABASE_POOL_SIZE"] = str(int(environ.get("WEB_THREADS") or 16) + 2)
     return extra
 
 
@@ -71,7 +70,7 @@ def granian_argv(host: str | None = None, port: int | str | None = None) -> list
         "--workers", str(_env_int("WEB_CONCURRENCY", 2)),
         "--http", "1", "--no-ws",
         "--respawn-failed-workers",
-        "--workers-kill-timeout", str(_env_int("WEB_GRACEFUL_TIMEOUT", 30)),
+        "--workers-kill-timeout", str(_env_int("WEB_GRACEFUL_TIMEOUT", 8)),
         "--http1-header-read-timeout", str(_env_int("WEB_HEADER_TIMEOUT", 10) * 1000),
         "--http1-buffer-size", str(max(8192, _env_int("WEB_MAX_HEADER_BYTES", 65536))),
         "--log-level", "info", "--access-log", "--access-log-fmt", ACCESS_LOG_FORMAT,
