@@ -31,11 +31,10 @@ TEXTS = ["How do I reset my password?", "Open Settings, then Security, then choo
 @pytest.fixture
 def search_variants(default_model):
     """The bundled model with test-only ``query``/``document`` prompts, and ``text-search-query`` and
-    ``text-search-doc`` registered as its variants, as an operator does (README)."""
+    ``text-search-doc`` registered as its variants, as an operator does (README): with the model, and
+    on their own."""
     call_command("register_models", "--prompt", f"query={QUERY_PROMPT}", "--prompt", f"document={DOC_PROMPT}",
-                 stdout=open(os.devnull, "w"))
-    call_command("register_models", "--name", "text-search-query", "--variant-of", BASE, "--prompt-name", "query",
-                 stdout=open(os.devnull, "w"))
+                 "--variant", "text-search-query=query", stdout=open(os.devnull, "w"))
     call_command("register_models", "--name", "text-search-doc", "--variant-of", BASE, "--prompt-name", "document",
                  stdout=open(os.devnull, "w"))
     return {"text-search-query": QUERY_PROMPT, "text-search-doc": DOC_PROMPT}
@@ -219,3 +218,10 @@ def test_prompts_are_refused_for_a_model_that_pools_without_them(db, model_copy)
     with pytest.raises(CommandError, match="include_prompt: false"):
         call_command("register_models", "--name", "instructor-style", "--path", str(model_copy),
                      "--prompt", "query=query: ", stdout=open(os.devnull, "w"))
+
+
+def test_a_refused_variant_leaves_the_registry_as_it_was(search_variants):
+    with pytest.raises(CommandError, match="no prompt named 'nope'"):
+        call_command("register_models", "--prompt", "extra=x ", "--variant", "v=nope", stdout=open(os.devnull, "w"))
+    assert "extra" not in EmbeddingModel.objects.get(name=BASE).prompts
+    assert not EmbeddingModel.objects.filter(name="v").exists()

