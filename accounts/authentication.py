@@ -35,9 +35,11 @@ class BearerKeyAuthentication(BaseAuthentication):
     window, `RateLimitError` (429 ``too_many_failed_authentications``) before any lookup.
     """
 
-    keyword = b"bearer"
+    keywords: tuple[bytes, ...] = (b"bearer",)  # the accepted schemes of the Authorization header, lower case
     model: type  # the key model whose ``last_used_at`` is written
     used_cache_prefix: str
+
+    scheme_names = {b"bearer": "Bearer", b"api-key": "Api-Key"}
 
     def resolve(self, plaintext: str):
         """The resolved key for a well-formed ``plaintext``; raise for the wrong kind or an unknown key."""
@@ -59,8 +61,9 @@ class BearerKeyAuthentication(BaseAuthentication):
             raise
 
     def _authenticate(self, header: list[bytes]):
-        if header[0].lower() != self.keyword or len(header) != 2:
-            raise AuthenticationError("Invalid Authorization header. Expected 'Authorization: Bearer YOUR_KEY'.")
+        if header[0].lower() not in self.keywords or len(header) != 2:
+            expected = " or ".join(f"'Authorization: {self.scheme_names[k]} YOUR_KEY'" for k in self.keywords)
+            raise AuthenticationError(f"Invalid Authorization header. Expected {expected}.")
         try:
             plaintext = header[1].decode("ascii")
         except UnicodeDecodeError:
@@ -84,13 +87,15 @@ class BearerKeyAuthentication(BaseAuthentication):
 
 
 class APIKeyAuthentication(BearerKeyAuthentication):
-    """Project keys (``sk-proj-...``) for ``/v1/embeddings`` and ``/v1/models``.
+    """Project keys (``sk-proj-...``) for ``/v1/embeddings`` and ``/v1/models``, sent as
+    ``Authorization: Bearer <key>`` or, as Yandex AI Studio's clients send theirs, ``Api-Key <key>``.
 
     On success ``request.user`` and ``request.auth`` are both the `ResolvedKey`. A valid
     admin key gets `PermissionDeniedError` (403 ``admin_key_not_allowed``); a key of an
     archived project is refused like a revoked one (401).
     """
 
+    keywords = (b"bearer", b"api-key")
     model = APIKey
     used_cache_prefix = "apikey:used"
 

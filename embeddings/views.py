@@ -5,6 +5,8 @@ admit -> encode -> meter) and renders.
 """
 from __future__ import annotations
 
+import dataclasses
+import re
 from functools import partial
 
 from drf_spectacular.utils import extend_schema
@@ -22,6 +24,14 @@ from .serializers import (EmbeddingsRequest, EmbeddingsRequestSerializer, Embedd
 from .serving.tokenization import OPENAI_TOKENIZER
 
 
+def check_project(key, named: str | None) -> None:
+    """403 ``mismatched_project`` when ``named`` (a project id a request names) is not the key's project."""
+    if named and named != key.project_public_id:
+        raise PermissionDeniedError(
+            f"The project '{named}' does not match the project of this API key.",
+            code="mismatched_project")
+
+
 def check_project_scope(request) -> None:
     """403 when the ``OpenAI-Project`` header / ``ai_project_id`` query, or the
     ``OpenAI-Organization`` header, names another project/organization than the key's.
@@ -31,10 +41,7 @@ def check_project_scope(request) -> None:
     us joined by commas, which never equals one public id, so it is refused too."""
     key = request.auth
     for named in (request.headers.get("OpenAI-Project"), *request.query_params.getlist("ai_project_id")):
-        if named and named != key.project_public_id:
-            raise PermissionDeniedError(
-                f"The project '{named}' does not match the project of this API key.",
-                code="mismatched_project")
+        check_project(key, named)
     org = request.headers.get("OpenAI-Organization")
     if org and org != key.organization_public_id:
         raise PermissionDeniedError(
@@ -42,13 +49,39 @@ def check_project_scope(request) -> None:
             code="mismatched_organization")
 
 
+# Yandex AI Studio's model URI: emb://<folder_id>/<model>/<version>, version ``latest`` (or left
+# empty: its OpenAI-compatible API's own example is ``emb://<folder_id>/text-embeddings-v2-doc/``).
+MODEL_URI = re.compile(r"emb://(?P<project>[^/]+)/(?P<model>[^/]+)(?:/(?P<version>[^/]*))?")
+MODEL_URI_VERSIONS = ("", "latest")
+
+
+def model_uri_resolve(key, model: str) -> str:
+    """The model a request's ``model`` names: itself, or for Yandex's URI
+    ``emb://<project_id>/<model>/latest`` the ``<model>`` in it, once ``<project_id>`` passed the
+    check the ``OpenAI-Project`` header passes (`check_project`: another project, 403
+    ``mismatched_project``). A URI of another form or version is an unknown model (404
+    ``model_not_found``): only the latest version of a model is served."""
+    if not model.startswith("emb://"):
+        return model
+    match = MODEL_URI.fullmatch(model)
+    if match is None or match["version"] not in (None, *MODEL_URI_VERSIONS):
+        raise NotFoundError(f"The model '{model}' does not exist or you do not have access to it "
+                            "(model URIs read emb://<project_id>/<model>/latest).",
+                            param="model", code="model_not_found")
+    check_project(key, match["project"])
+    return match["model"]
+
+
 def embeddings_request(request) -> EmbeddingsRequest:
     """The validated request: the project/organization headers against the key (403), then the
-    body through `EmbeddingsRequestSerializer` (400 in the envelope)."""
+    body through `EmbeddingsRequestSerializer` (400 in the envelope), its ``model`` resolved from a
+    model URI (`model_uri_resolve`)."""
     check_project_scope(request)
     serializer = EmbeddingsRequestSerializer(data=request.data)
     serializer.is_valid(raise_exception=True)
-    return serializer.to_request()
+    body = serializer.to_request()
+    model = model_uri_resolve(request.auth, body.model)
+    return body if model == body.model else dataclasses.replace(body, model=model)
 
 
 class EmbeddingsView(RateLimitHeadersMixin, APIView):
@@ -71,7 +104,8 @@ class EmbeddingsView(RateLimitHeadersMixin, APIView):
 def model_object(model, model_id: str) -> dict:
     """OpenAI's model object, plus the embedding-specific ``dimensions``, ``max_input_tokens`` and
     ``token_ids``: the tokenizer whose ids an ``input`` of token ids is read as (``cl100k_base``,
-    OpenAI's, decoded to text; or ``served``, the model's own)."""
+    OpenAI's, decoded to text; or ``served``, the model's own); ``variant_of``: the model a prompt
+    variant shares (else null) and ``prompt``: the text put before every input (else null)."""
     return {
         "id": model_id,
         "object": "model",
@@ -80,6 +114,8 @@ def model_object(model, model_id: str) -> dict:
         "dimensions": model.dimensions,
         "max_input_tokens": model.max_input_tokens,
         "token_ids": OPENAI_TOKENIZER if model.token_ids == model.TokenIds.OPENAI else "served",
+        "variant_of": model.variant_of.name if model.variant_of_id else None,
+        "prompt": model.prompt or None,
     }
 
 

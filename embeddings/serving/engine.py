@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import logging
 import os
 import tempfile
@@ -145,6 +146,9 @@ class Engine:
         dimensions: output size ``d`` (all-MiniLM-L6-v2: 384).
         max_input_tokens: the model's ``max_seq_length``, special tokens included (256).
         backend: the backend in use, ``"torch"`` or ``"onnx"``.
+        pools_prompt: whether the model's pooling reads the tokens of a prompt put before the input
+            (sentence-transformers' ``Pooling.include_prompt``, true but for Instructor-style models,
+            which pool without them; token ids carry no mark of where a prompt ends).
     """
 
     def __init__(self, path: str, *, device: str = "auto", batch_tokens: int = 16384, torch_threads: int = 0,
@@ -167,6 +171,7 @@ class Engine:
             self.model.get_sentence_embedding_dimension  # sentence-transformers < 6
         self.dimensions = int(dimension_of())
         self.max_input_tokens = int(self.model.max_seq_length)
+        self.pools_prompt = all(getattr(module, "include_prompt", True) for module in self.model)
         tokenizer = get_tokenizer(self.path)
         self.pad_token_id = tokenizer.pad_token_id
         self.input_names = tokenizer.input_names
@@ -243,6 +248,17 @@ class Engine:
             embeddings = self.model.forward(features)["sentence_embedding"].float()
             embeddings = torch.nn.functional.normalize(embeddings, p=2, dim=1)
         return embeddings.cpu().numpy()
+
+
+def model_prompts(path: str | os.PathLike) -> tuple[dict[str, str], str | None]:
+    """The named prompts of the sentence-transformers model at ``path`` and its default prompt's name,
+    as its ``config_sentence_transformers.json`` gives them (``prompts``, ``default_prompt_name``):
+    e.g. ``({"query": "query: ", "passage": "passage: "}, None)``; ``({}, None)`` when it names none.
+    Read from the file itself: the loaded model adds empty ``query``/``document`` prompts of its own."""
+    config = Path(path) / "config_sentence_transformers.json"
+    data = json.loads(config.read_text(encoding="utf-8")) if config.is_file() else {}
+    prompts = {str(name): str(text) for name, text in (data.get("prompts") or {}).items() if text is not None}
+    return prompts, data.get("default_prompt_name") or None
 
 
 _engines: ProcessRegistry[Engine] = ProcessRegistry()

@@ -134,6 +134,10 @@ class ModelTokenizer:
         complete = words[-1] - 1  # word ids run in text order: words below this one are whole
         return self.special_token_count + sum(1 for w in words if w < complete)
 
+    def tokenize_bare(self, text: str) -> list[int]:
+        """Token ids of ``text`` without special tokens (as ``encode(text, add_special_tokens=False)``)."""
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
     def add_special_tokens(self, ids: Sequence[int]) -> list[int]:
         """Wrap bare ids (as ``encode(text, add_special_tokens=False)`` gives) in the special tokens,
         so that a token array embeds exactly as the text it came from."""

@@ -36,7 +36,7 @@ def test_single_string_matches_sentence_transformers(client, reference_encode):
     assert got.shape == (1, 384)
     np.testing.assert_allclose(got, reference_encode(SENTENCES[:1]), atol=1e-5)
     # [CLS] + 10 WordPiece tokens + [SEP]
-    assert body["usage"] == {"prompt_tokens": 12, "total_tokens": 12}
+    assert body["usage"] == {"prompt_tokens": 12, "completion_tokens": 0, "total_tokens": 12}  # Nebius: completion_tokens
     assert response["x-request-id"].startswith("req_")
 
 

@@ -6,6 +6,7 @@ import openai
 import pytest
 
 from metering.models import UsageRecord
+from tests.embeddings.test_prompts import search_variants  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -53,3 +54,20 @@ def test_errors_surface_as_the_clients_typed_exceptions(openai_client, live_serv
         wrong_key.embeddings.create(model="all-MiniLM-L6-v2", input="x")
     assert unauthorized.value.code == "invalid_api_key"
     assert UsageRecord.objects.count() == 0
+
+
+def test_yandex_style_client_with_project_and_a_model_uri(live_server, created_key, project, search_variants,
+                                                          reference_model):
+    """OpenAI's client as Yandex AI Studio documents it: ``project=`` (sent as ``OpenAI-Project``) and
+    ``emb://<project_id>/<model>/latest``; the response's ``usage.completion_tokens`` parses."""
+    from tests.embeddings.test_prompts import QUERY_PROMPT, reference
+
+    with openai.OpenAI(base_url=f"{live_server.url}/v1", api_key=created_key.plaintext, project=project.public_id,
+                       max_retries=0) as client:
+        result = client.embeddings.create(model=f"emb://{project.public_id}/text-search-query/latest", input=TEXTS)
+        with pytest.raises(openai.PermissionDeniedError) as other:
+            client.embeddings.create(model="emb://proj_other/text-search-query/latest", input=TEXTS)
+    np.testing.assert_allclose([d.embedding for d in result.data], reference(reference_model, TEXTS, QUERY_PROMPT),
+                               atol=1e-5)
+    assert result.model == "text-search-query" and result.usage.model_extra == {"completion_tokens": 0}
+    assert other.value.code == "mismatched_project"

@@ -19,6 +19,7 @@ from rest_framework.test import APIClient
 
 from metering.models import UsageRecord
 from tests.conftest import assert_error, post_embeddings
+from tests.embeddings.test_prompts import search_variants  # noqa: F401 - the fixture
 from tests.workers import ROOT, WorkerProcess, worker_database_url
 
 pytestmark = pytest.mark.worker
@@ -174,6 +175,25 @@ def test_flex_requests_go_through_the_flex_queue_to_the_worker(worker, client, d
     batches = wait_batches(worker, start, len(texts))
     assert sum(b["flex"] for b in batches) >= 1 and not any(b["default"] for b in batches), batches
     assert "embeddings-flex" in worker.log()  # the worker consumes the flex queue
+
+
+def test_prompt_variants_through_the_worker_equal_the_reference_and_load_no_second_model(
+        worker, client, dispatch_all, search_variants, reference_model):
+    """The prompt is applied where the API tokenizes, so the worker embeds exactly what
+    ``encode(text, prompt=...)`` does, with the one engine it loaded at start."""
+    from tests.embeddings.test_prompts import bert_tokens, reference
+
+    texts = corpus(40)
+    plain_tokens = sum(bert_tokens(t) for t in texts)
+    start = len(worker.log())
+    for name, prompt in search_variants.items():
+        response = post_embeddings(client, {"model": name, "input": texts})
+        assert response.status_code == 200, response.content
+        got = np.array([d["embedding"] for d in response.json()["data"]], dtype=np.float32)
+        np.testing.assert_allclose(got, reference(reference_model, texts, prompt=prompt), atol=1e-5, rtol=0)
+        assert response.json()["usage"]["prompt_tokens"] == plain_tokens + len(texts) * (bert_tokens(prompt) - 2)
+    assert sum(b["inputs"] for b in wait_batches(worker, start, 80)) == 80  # the worker served both
+    assert worker.log().count("Loaded model ") == 1  # at its start; the variants share that engine
 
 
 def test_worker_failure_is_a_500_envelope_with_the_request_id_and_nothing_metered(worker, client, dispatch_all,
