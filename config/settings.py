@@ -46,6 +46,7 @@ INSTALLED_APPS = [
     "embeddings",
     "metering",
     "billing",
+    "administration",
     "console",
 ]
 
@@ -58,6 +59,8 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # Binds the request, so a change made while serving it names its actor in the audit log.
+    "accounts.audit.AuditActorMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # Last, as django-axes asks: turns a locked-out sign-in into a 429 page.
