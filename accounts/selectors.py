@@ -97,6 +97,19 @@ def api_key_resolve(*, plaintext: str) -> ResolvedKey | None:
 # --- The console's reads (every one scoped by organization) ---------------------------------
 
 
+def organization_find(*, name_or_id: str) -> Organization | None:
+    """The organization whose public id (``org_...``) or name (case-insensitive) is ``name_or_id``
+    (what the management commands take), or ``None``."""
+    return (Organization.objects.filter(public_id=name_or_id).first()
+            or Organization.objects.filter(name__iexact=name_or_id).first())
+
+
+def project_find(*, organization: Organization, name_or_id: str) -> Project | None:
+    """``organization``'s project whose public id or name (case-insensitive) is ``name_or_id``, or ``None``."""
+    return (organization.projects.filter(public_id=name_or_id).first()
+            or organization.projects.filter(name__iexact=name_or_id).first())
+
+
 def membership_get_for_user(*, user, organization_public_id: str) -> Membership:
     """``user``'s membership of the organization ``organization_public_id``.
 

@@ -1,5 +1,5 @@
 """``/v1/organization/...``: OpenAI's Admin API (admin keys; `administration.api`)."""
-from django.urls import path
+from django.urls import path, re_path
 
 from . import api
 
@@ -16,6 +16,8 @@ urlpatterns = [
     path(f"{project}/service_accounts/<str:service_account_id>", api.ServiceAccountDetailView.as_view(),
          name="admin-service-account"),
     path(f"{project}/rate_limits", api.RateLimitListView.as_view(), name="admin-rate-limits"),
-    path(f"{project}/rate_limits/<path:rate_limit_id>", api.RateLimitDetailView.as_view(), name="admin-rate-limit"),
+    # rl-<model>: a model name may hold "/" (and the id any character: unknown ones are a 404 envelope).
+    re_path(r"^projects/(?P<project_id>[^/]+)/rate_limits/(?P<rate_limit_id>[\s\S]+)$",
+            api.RateLimitDetailView.as_view(), name="admin-rate-limit"),
     path("audit_logs", api.AuditLogListView.as_view(), name="admin-audit-logs"),
 ]

@@ -7,7 +7,7 @@ stored as names. Applies to the next request; other models get 403 ``model_not_a
 """
 from django.core.management.base import BaseCommand, CommandError
 
-from accounts.models import Organization
+from accounts.selectors import organization_find, project_find
 from accounts.services import api_key_allowed_models_set, project_allowed_models_set
 from config.exceptions import InvalidInput
 from embeddings.services import allowed_models_normalize
@@ -25,19 +25,13 @@ class Command(BaseCommand):
         group.add_argument("--all", action="store_true", help="Allow every model (clear the list).")
 
     def handle(self, *args, org, project, key, models, all, **options):
-        organization = (Organization.objects.filter(public_id=org).first()
-                        or Organization.objects.filter(name__iexact=org).first())
-        if organization is None:
-            raise CommandError(f"No organization named {org!r}.")
-        proj = (organization.projects.filter(public_id=project).first()
-                or organization.projects.filter(name__iexact=project).first())
+        organization = organization_find(name_or_id=org)
+        proj = organization and project_find(organization=organization, name_or_id=project)
         if proj is None:
-            raise CommandError(f"No project {project!r} in organization {organization.name!r}.")
-        api_key = None
-        if key:
-            api_key = proj.api_keys.filter(public_id=key).first()
-            if api_key is None:
-                raise CommandError(f"No key {key!r} in project {proj.public_id}.")
+            raise CommandError(f"No project {project!r} in an organization {org!r}.")
+        api_key = proj.api_keys.filter(public_id=key).first() if key else None
+        if key and api_key is None:
+            raise CommandError(f"No key {key!r} in project {proj.public_id}.")
         names = [] if all else [name.strip() for name in models.split(",") if name.strip()]
         if not all and not names:
             raise CommandError("--models needs at least one name (or use --all).")
