@@ -306,7 +306,8 @@ REST_FRAMEWORK = {
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Embeddings platform API",
-    "DESCRIPTION": "OpenAI-compatible embeddings API (POST /v1/embeddings, GET /v1/models).",
+    "DESCRIPTION": "OpenAI-compatible embeddings API (POST /v1/embeddings, GET /v1/models), and for admin keys "
+                   "OpenAI's usage, costs and Admin API (/v1/organization/...).",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     # The schema is public, like OpenAI's: any Authorization header (admin key, bad key) is ignored.
