@@ -202,8 +202,10 @@ def audit_log_object(entry: AuditLog) -> dict:
 # --- Their schema (documentation) ---------------------------------------------------------------
 
 
-def const(value: str) -> serializers.ChoiceField:
-    return serializers.ChoiceField(choices=[value], help_text=f"Always `{value}`.")
+def const(value: str) -> serializers.CharField:
+    """A field that always holds ``value`` (documented as text, as `ModelObjectSerializer` does:
+    drf-spectacular would name one-value enums of the many ``object`` fields so that they collide)."""
+    return serializers.CharField(help_text=f"Always `{value}`.")
 
 
 class ProjectSerializer(serializers.Serializer):

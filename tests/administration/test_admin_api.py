@@ -317,3 +317,23 @@ def test_changes_through_the_console_the_django_admin_and_a_command_are_in_the_a
     assert page.status_code == 200
     html = page.content.decode()
     assert "manage.py set_allowed_models" in html and "olga (console)" in html and "olga (admin)" in html
+
+
+def test_deleting_a_project_is_logged_with_its_cascade_and_an_organization_takes_its_log(
+        admin, organization, project, created_key, default_model):
+    from django.db import connection
+
+    from accounts.models import AuditLog
+    from accounts.services import service_account_create
+    from limits.services import limit_set
+
+    service_account_create(project=project, name="bot")
+    limit_set(organization=organization, project=project, model=MODEL, rpm=5)
+    project.delete()
+    types = [e["type"] for e in ok(admin.get("/v1/organization/audit_logs",
+                                             {"project_ids": project.public_id, "limit": 100}))["data"]]
+    assert types[0] == "project.deleted" and {"api_key.deleted", "service_account.deleted",
+                                              "rate_limit.deleted"} <= set(types[1:])
+    organization.delete()
+    connection.check_constraints()  # no entry was written for the organization being deleted
+    assert not AuditLog.objects.exists()
