@@ -62,7 +62,7 @@ def test_every_answer_is_documented_and_none_is_a_5xx(case, keys):
 
 @pytest.mark.django_db
 @schema.include(path_regex=ADMIN_API).parametrize()
-@hypothesis_settings(max_examples=12, deadline=None, derandomize=True,
+@hypothesis_settings(max_examples=8, deadline=None, derandomize=True,
                      suppress_health_check=list(HealthCheck))
 def test_every_admin_api_answer_is_documented_and_none_is_a_5xx(case, keys):
     call_and_validate(case, keys)
