@@ -14,7 +14,7 @@ from django.utils import timezone
 from django.utils.decorators import method_decorator
 from django.views.decorators.cache import never_cache
 
-from .models import AdminAPIKey, APIKey, Membership, Organization, Project
+from .models import AdminAPIKey, APIKey, AuditLog, Membership, Organization, Project, ServiceAccount
 from .services import admin_api_key_revoke, api_key_create, api_key_revoke
 
 
@@ -114,9 +114,10 @@ class APIKeyAdmin(admin.ModelAdmin):
     list_filter = (KeyStatusFilter, "project__organization", "project")
     list_select_related = ("project__organization", "created_by")
     search_fields = ("name", "public_id", "project__name", "project__organization__name", "last4")
-    fields = ("public_id", "name", "project", "masked", "created_by", "created_at", "last_used_at", "expires_at",
-              "revoked_at")
-    readonly_fields = ("public_id", "project", "masked", "created_by", "created_at", "last_used_at", "revoked_at")
+    fields = ("public_id", "name", "project", "masked", "created_by", "service_account", "created_at", "last_used_at",
+              "expires_at", "revoked_at", "allowed_models")
+    readonly_fields = ("public_id", "project", "masked", "created_by", "service_account", "created_at", "last_used_at",
+                       "revoked_at")
     actions = ["revoke_keys"]
 
     @admin.display(description="organization", ordering="project__organization__name")
@@ -173,3 +174,42 @@ class AdminAPIKeyAdmin(admin.ModelAdmin):
     def revoke_keys(self, request, queryset):
         revoke_selected(self, request, queryset, lambda key: admin_api_key_revoke(admin_api_key=key),
                         "admin key(s)")
+
+
+@admin.register(ServiceAccount)
+class ServiceAccountAdmin(admin.ModelAdmin):
+    """Project service accounts (created with their key by the Admin API; deleting one here leaves
+    its keys working: revoke them first, or delete it through the Admin API, which does)."""
+
+    list_display = ("name", "public_id", "project", "role", "created_at")
+    list_filter = ("project__organization",)
+    search_fields = ("name", "public_id", "project__name", "project__public_id")
+    readonly_fields = ("public_id", "project", "role", "created_at")
+    list_select_related = ("project__organization",)
+
+    def has_add_permission(self, request):
+        return False  # created by the Admin API with its key (plaintext returned once)
+
+
+@admin.register(AuditLog)
+class AuditLogAdmin(admin.ModelAdmin):
+    """The audit log, read-only: entries are written by `accounts.audit` and never changed."""
+
+    list_display = ("effective_at", "organization", "type", "resource_id", "project_name", "actor_id")
+    list_filter = ("type", "organization")
+    search_fields = ("resource_id", "actor_id", "actor_email", "project_public_id", "organization__name")
+    list_select_related = ("organization",)
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        # Entries go only with their organization: deleting it asks this for the cascade; the audit log's
+        # own pages (list, entry, delete) never may.
+        match = request.resolver_match
+        if match is None or (match.url_name or "").startswith("accounts_auditlog_"):
+            return False
+        return super().has_delete_permission(request, obj)

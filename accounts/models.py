@@ -9,6 +9,7 @@ import secrets
 import string
 
 from django.conf import settings
+from django.contrib.postgres.fields import ArrayField
 from django.db import models
 from django.db.models.functions import Lower
 from django.utils import timezone
@@ -31,6 +32,22 @@ def _project_id() -> str:
 
 def _key_id() -> str:
     return f"key_{random_token(16)}"
+
+
+def _service_account_id() -> str:
+    return f"svc_acct_{random_token(24)}"
+
+
+def _audit_log_id() -> str:
+    return f"audit_log-{random_token(24)}"
+
+
+def allowed_models_field() -> ArrayField:
+    """A model allowlist: canonical model names (`embeddings.models.EmbeddingModel.name`); empty =
+    every model. Kept as names (not a foreign key: the registry is a floor above), checked by
+    `embeddings.services.allowed_models_normalize` on every write path but the Django admin's."""
+    return ArrayField(models.CharField(max_length=200), default=list, blank=True,
+                      help_text="Model names this may use, comma-separated; empty = every model.")
 
 
 class Organization(models.Model):
@@ -81,6 +98,7 @@ class Project(models.Model):
     name = models.CharField(max_length=200)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     archived_at = models.DateTimeField(null=True, blank=True)
+    allowed_models = allowed_models_field()
 
     class Meta:
         constraints = [
@@ -133,12 +151,37 @@ class KeyBase(models.Model):
         return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
 
 
+class ServiceAccount(models.Model):
+    """A project's service account (OpenAI's Admin API): a bot identity that owns the project API
+    keys made for it, created with its first key (`accounts.services.service_account_create`).
+    ``role`` is OpenAI's project role; every service account here is a ``member``."""
+
+    public_id = models.CharField(max_length=40, unique=True, default=_service_account_id, editable=False)
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="service_accounts")
+    name = models.CharField(max_length=200)
+    role = models.CharField(max_length=16, default="member", editable=False)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["project", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.public_id})"
+
+
 class APIKey(KeyBase):
-    """A bearer key of a project (``sk-proj-...``), for ``/v1/embeddings`` and ``/v1/models``."""
+    """A bearer key of a project (``sk-proj-...``), for ``/v1/embeddings`` and ``/v1/models``.
+
+    ``allowed_models``: the models this key may use (empty = all), on top of its project's
+    ``allowed_models``; ``service_account``: the owner when a service account's, else the
+    ``created_by`` user (or nobody: made by a management command)."""
 
     PREFIX = "sk-proj-"
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="api_keys")
+    service_account = models.ForeignKey(ServiceAccount, null=True, blank=True, on_delete=models.SET_NULL,
+                                        related_name="api_keys")
+    allowed_models = allowed_models_field()
 
     class Meta(KeyBase.Meta):
         indexes = [models.Index(fields=["project", "-created_at"], name="apikey_project_created")]
@@ -197,3 +240,37 @@ class Invitation(models.Model):
         """True while the link can be used: neither accepted, revoked nor expired at ``now``."""
         now = now or timezone.now()
         return self.accepted_at is None and self.revoked_at is None and self.expires_at > now
+
+
+class AuditLog(models.Model):
+    """One change to an organization's tenancy or limits, as OpenAI's audit log object: ``type``
+    (``project.created``, ``api_key.deleted``, ``rate_limit.updated``, ...), when
+    (``effective_at``), who (``actor``: OpenAI's ``session`` or ``api_key`` actor, or our
+    ``command`` / ``system``), the project it was scoped to, and the event's ``details`` (the
+    object OpenAI puts under the key named by ``type``).
+
+    Written by `accounts.audit.audit_log_record`, from the signals of every audited model, so
+    every path records (admin API, console, Django admin, management commands, shell), inside
+    the transaction of the change. Rows are never updated. ``actor_id``, ``actor_email`` and
+    ``resource_id`` are copies for the API's filters; the project is kept by public id and name
+    (it may be deleted later).
+    """
+
+    public_id = models.CharField(max_length=40, unique=True, default=_audit_log_id, editable=False)
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="audit_logs")
+    type = models.CharField(max_length=64)
+    effective_at = models.DateTimeField(default=timezone.now)
+    actor = models.JSONField()
+    actor_id = models.CharField(max_length=200, blank=True, default="")
+    actor_email = models.CharField(max_length=254, blank=True, default="")
+    project_public_id = models.CharField(max_length=32, blank=True, default="")
+    project_name = models.CharField(max_length=200, blank=True, default="")
+    resource_id = models.CharField(max_length=200, blank=True, default="")
+    details = models.JSONField(default=dict)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [models.Index(fields=["organization", "-id"], name="auditlog_org_id")]
+
+    def __str__(self) -> str:
+        return f"{self.type} {self.resource_id} at {self.effective_at:%Y-%m-%d %H:%M:%S}"

@@ -43,6 +43,16 @@ def can_manage_admin_keys(role: str) -> bool:
     return role in MANAGERS
 
 
+def can_manage_model_access(role: str) -> bool:
+    """Set which models a project's keys, or one key, may use: owner, admin (as limits)."""
+    return role in MANAGERS
+
+
+def can_view_audit_log(role: str) -> bool:
+    """Read the organization's audit log: owner, admin (OpenAI's audit logs are for owners)."""
+    return role in MANAGERS
+
+
 def can_view_billing(role: str) -> bool:
     """See and download statements: owner, admin (OpenAI and most SaaS consoles restrict
     billing to owners/admins)."""

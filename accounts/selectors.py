@@ -11,7 +11,7 @@ from django.db.models import Count, Q, QuerySet
 from django.http import Http404
 from django.utils import timezone
 
-from .models import AdminAPIKey, APIKey, Membership, Organization, Project
+from .models import AdminAPIKey, APIKey, AuditLog, Membership, Organization, Project
 from .services import admin_api_key_cache_key, api_key_cache_key, hash_key
 
 _MISSING = "missing"
@@ -33,10 +33,21 @@ class ResolvedKey:
     expires_at: datetime | None
     revoked_at: datetime | None
     project_archived_at: datetime | None
+    # Model allowlists (canonical names; empty = every model) of the project and of the key.
+    project_allowed_models: tuple[str, ...] = ()
+    allowed_models: tuple[str, ...] = ()
 
     @property
     def is_authenticated(self) -> bool:  # lets DRF's IsAuthenticated accept it as `request.user`
         return True
+
+    def model_refused_by(self, names) -> str | None:
+        """Which allowlist refuses a model known by ``names`` (its name and aliases): ``"project"``,
+        ``"key"``, or ``None`` when this key may use it (both lists empty or naming it)."""
+        for scope, allowed in (("project", self.project_allowed_models), ("key", self.allowed_models)):
+            if allowed and not any(name in allowed for name in names):
+                return scope
+        return None
 
     @classmethod
     def from_model(cls, key: APIKey) -> "ResolvedKey":
@@ -51,6 +62,8 @@ class ResolvedKey:
             expires_at=key.expires_at,
             revoked_at=key.revoked_at,
             project_archived_at=project.archived_at,
+            project_allowed_models=tuple(project.allowed_models),
+            allowed_models=tuple(key.allowed_models),
         )
 
 
@@ -82,6 +95,19 @@ def api_key_resolve(*, plaintext: str) -> ResolvedKey | None:
 
 
 # --- The console's reads (every one scoped by organization) ---------------------------------
+
+
+def organization_find(*, name_or_id: str) -> Organization | None:
+    """The organization whose public id (``org_...``) or name (case-insensitive) is ``name_or_id``
+    (what the management commands take), or ``None``."""
+    return (Organization.objects.filter(public_id=name_or_id).first()
+            or Organization.objects.filter(name__iexact=name_or_id).first())
+
+
+def project_find(*, organization: Organization, name_or_id: str) -> Project | None:
+    """``organization``'s project whose public id or name (case-insensitive) is ``name_or_id``, or ``None``."""
+    return (organization.projects.filter(public_id=name_or_id).first()
+            or organization.projects.filter(name__iexact=name_or_id).first())
 
 
 def membership_get_for_user(*, user, organization_public_id: str) -> Membership:
@@ -198,3 +224,19 @@ def admin_api_key_resolve(*, plaintext: str) -> ResolvedAdminKey | None:
         admin_api_key_cache_key(secret_hash),
         lambda: AdminAPIKey.objects.select_related("organization").filter(secret_hash=secret_hash).first(),
         ResolvedAdminKey.from_model)
+
+
+def audit_logs_for_organization(*, organization_id: int, project_ids=None, event_types=None, actor_ids=None,
+                                actor_emails=None, resource_ids=None, effective_at: dict | None = None
+                                ) -> QuerySet[AuditLog]:
+    """``organization_id``'s audit log, newest first, filtered as OpenAI's ``GET /organization/audit_logs``:
+    each list given (project public ids, event types, actor ids, actor e-mails, resource ids) must
+    contain the entry's value; ``effective_at`` maps ``gt``/``gte``/``lt``/``lte`` to datetimes."""
+    entries = AuditLog.objects.filter(organization_id=organization_id)
+    for field, values in (("project_public_id", project_ids), ("type", event_types), ("actor_id", actor_ids),
+                          ("actor_email", actor_emails), ("resource_id", resource_ids)):
+        if values is not None:
+            entries = entries.filter(**{f"{field}__in": values})
+    for op, moment in (effective_at or {}).items():
+        entries = entries.filter(**{f"effective_at__{op}": moment})
+    return entries.order_by("-id")

@@ -10,7 +10,7 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from .models import AdminAPIKey, APIKey, Membership, Organization, Project, random_token
+from .models import AdminAPIKey, APIKey, Membership, Organization, Project, ServiceAccount, random_token
 
 # 43 base62 chars = 256 bits of entropy (same strength as OpenAI's keys).
 KEY_SECRET_LENGTH = 43
@@ -103,6 +103,51 @@ def project_create(*, organization: Organization, name: str) -> Project:
         raise ValidationError(f"A project named '{name.strip()}' already exists.", code="duplicate") from None
 
 
+def project_rename(*, project: Project, name: str) -> Project:
+    """Rename ``project``. Raises ``ValidationError`` (code ``duplicate``) when the organization has
+    another project of that name (case-insensitive)."""
+    try:
+        with transaction.atomic():
+            project.name = name.strip()
+            project.save(update_fields=["name"])
+    except IntegrityError:
+        raise ValidationError(f"A project named '{name.strip()}' already exists.", code="duplicate") from None
+    return project
+
+
+def project_archive(*, project: Project) -> Project:
+    """Archive ``project`` now (idempotent): its keys are refused from the next request (401), it
+    leaves the Admin API's default project list; usage and keys are kept."""
+    if project.archived_at is None:
+        project.archived_at = timezone.now()
+        project.save(update_fields=["archived_at"])
+    return project
+
+
+def project_allowed_models_set(*, project: Project, models: list[str]) -> Project:
+    """Set the models ``project``'s keys may use (canonical names, already checked against the
+    registry: `embeddings.services.allowed_models_normalize`); ``[]`` = every model. Applies to the
+    next request (the keys' cached lookups are dropped: `accounts.signals.project_changed`)."""
+    project.allowed_models = list(models)
+    project.save(update_fields=["allowed_models"])
+    return project
+
+
+def api_key_allowed_models_set(*, api_key: APIKey, models: list[str]) -> APIKey:
+    """Set the models ``api_key`` may use, within its project's (names as in
+    `project_allowed_models_set`); ``[]`` = every model the project allows."""
+    api_key.allowed_models = list(models)
+    api_key.save(update_fields=["allowed_models"])
+    return api_key
+
+
+def api_key_expiry_set(*, api_key: APIKey, expires_at: datetime | None) -> APIKey:
+    """Make ``api_key`` expire at ``expires_at`` (``None``: never); applies to the next request."""
+    api_key.expires_at = expires_at
+    api_key.save(update_fields=["expires_at"])
+    return api_key
+
+
 def membership_add(*, organization: Organization, user, role: str) -> Membership:
     """Give ``user`` the ``role`` (a `Membership.Role` value) in ``organization``.
 
@@ -159,14 +204,41 @@ def _key_create(model, **fields):
 
 
 def api_key_create(*, project: Project, name: str = "", expires_at: datetime | None = None,
-                   created_by=None) -> CreatedKey:
-    """Create a key for ``project``; returns the row and the plaintext (``sk-proj-`` + 43 base62).
+                   created_by=None, service_account: ServiceAccount | None = None) -> CreatedKey:
+    """Create a key for ``project`` (owned by ``created_by`` or ``service_account``); returns the row
+    and the plaintext (``sk-proj-`` + 43 base62).
 
     The plaintext is not stored anywhere; only its SHA-256 is.
     """
     api_key, plaintext = _key_create(APIKey, project=project, name=name, expires_at=expires_at,
-                                     created_by=created_by)
+                                     created_by=created_by, service_account=service_account)
     return CreatedKey(api_key=api_key, plaintext=plaintext)
+
+
+@dataclass(frozen=True)
+class CreatedServiceAccount:
+    """A new service account and its first key (`CreatedKey`: the plaintext, shown once)."""
+
+    service_account: ServiceAccount
+    key: CreatedKey
+
+
+def service_account_create(*, project: Project, name: str, expires_at: datetime | None = None
+                           ) -> CreatedServiceAccount:
+    """Create a service account of ``project`` and its key (OpenAI's Admin API: how a key is made
+    programmatically; the key's name is the account's)."""
+    with transaction.atomic():
+        account = ServiceAccount.objects.create(project=project, name=name)
+        created = api_key_create(project=project, name=name, expires_at=expires_at, service_account=account)
+    return CreatedServiceAccount(service_account=account, key=created)
+
+
+def service_account_delete(*, service_account: ServiceAccount) -> None:
+    """Delete ``service_account``: its keys are revoked first (kept, as usage refers to them)."""
+    with transaction.atomic():
+        for key in service_account.api_keys.filter(revoked_at__isnull=True):
+            api_key_revoke(api_key=key)
+        service_account.delete()
 
 
 @dataclass(frozen=True)

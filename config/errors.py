@@ -190,6 +190,10 @@ def api_error_from_domain(exc: Exception) -> APIError | None:
     those errors meet HTTP."""
     if isinstance(exc, domain.InvalidInput):
         return InvalidRequestError(exc.message, param=exc.param, code=exc.code)
+    if isinstance(exc, domain.ModelNotAllowed):
+        return PermissionDeniedError(
+            f"This API key may not use the model '{exc.model}': it is not in the {exc.scope}'s list of "
+            "allowed models. Ask your administrator to allow it.", param="model", code="model_not_allowed")
     if isinstance(exc, domain.WorkersUnavailable):
         return ServiceUnavailableError(
             "No embedding worker is running right now. Please retry shortly.",

@@ -21,6 +21,15 @@ class InvalidInput(EmbeddingsError):
         self.message, self.param, self.code = message, param, code
 
 
+class ModelNotAllowed(EmbeddingsError):
+    """The key may not use ``model``: the allowlist of its ``scope`` (``project`` or ``key``) does
+    not name it."""
+
+    def __init__(self, *, model: str, scope: str):
+        super().__init__(f"model {model} not allowed by the {scope}'s allowlist")
+        self.model, self.scope = model, scope
+
+
 class WorkersUnavailable(EmbeddingsError):
     """No worker is alive (by heartbeat, `config.heartbeats`) for the ``queue`` the request needs;
     retry after ``retry_after_s`` (a starting worker shows within one heartbeat interval)."""

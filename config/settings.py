@@ -46,6 +46,7 @@ INSTALLED_APPS = [
     "embeddings",
     "metering",
     "billing",
+    "administration",
     "console",
 ]
 
@@ -58,6 +59,8 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # Binds the request, so a change made while serving it names its actor in the audit log.
+    "accounts.audit.AuditActorMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # Last, as django-axes asks: turns a locked-out sign-in into a 429 page.
@@ -305,7 +308,8 @@ REST_FRAMEWORK = {
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Embeddings platform API",
-    "DESCRIPTION": "OpenAI-compatible embeddings API (POST /v1/embeddings, GET /v1/models).",
+    "DESCRIPTION": "OpenAI-compatible embeddings API (POST /v1/embeddings, GET /v1/models), and for admin keys "
+                   "OpenAI's usage, costs and Admin API (/v1/organization/...).",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     # The schema is public, like OpenAI's: any Authorization header (admin key, bad key) is ignored.

@@ -8,6 +8,7 @@ from django.conf import settings
 from django.db import DatabaseError, connection
 from django.http import JsonResponse
 from django.views import defaults
+from django.views.decorators.csrf import csrf_exempt
 
 from . import heartbeats
 from .database import pending_migrations
@@ -17,6 +18,7 @@ from .middleware import API_PREFIX
 from .redis_outage import redis_outage
 
 
+@csrf_exempt  # an API answer (no cookie, no state): a POST must get the envelope, not the CSRF page
 def v1_not_found(request, *args, **kwargs):
     """Any unknown ``/v1/...`` URL: 404 in the envelope (OpenAI: ``Invalid URL (POST /v1/x)``)."""
     return error_response(f"Invalid URL ({request.method} {request.path})", status=404, code="unknown_url")

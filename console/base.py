@@ -78,6 +78,8 @@ class OrganizationView(LoginRequiredMixin, TemplateView):
                 "manage_members": roles.can_manage_members(self.role),
                 "admin_keys": roles.can_manage_admin_keys(self.role),
                 "billing": roles.can_view_billing(self.role),
+                "model_access": roles.can_manage_model_access(self.role),
+                "audit_log": roles.can_view_audit_log(self.role),
             },
         )
         return context

@@ -37,6 +37,18 @@ class APIKeyCreateForm(forms.Form):
         return dt.datetime.combine(day, dt.time.min, tzinfo=dt.UTC) if day else None
 
 
+class ModelAccessForm(forms.Form):
+    """The models a project's keys (or one key) may use, among ``names`` (the active models);
+    none ticked = every model."""
+
+    models = forms.MultipleChoiceField(choices=(), required=False, widget=forms.CheckboxSelectMultiple,
+                                       label="Allowed models")
+
+    def __init__(self, *args, names: list[str], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["models"].choices = [(name, name) for name in names]
+
+
 class InvitationCreateForm(forms.Form):
     """Invite an e-mail address with a role among ``roles`` (whether it has an account or not)."""
 

@@ -22,9 +22,13 @@ from django.views.decorators.cache import never_cache
 from django.views.generic import TemplateView
 
 from accounts import invitations, roles, selectors, services
+from config.exceptions import InvalidInput
+from embeddings.selectors import embedding_models_active
+from embeddings.services import allowed_models_normalize
 
 from .base import SESSION_ORGANIZATION, OrganizationView, limit_bars
-from .forms import APIKeyCreateForm, InvitationCreateForm, InvitationSignUpForm, MemberRoleForm, ProjectCreateForm
+from .forms import (APIKeyCreateForm, InvitationCreateForm, InvitationSignUpForm, MemberRoleForm, ModelAccessForm,
+                    ProjectCreateForm)
 
 
 class SignInView(auth_views.LoginView):
@@ -142,6 +146,76 @@ class APIKeyRevokeView(OrganizationView):
         services.api_key_revoke(api_key=key)
         messages.success(request, f"Key '{key.name or key.public_id}' ({key.masked}) revoked.")
         return redirect("console:keys", org=self.organization.public_id, project=project.public_id)
+
+
+class ModelAccessView(OrganizationView):
+    """``.../projects/<project>/models/`` and ``.../keys/<key>/models/``: which models the project's
+    keys, or one key (within its project's), may use; none ticked = every model. Owners and admins
+    (`accounts.roles.can_manage_model_access`); applies to the next request."""
+
+    template_name = "console/model_access.html"
+    nav = "projects"
+
+    def _target(self):
+        self.require(roles.can_manage_model_access(self.role))
+        project = self.project(self.kwargs["project"])
+        key = self.api_key(project, self.kwargs["key"]) if "key" in self.kwargs else None
+        return project, key
+
+    def get_context_data(self, form=None, **kwargs):
+        project, key = self._target()
+        names = [m.name for m in embedding_models_active()]
+        current = (key or project).allowed_models
+        context = super().get_context_data(**kwargs)
+        context.update(project=project, key=key, form=form or ModelAccessForm(names=names,
+                                                                            initial={"models": current}),
+                       unknown=[name for name in current if name not in names])
+        return context
+
+    def post(self, request, *args, **kwargs):
+        project, key = self._target()
+        form = ModelAccessForm(request.POST, names=[m.name for m in embedding_models_active()])
+        if not form.is_valid():
+            return self.render_to_response(self.get_context_data(form=form), status=400)
+        try:
+            models = allowed_models_normalize(form.cleaned_data["models"])
+        except InvalidInput as exc:  # a model deactivated since the page was drawn
+            form.add_error("models", exc.message)
+            return self.render_to_response(self.get_context_data(form=form), status=400)
+        if key is None:
+            services.project_allowed_models_set(project=project, models=models)
+        else:
+            services.api_key_allowed_models_set(api_key=key, models=models)
+        what = f"Key '{key.name or key.public_id}'" if key else f"Project '{project.name}'"
+        messages.success(request, f"{what} may use: {', '.join(models) if models else 'every model'}.")
+        return redirect("console:keys", org=self.organization.public_id, project=project.public_id)
+
+
+class AuditLogView(OrganizationView):
+    """``/console/orgs/<org>/audit-log/``: the organization's audit log, newest first, 100 a page
+    (``?before=<entry id>`` for older ones), filtered by ``?type=`` and ``?project=``; the same
+    entries as ``GET /v1/organization/audit_logs``. Owners and admins only."""
+
+    template_name = "console/audit_log.html"
+    nav = "audit-log"
+    PAGE = 100
+
+    def get_context_data(self, **kwargs):
+        self.require(roles.can_view_audit_log(self.role))
+        context = super().get_context_data(**kwargs)
+        params = self.request.GET
+        entries = selectors.audit_logs_for_organization(
+            organization_id=self.organization.pk,
+            event_types=[params["type"]] if params.get("type") else None,
+            project_ids=[params["project"]] if params.get("project") else None)
+        if params.get("before"):
+            pivot = entries.filter(public_id=params["before"]).values_list("pk", flat=True).first()
+            entries = entries.filter(pk__lt=pivot) if pivot else entries
+        page = list(entries[:self.PAGE + 1])
+        context.update(entries=page[:self.PAGE],
+                       older=page[self.PAGE - 1].public_id if len(page) > self.PAGE else None,
+                       type=params.get("type", ""), project=params.get("project", ""))
+        return context
 
 
 @method_decorator(never_cache, name="dispatch")

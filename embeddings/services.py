@@ -21,7 +21,8 @@ from django.db import transaction
 from limits.admission import admission_precheck, admission_reserve
 from metering.services import usage_record_create
 
-from config.exceptions import InvalidInput
+from config.errors import NotFoundError
+from config.exceptions import InvalidInput, ModelNotAllowed
 from .dispatch import encode_dispatched
 from .serving.batching import MicroBatcher, get_batcher
 from .serving.engine import Engine, get_engine, model_prompts, renormalize
@@ -56,23 +57,30 @@ def embeddings_create(*, key, body: EmbeddingsRequest, request_id: str, started_
                       on_admitted: Callable[[object], None] | None = None) -> EmbeddingsResult:
     """Serve one embeddings request for the API key ``key`` (an `accounts.selectors.ResolvedKey`).
 
-    1. resolve the model and check ``dimensions``; 2. tokenize with the model's own tokenizer
+    1. resolve the model, check that the key may use it (its project's and its own allowlists) and
+    check ``dimensions``; 2. tokenize with the model's own tokenizer
     (exact counts, per-input and per-request limits); 3. admit: reserve the exact token count
     against every quota and rate limit at once (``on_admitted`` receives the reservation, whose
     ``headers`` are the ``x-ratelimit-*`` to send, whatever happens next); 4. encode, inline or
     on the workers; 5. meter one usage record (``started_at``: ``time.perf_counter()`` at
     arrival, for the latency). A failure after admission refunds the reservation.
 
-    Raises: `config.errors.NotFoundError` (unknown model); `config.exceptions.InvalidInput`
+    Raises: `config.errors.NotFoundError` (unknown model); `config.exceptions.ModelNotAllowed` (a
+    model outside the key's allowlists, before any tokenization); `config.exceptions.InvalidInput`
     (input or limits); admission's 429/503 (`limits.admission.admission_reserve`); from the workers
     `WorkersUnavailable`, `Overloaded`, `BrokerUnavailable`, `DeadlineExceeded`, `WorkerFailed`.
     """
     model = embedding_model_get(name=body.model)
+    refused_by = key.model_refused_by(model.names)
+    if refused_by is not None:
+        raise ModelNotAllowed(model=body.model, scope=refused_by)
     check_dimensions(model=model, dimensions=body.dimensions)
     service_tier = "default" if body.service_tier == "auto" else body.service_tier
-    admission_precheck(key=key, service_tier=service_tier)  # a key known to be at its RPM limit: 429 now
+    # a key known to be at its RPM limit: 429 now
+    admission_precheck(key=key, service_tier=service_tier, model=model.name)
     tokenized = tokenize_inputs(request=body, model=model)
-    reservation = admission_reserve(key=key, tokens=tokenized.total_tokens, service_tier=service_tier)
+    reservation = admission_reserve(key=key, tokens=tokenized.total_tokens, service_tier=service_tier,
+                                    model=model.name)
     with reservation:  # an exception from here on refunds the reservation (and propagates)
         if on_admitted is not None:
             on_admitted(reservation)
@@ -267,6 +275,24 @@ def embedding_data(*, vectors: np.ndarray, encoding_format: str) -> list[dict]:
         return [{"object": "embedding", "index": i, "embedding": base64.b64encode(row.tobytes()).decode("ascii")}
                 for i, row in enumerate(vectors)]
     return [{"object": "embedding", "index": i, "embedding": row} for i, row in enumerate(vectors)]
+
+
+def allowed_models_normalize(names) -> list[str]:
+    """A model allowlist as stored (`accounts.models.allowed_models_field`): each of ``names`` (a
+    model's name or alias) as its model's canonical name, without repeats, in the given order.
+
+    Raises `InvalidInput` (code ``model_not_found``, param ``None``: the caller names its field)
+    for a name no active model has.
+    """
+    canonical: list[str] = []
+    for name in names:
+        try:
+            model = embedding_model_get(name=name)
+        except NotFoundError:
+            raise InvalidInput(f"The model '{name}' does not exist.", param=None, code="model_not_found") from None
+        if model.name not in canonical:
+            canonical.append(model.name)
+    return canonical
 
 
 class ModelRegistrationError(ValueError):

@@ -120,23 +120,30 @@ def model_object(model, model_id: str) -> dict:
 
 
 class ModelListView(APIView):
-    """``GET /v1/models``: every active model, each alias listed as a model of its own."""
+    """``GET /v1/models``: every active model the key may use (its project's and its own model
+    allowlists), each alias listed as a model of its own."""
 
     @extend_schema(responses={200: ModelListSerializer, **error_responses(401, 403)}, summary="List models",
-                   operation_id="listModels")
+                   operation_id="listModels",
+                   description="The models this key may use (see the project's and the key's allowed models).")
     def get(self, request):
-        data = [model_object(m, name) for m in embedding_models_active() for name in m.names]
+        data = [model_object(m, name) for m in embedding_models_active()
+                if request.auth.model_refused_by(m.names) is None for name in m.names]
         return Response({"object": "list", "data": data})
 
 
 class ModelDetailView(APIView):
-    """``GET /v1/models/{id}``: one model by name or alias; 404 ``model_not_found`` otherwise."""
+    """``GET /v1/models/{id}``: one model by name or alias; 404 ``model_not_found`` otherwise, also
+    for a model the key may not use (as OpenAI answers: "does not exist or you do not have access")."""
 
     @extend_schema(responses={200: ModelObjectSerializer, **error_responses(401, 403, 404)},
                    summary="Retrieve a model", operation_id="retrieveModel")
     def get(self, request, model_id: str):
         try:
             model = embedding_model_get(name=model_id)
+            if request.auth.model_refused_by(model.names) is not None:
+                raise NotFoundError(f"The model '{model_id}' does not exist or you do not have access to it.",
+                                    code="model_not_found")
         except NotFoundError as exc:
             exc.param = None
             raise

@@ -12,7 +12,8 @@ class LimitAdmin(admin.ModelAdmin):
     Edits apply to the next request (the cached copy is dropped on save).
     """
 
-    list_display = ("__str__", "organization", "project", "api_key", "monthly_tokens", "rpm", "tpm", "updated_at")
+    list_display = ("__str__", "organization", "project", "api_key", "model", "monthly_tokens", "rpm", "tpm",
+                    "updated_at")
     list_filter = ("organization",)
     search_fields = ("organization__name", "organization__public_id", "project__name", "project__public_id",
                      "api_key__public_id", "api_key__name")

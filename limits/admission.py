@@ -11,7 +11,8 @@ it against all the limits that apply to the key, at once, in one atomic step:
   counters per calendar month (UTC) that count every request (limited or not, so a
   limit set later starts from the true usage), rebuilt from `billing.UsageRecord`
   (the source of truth) when missing;
-* **RPM / TPM** of the organization, the project and the key: token buckets that
+* **RPM / TPM** of the organization, the project, the key and the project's limits for the
+  request's model (OpenAI's project rate limits): token buckets that
   hold ``limit`` units and refill continuously at ``limit`` per 60 s (OpenAI's
   semantics: ``x-ratelimit-reset-*`` is the time until the bucket is full again).
 
@@ -118,13 +119,13 @@ def limits_version_key() -> str:
 
 
 class _LimitsCache:
-    """This process's copy of the limits per key, valid while the store's limits version is
+    """This process's copy of the limits per key and model, valid while the store's limits version is
     the one it was read under (checked atomically by every reservation) and for at most
     ``LIMITS_CACHE_SECONDS``."""
 
     def __init__(self):
         self.version: str | None = None
-        self.entries: dict[int, tuple[str, float, list]] = {}
+        self.entries: dict[tuple[int, str], tuple[str, float, list]] = {}
 
     def reset(self, version: str | None) -> None:
         self.version, self.entries = version, {}
@@ -133,24 +134,24 @@ class _LimitsCache:
 _limits_cache = _LimitsCache()
 
 
-def _applied_limits(backend, key) -> tuple[list, str]:
-    """``(applied limits, version)`` for ``key``: from this process's cache when it is current,
+def _applied_limits(backend, key, model: str) -> tuple[list, str]:
+    """``(applied limits, version)`` for ``key`` and ``model``: from this process's cache when it is current,
     else read from the database under the store's current version. Version ``""`` (the embedded
     default, ``LIMITS_CACHE_SECONDS = 0``): read from the database every time, nothing to check."""
 
     ttl = settings.LIMITS_CACHE_SECONDS
     if not ttl:
-        return limits_for_key(key=key), ""
+        return limits_for_key(key=key, model=model), ""
     cache = _limits_cache
-    entry = cache.entries.get(key.key_id)
+    entry = cache.entries.get((key.key_id, model))
     now = time.monotonic()
     if entry and entry[0] == cache.version and entry[1] > now:
         return entry[2], entry[0]
     version = backend.run("version", [limits_version_key()], 0, [])
-    applied = limits_for_key(key=key)  # read after learning the version: never newer-version-stale
+    applied = limits_for_key(key=key, model=model)  # read after learning the version: never newer-version-stale
     if version != cache.version:
         cache.reset(version)
-    cache.entries[key.key_id] = (version, now + ttl, applied)
+    cache.entries[(key.key_id, model)] = (version, now + ttl, applied)
     return applied, version
 
 
@@ -189,9 +190,10 @@ def _rebuild_missing(backend, checks: list[Check], month_start: datetime, month_
                 logger.info("Rebuilt monthly counter %s from the usage tables: %s tokens", check.key, used)
 
 
-def admission_reserve(*, key, tokens: int, service_tier: str) -> Reservation:
+def admission_reserve(*, key, tokens: int, service_tier: str, model: str = "") -> Reservation:
     """Reserve ``tokens`` (the request's exact token count) and one request against every limit
-    that applies to ``key`` (an `accounts.selectors.ResolvedKey`), atomically.
+    that applies to ``key`` (an `accounts.selectors.ResolvedKey`) and ``model`` (the canonical name
+    of the requested model: its project's limits for that model apply too), atomically.
 
     Raises:
         RateLimitError: 429 ``insufficient_quota`` (monthly quota; type ``insufficient_quota``)
@@ -206,7 +208,7 @@ def admission_reserve(*, key, tokens: int, service_tier: str) -> Reservation:
     backend = admission_backend()
     try:
         for _ in range(MAX_REBUILD_ROUNDS):
-            applied, version = _applied_limits(backend, key)
+            applied, version = _applied_limits(backend, key, model)
             monthly, buckets = build_checks(applied=applied, tokens=tokens, service_tier=service_tier,
                                             month_start=month_start)
             checks = monthly + buckets
@@ -221,7 +223,7 @@ def admission_reserve(*, key, tokens: int, service_tier: str) -> Reservation:
         else:
             raise AdmissionUnavailable("limits or monthly counters kept changing")
     except AdmissionUnavailable as exc:
-        monthly, buckets = build_checks(applied=limits_for_key(key=key), tokens=tokens,
+        monthly, buckets = build_checks(applied=limits_for_key(key=key, model=model), tokens=tokens,
                                         service_tier=service_tier, month_start=month_start)
         if settings.ADMISSION_REDIS_DOWN_POLICY == "open":
             logger.debug("Admission store unreachable (%s); admitting without limits (policy: open)", exc)
@@ -257,13 +259,14 @@ def _remember_rpm_full(key, check: Check, retry_ms: float) -> None:
     _rpm_full_until[key.key_id] = time.monotonic() + retry_ms / 1000
 
 
-def admission_precheck(*, key, service_tier: str) -> None:
+def admission_precheck(*, key, service_tier: str, model: str = "") -> None:
     """Before the expensive steps of a request (tokenization): raise the RPM 429 at once when this
     process already knows an RPM bucket of ``key`` is full (a reservation or a refusal was
     rejected for it, and the bucket has not refilled one request since). No store call
     otherwise, so accepted requests pay nothing; when one is known full, one store call confirms
     it (and makes the 429's headers), as a refused request makes anyway. ``flex`` requests do
-    not consume RPM: never refused here.
+    not consume RPM: never refused here. ``model``: as in `admission_reserve` (a bucket full for
+    another model of the key is found not full here, forgotten, and the request goes on).
 
     Raises `RateLimitError` (429 ``rate_limit_exceeded``, type ``requests``, ``Retry-After``).
     """
@@ -273,7 +276,7 @@ def admission_precheck(*, key, service_tier: str) -> None:
     if time.monotonic() >= until:
         _rpm_full_until.pop(key.key_id, None)
         return
-    _, buckets = build_checks(applied=limits_for_key(key=key), tokens=0, service_tier="default",
+    _, buckets = build_checks(applied=limits_for_key(key=key, model=model), tokens=0, service_tier="default",
                               month_start=datetime.now(dt_timezone.utc))
     buckets = [c for c in buckets if c.kind == "rpm"]
     keys = [c.key for c in buckets]
@@ -294,8 +297,9 @@ def admission_precheck(*, key, service_tier: str) -> None:
 
 def admission_charge_rejected(*, key) -> dict[str, str]:
     """Count a request refused before admission (an invalid body, an unknown model, an input over
-    the model's limits) toward every RPM limit of ``key``, and return the ``x-ratelimit-*``
-    headers of its response.
+    the model's limits) toward every RPM limit of ``key`` (its organization's, project's and own;
+    not the project's limits per model: the request may name none, or one it may not use), and
+    return the ``x-ratelimit-*`` headers of its response.
 
     Why: validation, and tokenization most of all, costs CPU; a key at its RPM limit must not be
     able to keep a server busy with requests that are refused anyway (issue 11, item 2). This is

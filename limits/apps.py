@@ -6,3 +6,6 @@ class LimitsConfig(AppConfig):
 
     name = "limits"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from . import signals  # noqa: F401 - every change to a limit goes to the audit log

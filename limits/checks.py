@@ -31,13 +31,15 @@ def monthly_key(scope: Scope, month_start: datetime) -> str:
 
 
 def bucket_key(scope: Scope, kind: str) -> str:
-    """Store key of a scope's RPM or TPM bucket, e.g. ``adm:b:key:7:rpm``."""
-    return f"{settings.ADMISSION_KEY_PREFIX}:b:{scope.slug}:{scope.pk}:{kind}"
+    """Store key of a scope's RPM or TPM bucket, e.g. ``adm:b:key:7:rpm``, ``adm:b:projmodel:3:rpm:<model>``."""
+    key = f"{settings.ADMISSION_KEY_PREFIX}:b:{scope.slug}:{scope.pk}:{kind}"
+    return f"{key}:{scope.model}" if scope.model else key
 
 
 def build_checks(*, applied: list[tuple[Scope, ScopeLimits]], tokens: int, service_tier: str,
                  month_start: datetime) -> tuple[list[Check], list[Check]]:
-    """The monthly checks (organization and project, always counted) and the RPM/TPM checks.
+    """The monthly checks (organization and project, always counted) and the RPM/TPM checks (of every
+    scope: organization, project, key, and the project's limits for the request's model).
 
     ``flex`` requests count to the monthly quota but do not consume RPM/TPM (cost 0: the
     buckets are only read, for the headers). Returns ``(monthly, buckets)``.
@@ -45,7 +47,7 @@ def build_checks(*, applied: list[tuple[Scope, ScopeLimits]], tokens: int, servi
     consume = service_tier != "flex"
     monthly, buckets = [], []
     for scope, limits in applied:
-        if scope.kind != "key":
+        if scope.kind in ("organization", "project"):
             monthly.append(Check("monthly_tokens", scope, limits.monthly_tokens, tokens,
                                  monthly_key(scope, month_start)))
         if limits.rpm is not None:

@@ -91,7 +91,7 @@ def _retry_headers(seconds: float) -> dict[str, str]:
 
 def _rejection(check: Check, value: float, retry_ms: float, month_end: datetime, headers: dict) -> RateLimitError:
     """The 429 for a failed check, worded as OpenAI words it, naming scope and limit."""
-    who = f"{check.scope.kind} {check.scope.public_id}"
+    who = check.scope.label
     if check.kind == "monthly_tokens":
         seconds = (month_end - datetime.now(dt_timezone.utc)).total_seconds()
         return RateLimitError(

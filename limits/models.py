@@ -14,7 +14,10 @@ class Limit(models.Model):
     * organization scope: ``project`` and ``api_key`` null;
     * project scope: ``project`` set, ``api_key`` null;
     * key scope: ``api_key`` (and its ``project``) set; keys carry RPM/TPM caps only,
-      so ``monthly_tokens`` must be null there.
+      so ``monthly_tokens`` must be null there;
+    * model scope: ``project`` and ``model`` set, ``api_key`` null: the project's RPM/TPM for
+      requests to that model (OpenAI's project rate limits, ``/v1/organization/projects/{id}/rate_limits``),
+      on top of the project-wide ones; no monthly quota.
 
     Units: ``monthly_tokens`` tokens per calendar month (UTC), a hard quota;
     ``rpm`` requests per minute; ``tpm`` tokens per minute (token buckets that refill
@@ -35,6 +38,9 @@ class Limit(models.Model):
                                                     help_text="Tokens per calendar month (UTC); empty = unlimited.")
     rpm = models.PositiveIntegerField(null=True, blank=True, help_text="Requests per minute; empty = unlimited.")
     tpm = models.PositiveBigIntegerField(null=True, blank=True, help_text="Tokens per minute; empty = unlimited.")
+    model = models.CharField(max_length=200, blank=True, default="",
+                             help_text="A model name: these RPM/TPM apply to the project's requests to it "
+                                       "(empty: to every request of the scope).")
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -42,22 +48,36 @@ class Limit(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["organization"], condition=models.Q(project=None, api_key=None),
                                     name="limit_one_per_organization"),
-            models.UniqueConstraint(fields=["project"], condition=models.Q(api_key=None),
-                                    name="limit_one_per_project"),
+            models.UniqueConstraint(fields=["project", "model"], condition=models.Q(api_key=None),
+                                    name="limit_one_per_project_model"),
             models.UniqueConstraint(fields=["api_key"], name="limit_one_per_api_key"),
             models.CheckConstraint(condition=models.Q(api_key=None) | models.Q(project__isnull=False),
                                    name="limit_key_scope_has_project"),
             models.CheckConstraint(condition=models.Q(api_key=None) | models.Q(monthly_tokens=None),
                                    name="limit_key_scope_no_monthly_quota"),
+            models.CheckConstraint(condition=models.Q(model="") | models.Q(project__isnull=False, api_key=None,
+                                                                           monthly_tokens=None),
+                                   name="limit_model_scope_is_project_rates"),
         ]
 
     @property
     def scope(self) -> str:
-        """``"organization"``, ``"project"`` or ``"key"``."""
+        """``"organization"``, ``"project"``, ``"key"`` or ``"model"`` (a project's limits for one model)."""
         if self.api_key_id:
             return "key"
+        if self.model:
+            return "model"
         return "project" if self.project_id else "organization"
+
+    @property
+    def public_id(self) -> str:
+        """The id the Admin API and the audit log give it: ``rl-<model>`` for a model scope (OpenAI's
+        project rate limit id, unique within its project), else ``rl-`` + the scope's public id."""
+        if self.model:
+            return f"rl-{self.model}"
+        target = self.api_key or self.project or self.organization
+        return f"rl-{target.public_id}"
 
     def __str__(self) -> str:
         target = self.api_key or self.project or self.organization
-        return f"Limits of {self.scope} {target}"
+        return f"Limits of {self.scope} {target}" + (f" for model {self.model}" if self.model else "")

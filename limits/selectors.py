@@ -9,25 +9,30 @@ from .models import Limit
 from .scopes import Scope, ScopeLimits
 
 
-def limits_for_key(*, key: ResolvedKey) -> list:
-    """The limits that apply to a request made with ``key``: ``[(Scope, ScopeLimits)]`` for its
-    organization, its project and the key itself, in that order (unset limits are ``None``).
+def limits_for_key(*, key: ResolvedKey, model: str = "") -> list:
+    """The limits that apply to a request made with ``key`` to ``model`` (a canonical model name;
+    ``""``: none named): ``[(Scope, ScopeLimits)]`` for its organization, its project, the key
+    itself, and, when ``model`` is given and the project has limits for it, the model scope, in
+    that order (unset limits are ``None``).
 
-    One database query. (`limits.admission` caches the result per process, invalidated by
-    the limits version that every change sets.)
+    One database query. (`limits.admission` caches the result per process and model, invalidated
+    by the limits version that every change sets.)
     """
     from django.db.models import Q
 
     scopes = [Scope("organization", key.organization_id, key.organization_public_id),
               Scope("project", key.project_id, key.project_public_id),
               Scope("key", key.key_id, key.key_public_id)]
-    found = {(s.kind, s.pk): ScopeLimits() for s in scopes}
+    found = {s.kind: ScopeLimits() for s in scopes}
     rows = Limit.objects.filter(Q(organization_id=key.organization_id, project=None, api_key=None)
-                                | Q(project_id=key.project_id, api_key=None) | Q(api_key_id=key.key_id))
+                                | Q(project_id=key.project_id, api_key=None, model__in={"", model})
+                                | Q(api_key_id=key.key_id))
     for row in rows:
-        pk = {"organization": row.organization_id, "project": row.project_id, "key": row.api_key_id}[row.scope]
-        found[(row.scope, pk)] = ScopeLimits(row.monthly_tokens, row.rpm, row.tpm)
-    return [(scope, found[(scope.kind, scope.pk)]) for scope in scopes]
+        found[row.scope] = ScopeLimits(row.monthly_tokens, row.rpm, row.tpm)
+    applied = [(scope, found[scope.kind]) for scope in scopes]
+    if "model" in found:
+        applied.append((Scope("model", key.project_id, key.project_public_id, model), found["model"]))
+    return applied
 
 
 def usage_tokens_between(*, scope, start: datetime, end: datetime) -> int:

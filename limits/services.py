@@ -22,9 +22,11 @@ LIMIT_MAX = {"monthly_tokens": 2**53, "rpm": 2**31 - 1, "tpm": 2**53}
 
 
 def limit_set(*, organization: Organization, project: Project | None = None, api_key: APIKey | None = None,
-              monthly_tokens: int | None | _Unset = UNSET, rpm: int | None | _Unset = UNSET,
+              model: str = "", monthly_tokens: int | None | _Unset = UNSET, rpm: int | None | _Unset = UNSET,
               tpm: int | None | _Unset = UNSET):
-    """Set the limits of one scope: the organization, a project of it, or a key of that project.
+    """Set the limits of one scope: the organization, a project of it, a key of that project, or the
+    project's requests to ``model`` (a canonical model name; RPM/TPM only: OpenAI's project rate
+    limits).
 
     ``monthly_tokens`` (tokens per calendar month, UTC, hard), ``rpm`` (requests per minute),
     ``tpm`` (tokens per minute): an int >= 0 sets the limit, ``None`` clears it (unlimited),
@@ -35,8 +37,12 @@ def limit_set(*, organization: Organization, project: Project | None = None, api
     default does not cache limits).
 
     Raises ``ValueError`` for a project/key outside the organization/project, a negative value,
-    or a monthly quota on a key.
+    a monthly quota on a key or a model, or a model without a project (or with a key).
     """
+    if model and (project is None or api_key is not None):
+        raise ValueError("Limits per model are a project's: give the project and no key.")
+    if model and monthly_tokens not in (UNSET, None):
+        raise ValueError("Limits per model are RPM/TPM only; set monthly quotas on the project or organization.")
     if api_key is not None:
         project = project or api_key.project
         if api_key.project_id != project.pk:
@@ -54,7 +60,7 @@ def limit_set(*, organization: Organization, project: Project | None = None, api
 
     with transaction.atomic():
         limit, _ = Limit.objects.select_for_update().get_or_create(
-            organization=organization, project=project, api_key=api_key)
+            organization=organization, project=project, api_key=api_key, model=model)
         for name, value in values.items():
             setattr(limit, name, value)
         limit.save()

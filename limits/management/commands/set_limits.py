@@ -6,7 +6,8 @@ effect at once. Prints the scope's limits after the change.
 """
 from django.core.management.base import BaseCommand, CommandError
 
-from accounts.models import APIKey, Organization
+from accounts.models import APIKey
+from accounts.selectors import organization_find, project_find
 from limits.services import UNSET, limit_set
 
 
@@ -36,14 +37,12 @@ class Command(BaseCommand):
         parser.add_argument("--tpm", type=limit_value, default=UNSET, help="Tokens per minute; 'none' = unlimited.")
 
     def handle(self, *args, org, project, key, monthly_tokens, rpm, tpm, **options):
-        organization = (Organization.objects.filter(public_id=org).first()
-                        or Organization.objects.filter(name__iexact=org).first())
+        organization = organization_find(name_or_id=org)
         if organization is None:
             raise CommandError(f"No organization named {org!r}.")
         proj = None
         if project:
-            proj = (organization.projects.filter(public_id=project).first()
-                    or organization.projects.filter(name__iexact=project).first())
+            proj = project_find(organization=organization, name_or_id=project)
             if proj is None:
                 raise CommandError(f"No project {project!r} in organization {organization.name!r}.")
         api_key = None
