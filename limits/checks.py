@@ -39,10 +39,10 @@ def build_checks(*, applied: list[tuple[Scope, ScopeLimits]], tokens: int, servi
                  month_start: datetime) -> tuple[list[Check], list[Check]]:
     """The monthly checks (organization and project, always counted) and the RPM/TPM checks.
 
-    ``flex`` requests count to the monthly quota but do not consume RPM/TPM (cost 0: the
-    buckets are only read, for the headers). Returns ``(monthly, buckets)``.
+    ``flex`` requests and ``batch`` lines count to the monthly quota but do not consume RPM/TPM
+    (cost 0: the buckets are only read, for the headers). Returns ``(monthly, buckets)``.
     """
-    consume = service_tier != "flex"
+    consume = service_tier not in ("flex", "batch")
     monthly, buckets = [], []
     for scope, limits in applied:
         if scope.kind != "key":
