@@ -16,7 +16,7 @@ import numpy as np
 import orjson
 from rest_framework.exceptions import ValidationError
 
-from config.errors import APIError, openai_exception_handler
+from config.errors import APIError, NotFoundError, openai_exception_handler
 from config.exceptions import EmbeddingsError
 from embeddings.models import EmbeddingModel
 from embeddings.selectors import embedding_model_get
@@ -110,15 +110,16 @@ def line_prepare(line: InputLine) -> PreparedLine:
 
 
 def line_model_name(body) -> str | None:
-    """The model a body names, canonical when it is a registered name or alias (so two aliases of
-    one model are one model), else as written; None when the body names none."""
+    """The registered model a body names, by its canonical name (two aliases of one model are one
+    model); None when it names none that is registered (then that is the line's own error, 404
+    ``model_not_found``, as the synchronous API answers)."""
     name = body.get("model") if isinstance(body, dict) else None
     if not isinstance(name, str):
         return None
     try:
         return embedding_model_get(name=name).name
-    except Exception:  # noqa: BLE001 - an unknown model is the line's own error (404 model_not_found)
-        return name
+    except NotFoundError:
+        return None
 
 
 def line_ids(batch_public_id: str, index: int) -> tuple[str, str]:
