@@ -389,6 +389,9 @@ BILLING_CURRENCY = env.str("BILLING_CURRENCY", default="usd")
 # The default model's first price per 1M input tokens, set by the release step (`make migrate`)
 # when it has none: the list price hosted MiniLM-class models sell at. Changes: `set_price`.
 BILLING_DEFAULT_MODEL_PRICE = Decimal(env.str("BILLING_DEFAULT_MODEL_PRICE", default="0.010000"))
+# A model's batch price per 1M tokens, until it has one of its own (`set_price --batch`): this share
+# of its standard price in effect (OpenAI's Batch API: 50% off).
+BILLING_BATCH_PRICE_RATIO = Decimal(env.str("BILLING_BATCH_PRICE_RATIO", default="0.5"))
 # Each rollup run re-rolls this many trailing hours, picking up records that arrived late.
 BILLING_ROLLUP_LOOKBACK_HOURS = env.int("BILLING_ROLLUP_LOOKBACK_HOURS", default=3)
 # Seconds between rollup runs (the usage API's 1h/1d buckets and the draft statement lag by at
