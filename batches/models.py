@@ -137,6 +137,9 @@ class BatchChunk(models.Model):
     end_byte = models.PositiveBigIntegerField()
     tokens = models.PositiveBigIntegerField()
     state = models.CharField(max_length=8, choices=State.choices, default=State.PENDING)
+    # The Celery task id it was last sent under (its claim, `config.heartbeats.chunk_claim`, names
+    # the worker that took it, so beat can send it again when that worker dies).
+    task_id = models.CharField(max_length=64, blank=True, default="")
     sent_at = models.DateTimeField(null=True, blank=True)
     done_at = models.DateTimeField(null=True, blank=True)
 

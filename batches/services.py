@@ -34,6 +34,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -75,14 +76,14 @@ RUNNING = (Batch.Status.IN_PROGRESS, Batch.Status.FINALIZING, Batch.Status.CANCE
 EXPIRED_MESSAGE = "This request could not be executed before the completion window expired."
 
 
-def task_send(name: str, *args) -> None:
-    """Send task ``name`` (`batches.tasks`) to ``BATCH_QUEUE`` by name. A broker that cannot be
-    reached is logged: beat's `batches_tick` sends lost work again."""
+def task_send(name: str, *args, task_id: str | None = None) -> None:
+    """Send task ``name`` (`batches.tasks`) to ``BATCH_QUEUE`` by name (under ``task_id`` when given).
+    A broker that cannot be reached is logged: beat's `batches_tick` sends lost work again."""
     from celery import current_app
     from kombu.exceptions import OperationalError
 
     try:
-        current_app.send_task(name, args=args, queue=settings.BATCH_QUEUE)
+        current_app.send_task(name, args=args, queue=settings.BATCH_QUEUE, task_id=task_id)
     except OperationalError as exc:
         logger.warning("Could not send %s%s (%s); the batch tick will send it again", name, args, exc)
 
@@ -368,7 +369,7 @@ def batch_advance(*, batch_id: int) -> None:
     """Keep ``BATCH_CHUNKS_IN_FLIGHT`` chunks of the batch sent (pending ones in order); when the batch
     stops (cancel, expiry) its pending chunks are skipped; when no chunk is pending or sent any more,
     the batch is finalized (``batches.finalize``, sent once)."""
-    send: list[int] = []
+    send: list[tuple[int, str]] = []
     finalize = False
     now = timezone.now()
     with transaction.atomic():
@@ -381,10 +382,11 @@ def batch_advance(*, batch_id: int) -> None:
         else:
             room = settings.BATCH_CHUNKS_IN_FLIGHT - chunks.filter(state=BatchChunk.State.SENT).count()
             if room > 0:
-                picked = list(chunks.filter(state=BatchChunk.State.PENDING).order_by("index")
-                              .values_list("pk", "index")[:room])
-                chunks.filter(pk__in=[pk for pk, _ in picked]).update(state=BatchChunk.State.SENT, sent_at=now)
-                send = [index for _, index in picked]
+                for pk, index in chunks.filter(state=BatchChunk.State.PENDING).order_by("index") \
+                        .values_list("pk", "index")[:room]:
+                    task_id = str(uuid.uuid4())
+                    chunks.filter(pk=pk).update(state=BatchChunk.State.SENT, sent_at=now, task_id=task_id)
+                    send.append((index, task_id))
         if batch.finalizing_at is None and not chunks.filter(
                 state__in=[BatchChunk.State.PENDING, BatchChunk.State.SENT]).exists():
             finalize = True
@@ -392,8 +394,8 @@ def batch_advance(*, batch_id: int) -> None:
             if batch.status == Batch.Status.IN_PROGRESS:
                 batch.status = Batch.Status.FINALIZING
             batch.save(update_fields=["status", "finalizing_at", "dispatched_at"])
-    for index in send:
-        task_send("batches.run_chunk", batch_id, index)
+    for index, task_id in send:
+        task_send("batches.run_chunk", batch_id, index, task_id=task_id)
     if finalize:
         task_send("batches.finalize", batch_id)
 
@@ -631,20 +633,51 @@ def batch_expire(*, batch_id: int) -> None:
     batch_advance(batch_id=batch_id)
 
 
+def _lost_chunks(now: datetime) -> list[BatchChunk]:
+    """Sent chunks that will not finish: sent ``BATCH_CHUNK_RESEND_SECONDS`` ago; or claimed by a
+    worker that is no longer alive (by heartbeat, `config.heartbeats`; Redis would give the message
+    back only after ``EMBEDDINGS_VISIBILITY_TIMEOUT``); or never claimed although the queue has been
+    empty `UNCLAIMED_GRACE_SECONDS` after sending (kombu's Redis transport pops a message before it
+    records it: a worker killed in between took it with it)."""
+    import redis
+    from kombu.exceptions import OperationalError
+
+    from config import heartbeats
+    from embeddings.dispatch import UNCLAIMED_GRACE_SECONDS, queue_depth
+
+    sent = list(BatchChunk.objects.filter(state=BatchChunk.State.SENT, batch__status__in=RUNNING))
+    stale = now - timedelta(seconds=settings.BATCH_CHUNK_RESEND_SECONDS)
+    lost = [c for c in sent if c.sent_at < stale]
+    rest = [c for c in sent if c.sent_at >= stale and c.task_id]
+    try:
+        alive = heartbeats.worker_keys_alive()
+        owners = heartbeats.chunk_owners([c.task_id for c in rest])
+        empty = None if all(owners) else queue_depth(settings.BATCH_QUEUE) == 0
+    except (redis.RedisError, OperationalError):
+        return lost
+    unclaimed_before = now - timedelta(seconds=UNCLAIMED_GRACE_SECONDS)
+    return lost + [c for c, owner in zip(rest, owners)
+                   if (owner is not None and owner not in alive)
+                   or (owner is None and empty and c.sent_at < unclaimed_before)]
+
+
 def batches_tick(*, now: datetime | None = None) -> None:
     """Beat's periodic task (every ``BATCH_TICK_SECONDS``): expire batches past ``expires_at``; send
-    again chunks sent ``BATCH_CHUNK_RESEND_SECONDS`` ago and not done, and validations and
-    finalizations sent that long ago and not done (lost messages; every step is idempotent);
-    delete expired files."""
+    again the chunks that were lost (`_lost_chunks`: a dead worker's, a lost message) and the
+    validations and finalizations sent ``BATCH_CHUNK_RESEND_SECONDS`` ago and not done (every step is
+    idempotent); delete expired files."""
     now = now or timezone.now()
     for batch_id in Batch.objects.filter(status__in=[Batch.Status.VALIDATING, Batch.Status.IN_PROGRESS], stop="",
                                          expires_at__lte=now).values_list("pk", flat=True):
         batch_expire(batch_id=batch_id)
     stale = now - timedelta(seconds=settings.BATCH_CHUNK_RESEND_SECONDS)
-    for chunk in BatchChunk.objects.filter(state=BatchChunk.State.SENT, sent_at__lt=stale, batch__status__in=RUNNING):
-        if BatchChunk.objects.filter(pk=chunk.pk, state=BatchChunk.State.SENT, sent_at=chunk.sent_at) \
-                .update(sent_at=now):
-            task_send("batches.run_chunk", chunk.batch_id, chunk.index)
+    for chunk in _lost_chunks(now):
+        task_id = str(uuid.uuid4())
+        if BatchChunk.objects.filter(pk=chunk.pk, state=BatchChunk.State.SENT, task_id=chunk.task_id) \
+                .update(sent_at=now, task_id=task_id):
+            logger.warning("Batch chunk %s/%d was lost with its worker or message; sending it again",
+                           chunk.batch_id, chunk.index)
+            task_send("batches.run_chunk", chunk.batch_id, chunk.index, task_id=task_id)
     lost = Batch.objects.filter(Q(status=Batch.Status.VALIDATING) | Q(finalizing_at__isnull=False, status__in=RUNNING),
                                 dispatched_at__lt=stale)
     for batch in lost:

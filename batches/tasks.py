@@ -5,6 +5,8 @@ redelivered when its worker dies (``reject_on_worker_lost``), like the embedding
 from __future__ import annotations
 
 from celery import shared_task
+from celery.signals import task_received
+from django.conf import settings
 
 from . import services
 
@@ -34,3 +36,14 @@ def finalize(batch_id: int) -> None:
 def tick() -> None:
     """`batches.services.batches_tick` (beat, every ``BATCH_TICK_SECONDS``)."""
     services.batches_tick()
+
+
+@task_received.connect
+def claim_chunk(sender=None, request=None, **kwargs) -> None:
+    """Record which worker took each batch chunk (as `embeddings.tasks.claim_chunk` does for the
+    synchronous API's), so beat's tick sends it again soon after that worker dies."""
+    if request is None or request.name != "batches.run_chunk":
+        return
+    from config.heartbeats import chunk_claim
+
+    chunk_claim(request.id, hostname=request.hostname, ttl_s=settings.BATCH_CHUNK_RESEND_SECONDS + 60)
