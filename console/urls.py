@@ -5,7 +5,7 @@ Every URL under ``orgs/<org>/`` must be served by a subclass of
 """
 from django.urls import include, path, re_path
 
-from . import billing_views, views
+from . import batch_views, billing_views, views
 
 app_name = "console"
 
@@ -13,6 +13,11 @@ organization_urls = [
     path("", views.ProjectListView.as_view(), name="projects"),
     path("projects/<str:project>/keys/", views.APIKeyListView.as_view(), name="keys"),
     path("projects/<str:project>/keys/<str:key>/revoke/", views.APIKeyRevokeView.as_view(), name="key-revoke"),
+    path("projects/<str:project>/batches/", batch_views.BatchListView.as_view(), name="batches"),
+    path("projects/<str:project>/batches/<str:batch>/cancel/", batch_views.BatchCancelView.as_view(),
+         name="batch-cancel"),
+    path("projects/<str:project>/files/<str:file>/content", batch_views.BatchFileDownloadView.as_view(),
+         name="batch-file"),
     path("members/", views.MemberListView.as_view(), name="members"),
     path("members/invitations/<str:invitation>/revoke/", views.InvitationRevokeView.as_view(),
          name="invitation-revoke"),

@@ -51,7 +51,7 @@ def run_tasks(monkeypatch, batch_files):
     from batches import services, tasks
 
     sent: list[tuple] = []
-    monkeypatch.setattr(services, "task_send", lambda name, *args: sent.append((name, args)))
+    monkeypatch.setattr(services, "task_send", lambda name, *args, task_id=None: sent.append((name, args)))
     bodies = {"batches.validate": tasks.validate, "batches.run_chunk": tasks.run_chunk,
               "batches.finalize": tasks.finalize, "batches.tick": tasks.tick}
 
