@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.http import FileResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -105,8 +106,21 @@ class FileDetailView(_ProjectAPIView):
         return Response({"id": file_id, "object": "file", "deleted": True})
 
 
+class _AnyAccept(BaseContentNegotiation):
+    """The content is the file's bytes whatever the client accepts (the official client sends
+    ``Accept: application/binary``); errors are still rendered with the first renderer (JSON)."""
+
+    def select_parser(self, request, parsers):
+        return parsers[0] if parsers else None
+
+    def select_renderer(self, request, renderers, format_suffix=None):
+        return renderers[0], renderers[0].media_type
+
+
 class FileContentView(_ProjectAPIView):
     """``GET /v1/files/{file_id}/content``: the file's bytes, streamed."""
+
+    content_negotiation_class = _AnyAccept
 
     @extend_schema(responses={(200, "application/octet-stream"): OpenApiResponse(OpenApiTypes.BINARY),
                               **error_responses(401, 403, 404)},

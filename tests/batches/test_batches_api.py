@@ -82,7 +82,7 @@ def test_files_upload_list_retrieve_content_delete(client, batch_files):
     assert [f["id"] for f in page["data"]] == [second["id"]] and page["has_more"]
     assert [f["id"] for f in client.get("/v1/files", {"limit": 1, "after": second["id"]}).json()["data"]] == [first["id"]]
     assert client.get(f"/v1/files/{first['id']}").json() == first
-    response = client.get(f"/v1/files/{first['id']}/content")
+    response = client.get(f"/v1/files/{first['id']}/content", HTTP_ACCEPT="application/binary")  # the client's
     assert b"".join(response.streaming_content) == data
     assert client.delete(f"/v1/files/{first['id']}").json() == {"id": first["id"], "object": "file", "deleted": True}
     assert_error(client.get(f"/v1/files/{first['id']}"), 404, param="id", code="not_found")
