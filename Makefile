@@ -48,7 +48,7 @@ beat: install
 
 # Architecture checks: import contracts (.importlinter) and no code written twice (pylint's
 # duplicate-code at its default threshold; migrations are generated, so excluded).
-CODE := accounts administration billing config console embeddings limits metering tests bench
+CODE := accounts administration batches billing config console embeddings limits metering tests bench
 lint: install
 	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/pylint --disable=all --enable=duplicate-code --ignore=migrations --score=n $(CODE)

@@ -178,6 +178,8 @@ class UsageEmbeddingsResultSerializer(serializers.Serializer):
     user_id = serializers.CharField(allow_null=True)
     api_key_id = serializers.CharField(allow_null=True)
     model = serializers.CharField(allow_null=True)
+    batch = serializers.BooleanField(allow_null=True, help_text="Whether the usage came from the Batch API "
+                                                                "(grouped by `batch`), else null.")
 
 
 class UsageBucketSerializer(_BucketSerializer):
@@ -203,7 +205,8 @@ class CostsResultSerializer(serializers.Serializer):
 
     object = serializers.CharField(default="organization.costs.result")
     amount = AmountSerializer()
-    line_item = serializers.CharField(allow_null=True, help_text="A model name.")
+    line_item = serializers.CharField(allow_null=True, help_text="A model name; `<model> (batch)` for the "
+                                                                 "Batch API's usage of it.")
     project_id = serializers.CharField(allow_null=True)
 
 
@@ -267,6 +270,13 @@ def _public_ids(rows) -> tuple[dict, dict, dict]:
             dict(EmbeddingModel.objects.filter(pk__in=model_ids).values_list("pk", "name")))
 
 
+def line_item(model: str | None, tier: str | None) -> str | None:
+    """A costs line item: the model's name, ``"<model> (batch)"`` for its Batch API usage."""
+    if model is None:
+        return None
+    return f"{model} (batch)" if tier == "batch" else model
+
+
 class UsageEmbeddingsView(_OrganizationAPIView):
     """``GET /v1/organization/usage/embeddings``: input tokens and requests per time bucket.
 
@@ -293,6 +303,7 @@ class UsageEmbeddingsView(_OrganizationAPIView):
                 "user_id": None,
                 "api_key_id": keys.get(r["api_key_id"]),
                 "model": models.get(r["model_id"]),
+                "batch": r["batch"],
             } for r in grouped.get(bucket, [])]
 
         return Response(UsagePageSerializer(window.page(results)).data)
@@ -319,7 +330,7 @@ class CostsView(_OrganizationAPIView):
         def results(bucket: int) -> list[dict]:
             return [{
                 "amount": {"value": float(r["amount"]), "currency": currency},
-                "line_item": models.get(r["model_id"]),
+                "line_item": line_item(models.get(r["model_id"]), r["tier"]),
                 "project_id": projects.get(r["project_id"]),
             } for r in grouped.get(bucket, [])]
 

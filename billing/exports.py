@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from billing.models import Statement, StatementLine
 
 CSV_COLUMNS = ["organization_id", "period", "kind", "usage_period", "project_id", "project_name", "model",
-               "price_effective_from", "unit_price_per_million_tokens", "currency", "num_model_requests",
+               "service_tier", "price_effective_from", "unit_price_per_million_tokens", "currency", "num_model_requests",
                "input_tokens", "amount"]
 
 
@@ -44,7 +44,7 @@ def _lines(statement: Statement, lines: Iterable[StatementLine] | None) -> list[
     if lines is None:
         lines = statement.lines.select_related("project", "model")
     return sorted(lines, key=lambda line: (line.kind, line.usage_period_start, line.project.public_id,
-                                           line.model.name, line.price_effective_from))
+                                           line.model.name, line.service_tier, line.price_effective_from))
 
 
 def statement_export_rows(statement: Statement, lines: Iterable[StatementLine] | None = None) -> list[dict]:
@@ -63,6 +63,7 @@ def statement_export_rows(statement: Statement, lines: Iterable[StatementLine] |
         "project_id": line.project.public_id,
         "project_name": line.project.name,
         "model": line.model.name,
+        "service_tier": line.service_tier,
         "price_effective_from": line.price_effective_from.isoformat(),
         "unit_price_per_million_tokens": str(line.unit_price),
         "currency": statement.currency,

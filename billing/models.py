@@ -11,6 +11,19 @@ from django.db.models import Q
 from django.utils import timezone
 
 
+class PriceTier(models.TextChoices):
+    """What a price applies to: the synchronous API (``default``; flex is billed at it too) or the
+    Batch API's lines (``batch``: usage with ``service_tier="batch"``)."""
+
+    DEFAULT = "default", "Standard"
+    BATCH = "batch", "Batch"
+
+
+def price_tier_of(service_tier: str) -> str:
+    """The `PriceTier` that bills usage of ``service_tier`` (a `metering.models.UsageRecord` tier)."""
+    return PriceTier.BATCH if service_tier == PriceTier.BATCH else PriceTier.DEFAULT
+
+
 class Price(models.Model):
     """The price of a model per 1,000,000 input tokens, in effect from ``effective_from`` (a UTC date) on.
 
@@ -19,9 +32,13 @@ class Price(models.Model):
     hourly and daily usage bucket has exactly one price. These rows are the only source
     of prices: a model's first row (from 1970-01-01) comes from `billing.services.price_initial_set`,
     later ones from `price_create`; a model without rows is unpriced (0).
+
+    ``service_tier``: `PriceTier`. A model's batch price is its ``batch`` row in effect, or, before
+    its first one, ``BILLING_BATCH_PRICE_RATIO`` (half) of its standard price in effect that day.
     """
 
     model = models.ForeignKey("embeddings.EmbeddingModel", on_delete=models.PROTECT, related_name="prices")
+    service_tier = models.CharField(max_length=8, choices=PriceTier.choices, default=PriceTier.DEFAULT)
     price_per_million_tokens = models.DecimalField(max_digits=12, decimal_places=6)
     currency = models.CharField(max_length=3, default="usd")
     effective_from = models.DateField()
@@ -30,17 +47,20 @@ class Price(models.Model):
     class Meta:
         ordering = ["model", "effective_from"]
         constraints = [
-            models.UniqueConstraint(fields=["model", "effective_from"], name="price_model_from_unique"),
+            models.UniqueConstraint(fields=["model", "service_tier", "effective_from"],
+                                    name="price_model_tier_from_unique"),
             models.CheckConstraint(condition=Q(price_per_million_tokens__gte=Decimal("0")),
                                    name="price_non_negative"),
         ]
 
     def __str__(self) -> str:
-        return f"{self.model} {self.price_per_million_tokens} {self.currency}/1M from {self.effective_from}"
+        tier = " (batch)" if self.service_tier == PriceTier.BATCH else ""
+        return f"{self.model}{tier} {self.price_per_million_tokens} {self.currency}/1M from {self.effective_from}"
 
 
 class UsageRollup(models.Model):
-    """An aggregate of `UsageRecord` rows per bucket, organization, project, key and model.
+    """An aggregate of `UsageRecord` rows per bucket, organization, project, key, model and service
+    tier (``service_tier``: the records' own, so batch usage is its own row).
 
     ``input_tokens`` sums ``prompt_tokens`` (exact integers); ``num_model_requests``
     counts records. Rows are recomputed from raw records and upserted, never
@@ -58,6 +78,7 @@ class UsageRollup(models.Model):
                                 db_constraint=False, db_index=False)
     model = models.ForeignKey("embeddings.EmbeddingModel", on_delete=models.PROTECT, related_name="+",
                               db_index=False)
+    service_tier = models.CharField(max_length=16, default="default")
     num_model_requests = models.PositiveBigIntegerField()
     input_tokens = models.PositiveBigIntegerField()
     updated_at = models.DateTimeField(default=timezone.now)
@@ -71,8 +92,9 @@ class HourlyUsage(UsageRollup):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["bucket_start", "organization", "project", "api_key", "model"],
-                                    name="hourly_usage_bucket_unique", nulls_distinct=False),
+            models.UniqueConstraint(fields=["bucket_start", "organization", "project", "api_key", "model",
+                                            "service_tier"],
+                                    name="hourly_usage_bucket_tier_unique", nulls_distinct=False),
         ]
         indexes = [models.Index(fields=["organization", "bucket_start"], name="hourly_usage_org_time")]
 
@@ -82,8 +104,9 @@ class DailyUsage(UsageRollup):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["bucket_start", "organization", "project", "api_key", "model"],
-                                    name="daily_usage_bucket_unique", nulls_distinct=False),
+            models.UniqueConstraint(fields=["bucket_start", "organization", "project", "api_key", "model",
+                                            "service_tier"],
+                                    name="daily_usage_bucket_tier_unique", nulls_distinct=False),
         ]
         indexes = [models.Index(fields=["organization", "bucket_start"], name="daily_usage_org_time")]
 
@@ -122,7 +145,8 @@ class Statement(models.Model):
 
 
 class StatementLine(models.Model):
-    """One line of a statement: a project, a model and the unit price in effect.
+    """One line of a statement: a project, a model, a price tier (``service_tier``: `PriceTier`, so
+    batch usage is a line of its own) and the unit price in effect.
 
     ``amount = input_tokens * unit_price / 1,000,000`` rounded ROUND_HALF_UP to cents
     (per line; the statement total is the sum of the rounded lines). A price change
@@ -139,6 +163,7 @@ class StatementLine(models.Model):
     usage_period_start = models.DateField()
     project = models.ForeignKey("accounts.Project", on_delete=models.PROTECT, related_name="+")
     model = models.ForeignKey("embeddings.EmbeddingModel", on_delete=models.PROTECT, related_name="+")
+    service_tier = models.CharField(max_length=8, choices=PriceTier.choices, default=PriceTier.DEFAULT)
     price_effective_from = models.DateField()
     unit_price = models.DecimalField(max_digits=12, decimal_places=6, help_text="Per 1M input tokens.")
     num_model_requests = models.BigIntegerField()
@@ -146,9 +171,11 @@ class StatementLine(models.Model):
     amount = models.DecimalField(max_digits=16, decimal_places=2)
 
     class Meta:
-        ordering = ["statement", "kind", "usage_period_start", "project_id", "model_id", "price_effective_from"]
+        ordering = ["statement", "kind", "usage_period_start", "project_id", "model_id", "service_tier",
+                    "price_effective_from"]
         constraints = [
             models.UniqueConstraint(
-                fields=["statement", "kind", "usage_period_start", "project", "model", "price_effective_from"],
-                name="statement_line_unique"),
+                fields=["statement", "kind", "usage_period_start", "project", "model", "service_tier",
+                        "price_effective_from"],
+                name="statement_line_tier_unique"),
         ]

@@ -24,7 +24,7 @@ from django.db import connection, transaction
 from django.db.models import Sum
 from django.utils import timezone
 
-from billing.models import DailyUsage, HourlyUsage, Price, Statement, StatementLine
+from billing.models import DailyUsage, HourlyUsage, Price, PriceTier, Statement, StatementLine, price_tier_of
 from config.errors import InvalidRequestError
 from config.periods import month_bounds
 from metering.models import UsageRecord
@@ -67,15 +67,18 @@ class PriceSchedule:
         return self.starts[i], self.prices[i]
 
 
-def price_schedules(*, model_ids) -> dict[int, PriceSchedule]:
-    """The `PriceSchedule` of each model id, read from `Price` rows (the one source of prices).
+def price_schedules(*, model_ids, service_tier: str = PriceTier.DEFAULT) -> dict[int, PriceSchedule]:
+    """The `PriceSchedule` of each model id for the price tier ``service_tier`` (`PriceTier`), read
+    from `Price` rows (the one source of prices).
 
-    Read-only. A model without any `Price` row is unpriced: its schedule is 0 per 1M tokens
+    Read-only. A model without any standard `Price` row is unpriced: its schedule is 0 per 1M tokens
     from 1970-01-01 (`price_initial_set` gives a model its first price, `price_create` a change).
+    The batch schedule is `batch_price_schedule` of the standard one.
     """
     model_ids = set(model_ids)
     schedules: dict[int, PriceSchedule] = {}
-    for price in Price.objects.filter(model_id__in=model_ids).order_by("model_id", "effective_from"):
+    for price in Price.objects.filter(model_id__in=model_ids, service_tier=PriceTier.DEFAULT) \
+            .order_by("model_id", "effective_from"):
         sched = schedules.setdefault(price.model_id, PriceSchedule([], [], price.currency))
         sched.starts.append(price.effective_from)
         sched.prices.append(price.price_per_million_tokens)
@@ -85,7 +88,31 @@ def price_schedules(*, model_ids) -> dict[int, PriceSchedule]:
         if not sched.starts or sched.starts[0] > EPOCH:  # unpriced before its first price
             sched.starts.insert(0, EPOCH)
             sched.prices.insert(0, Decimal("0"))
+    if service_tier == PriceTier.BATCH:
+        rows: dict[int, list[Price]] = defaultdict(list)
+        for price in Price.objects.filter(model_id__in=model_ids, service_tier=PriceTier.BATCH) \
+                .order_by("model_id", "effective_from"):
+            rows[price.model_id].append(price)
+        schedules = {model_id: batch_price_schedule(standard=sched, batch_prices=rows[model_id])
+                     for model_id, sched in schedules.items()}
     return schedules
+
+
+def batch_price_schedule(*, standard: PriceSchedule, batch_prices: list[Price]) -> PriceSchedule:
+    """A model's batch prices over time: its ``batch`` `Price` rows (sorted by date) where one is in
+    effect, else ``BILLING_BATCH_PRICE_RATIO`` (OpenAI's Batch API: half) of the ``standard`` price in
+    effect that day. A period starts at every date either changes; equal neighbours are merged."""
+    ratio = settings.BILLING_BATCH_PRICE_RATIO
+    batch = PriceSchedule([p.effective_from for p in batch_prices],
+                          [p.price_per_million_tokens for p in batch_prices], standard.currency)
+    out = PriceSchedule([], [], standard.currency)
+    for day in sorted(set(standard.starts) | set(batch.starts)):
+        price = (batch.at(day)[1] if batch.starts and batch.starts[0] <= day
+                 else (standard.at(day)[1] * ratio).quantize(Decimal("0.000001")))
+        if not out.prices or out.prices[-1] != price:
+            out.starts.append(day)
+            out.prices.append(price)
+    return out
 
 
 def _price_amount(price_per_million_tokens) -> Decimal:
@@ -103,34 +130,37 @@ def _last_closed_month() -> date | None:
             .values_list("period_start", flat=True).first())
 
 
-def price_initial_set(*, model, price_per_million_tokens: Decimal, currency: str | None = None) -> Price:
+def price_initial_set(*, model, price_per_million_tokens: Decimal, currency: str | None = None,
+                      service_tier: str = PriceTier.DEFAULT) -> Price:
     """Give ``model`` its first price, in effect from 1970-01-01 (so for all of its past usage) or,
     once a month is closed on a statement, from the month after the last closed one (a closed
     bill, and the costs of its months, never change); unless it already has a price: then its
     prices are kept and the earliest is returned.
 
     Idempotent: the release step (`config.run.migrate`) calls it for the default model on every
-    deploy. Raises `InvalidRequestError` when the price is negative.
+    deploy. ``service_tier``: the `PriceTier` it prices (``batch``: the model's first batch price,
+    which replaces half the standard price from then on). Raises `InvalidRequestError` when the
+    price is negative.
     """
     price = _price_amount(price_per_million_tokens)
-    existing = Price.objects.filter(model=model).order_by("effective_from").first()
+    existing = Price.objects.filter(model=model, service_tier=service_tier).order_by("effective_from").first()
     if existing is not None:
         return existing
     last_closed = _last_closed_month()
     start = EPOCH if last_closed is None else month_after(last_closed)
-    return Price.objects.get_or_create(model=model, effective_from=start, defaults={
+    return Price.objects.get_or_create(model=model, service_tier=service_tier, effective_from=start, defaults={
         "price_per_million_tokens": price, "currency": currency or settings.BILLING_CURRENCY})[0]
 
 
 def price_create(*, model, price_per_million_tokens: Decimal, effective_from: date,
-                 currency: str | None = None) -> Price:
+                 currency: str | None = None, service_tier: str = PriceTier.DEFAULT) -> Price:
     """Set ``model``'s price per 1M input tokens from ``effective_from`` (UTC date) on.
 
     Usage before ``effective_from`` keeps the price then in effect (0 when the model had no price:
     use `price_initial_set` for a first price that covers the past). Raises
     `InvalidRequestError` when the price is negative, when a price already starts on
     that date, or when ``effective_from`` falls in a month already closed on a statement
-    (a closed bill never changes).
+    (a closed bill never changes). ``service_tier``: the `PriceTier` it prices.
     """
     price = _price_amount(price_per_million_tokens)
     last_closed = _last_closed_month()
@@ -138,11 +168,12 @@ def price_create(*, model, price_per_million_tokens: Decimal, effective_from: da
         raise InvalidRequestError(
             f"{effective_from} falls in a closed billing month ({last_closed:%Y-%m}); "
             "a new price must start after the last closed month.", param="effective_from")
-    if Price.objects.filter(model=model, effective_from=effective_from).exists():
-        raise InvalidRequestError(f"{model.name} already has a price starting {effective_from}.",
+    if Price.objects.filter(model=model, service_tier=service_tier, effective_from=effective_from).exists():
+        raise InvalidRequestError(f"{model.name} already has a {'batch ' if service_tier == PriceTier.BATCH else ''}"
+                                  f"price starting {effective_from}.",
                                   param="effective_from")
-    return Price.objects.create(model=model, price_per_million_tokens=price, effective_from=effective_from,
-                                currency=currency or settings.BILLING_CURRENCY)
+    return Price.objects.create(model=model, service_tier=service_tier, price_per_million_tokens=price,
+                                effective_from=effective_from, currency=currency or settings.BILLING_CURRENCY)
 
 
 # --- Rollups ----------------------------------------------------------------------
@@ -174,14 +205,14 @@ class RollupResult:
 
 
 _ROLLUP_SQL = """
-    INSERT INTO {target} (bucket_start, organization_id, project_id, api_key_id, model_id,
+    INSERT INTO {target} (bucket_start, organization_id, project_id, api_key_id, model_id, service_tier,
                           num_model_requests, input_tokens, updated_at)
     SELECT date_trunc('{unit}', {time} AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS bucket,
-           organization_id, project_id, api_key_id, model_id, {requests}, {tokens}, %(stamp)s
+           organization_id, project_id, api_key_id, model_id, service_tier, {requests}, {tokens}, %(stamp)s
     FROM {source}
     WHERE {time} >= %(start)s AND {time} < %(end)s
-    GROUP BY 1, 2, 3, 4, 5
-    ON CONFLICT (bucket_start, organization_id, project_id, api_key_id, model_id) DO UPDATE
+    GROUP BY 1, 2, 3, 4, 5, 6
+    ON CONFLICT (bucket_start, organization_id, project_id, api_key_id, model_id, service_tier) DO UPDATE
     SET num_model_requests = EXCLUDED.num_model_requests, input_tokens = EXCLUDED.input_tokens,
         updated_at = EXCLUDED.updated_at
 """
@@ -254,27 +285,29 @@ def month_after(period_start: date) -> date:
 
 @dataclass
 class PricedUsage:
-    """Usage of one (project, model, price) over a month: requests, tokens and the unit price."""
+    """Usage of one (project, model, price tier, price) over a month: requests, tokens and the unit price."""
 
     num_model_requests: int
     input_tokens: int
     unit_price: Decimal
 
 
-def priced_usage(*, organization_id: int, period_start: date) -> dict[tuple[int, int, date], PricedUsage]:
+def priced_usage(*, organization_id: int, period_start: date) -> dict[tuple[int, int, str, date], PricedUsage]:
     """The month's usage of an organization from the daily rollups, keyed by
-    ``(project_id, model_id, price_effective_from)``: each day's tokens go to the price in
-    effect that day."""
+    ``(project_id, model_id, price tier, price_effective_from)``: each day's tokens go to the price
+    of their tier (`billing.models.price_tier_of`) in effect that day."""
     start, end = month_bounds(period_start)
     rows = list(DailyUsage.objects.filter(organization_id=organization_id, bucket_start__gte=start,
                                           bucket_start__lt=end)
-                .values("bucket_start", "project_id", "model_id")
+                .values("bucket_start", "project_id", "model_id", "service_tier")
                 .annotate(n=Sum("num_model_requests"), tokens=Sum("input_tokens")).order_by())
-    schedules = price_schedules(model_ids={r["model_id"] for r in rows})
-    out: dict[tuple[int, int, date], PricedUsage] = {}
+    model_ids = {r["model_id"] for r in rows}
+    schedules = {tier: price_schedules(model_ids=model_ids, service_tier=tier) for tier in PriceTier.values}
+    out: dict[tuple[int, int, str, date], PricedUsage] = {}
     for r in rows:
-        effective_from, unit_price = schedules[r["model_id"]].at(r["bucket_start"].astimezone(UTC).date())
-        key = (r["project_id"], r["model_id"], effective_from)
+        tier = price_tier_of(r["service_tier"])
+        effective_from, unit_price = schedules[tier][r["model_id"]].at(r["bucket_start"].astimezone(UTC).date())
+        key = (r["project_id"], r["model_id"], tier, effective_from)
         acc = out.setdefault(key, PricedUsage(0, 0, unit_price))
         acc.num_model_requests += r["n"]
         acc.input_tokens += r["tokens"]
@@ -348,11 +381,11 @@ def _statement_lines(statement: Statement, *, exclude_statement_id: int | None =
     period_start = statement.period_start
     lines = [
         StatementLine(statement=statement, kind=StatementLine.Kind.USAGE, usage_period_start=period_start,
-                      project_id=project_id, model_id=model_id, price_effective_from=effective_from,
+                      project_id=project_id, model_id=model_id, service_tier=tier, price_effective_from=effective_from,
                       unit_price=u.unit_price, num_model_requests=u.num_model_requests,
                       input_tokens=u.input_tokens,
                       amount=amount_for(input_tokens=u.input_tokens, unit_price=u.unit_price))
-        for (project_id, model_id, effective_from), u in sorted(priced_usage(
+        for (project_id, model_id, tier, effective_from), u in sorted(priced_usage(
             organization_id=statement.organization_id, period_start=period_start).items())
     ]
     lines += _adjustment_lines(statement, exclude_statement_id=exclude_statement_id or statement.pk)
@@ -370,7 +403,7 @@ def _adjustment_lines(statement: Statement, *, exclude_statement_id: int | None)
         for line in StatementLine.objects.filter(statement__organization_id=statement.organization_id,
                                                  usage_period_start=month).exclude(
                                                      statement_id=exclude_statement_id):
-            acc = billed[(line.project_id, line.model_id, line.price_effective_from)]
+            acc = billed[(line.project_id, line.model_id, line.service_tier, line.price_effective_from)]
             acc[0] += line.num_model_requests
             acc[1] += line.input_tokens
             acc[2] += line.amount
@@ -378,10 +411,10 @@ def _adjustment_lines(statement: Statement, *, exclude_statement_id: int | None)
             requests, tokens, amount = billed.get(key, (0, 0, Decimal("0.00")))
             if u.input_tokens == tokens and u.num_model_requests == requests:
                 continue
-            project_id, model_id, effective_from = key
+            project_id, model_id, tier, effective_from = key
             lines.append(StatementLine(
                 statement=statement, kind=StatementLine.Kind.ADJUSTMENT, usage_period_start=month,
-                project_id=project_id, model_id=model_id, price_effective_from=effective_from,
+                project_id=project_id, model_id=model_id, service_tier=tier, price_effective_from=effective_from,
                 unit_price=u.unit_price, num_model_requests=u.num_model_requests - requests,
                 input_tokens=u.input_tokens - tokens,
                 amount=amount_for(input_tokens=u.input_tokens, unit_price=u.unit_price) - amount))

@@ -14,6 +14,7 @@ ERROR_STATUSES = {
     401: "No key, or a key that is unknown, revoked or expired (`invalid_api_key`).",
     403: "The key may not do this (another project, an admin key where a project key is needed, ...).",
     404: "Not found (e.g. `model_not_found`).",
+    409: "The object is in a state that does not allow this (e.g. cancelling a completed batch).",
     413: "The body is larger than this route accepts.",
     429: "A rate limit or quota was reached; see `Retry-After` and `x-ratelimit-*`.",
     500: "The server failed; the message names the request id.",

@@ -47,6 +47,7 @@ INSTALLED_APPS = [
     "metering",
     "billing",
     "administration",
+    "batches",
     "console",
 ]
 
@@ -162,8 +163,10 @@ EMBEDDINGS_BATCH_WAIT_MS = env.float("EMBEDDINGS_BATCH_WAIT_MS", default=0.0)
 EMBEDDINGS_QUEUE = "embeddings"
 EMBEDDINGS_FLEX_QUEUE = "embeddings-flex"  # service_tier "flex": default-tier work overtakes it
 BILLING_QUEUE = "billing"  # rollups and statement closing (beat's schedule)
+# The Batch API's work (batches/): validation, chunks, finalization; below flex in the batcher.
+BATCH_QUEUE = "embeddings-batch"
 # Every queue a worker of `make serve` / `make worker` consumes unless QUEUES names some.
-CELERY_PLATFORM_QUEUES = [EMBEDDINGS_QUEUE, EMBEDDINGS_FLEX_QUEUE, BILLING_QUEUE]
+CELERY_PLATFORM_QUEUES = [EMBEDDINGS_QUEUE, EMBEDDINGS_FLEX_QUEUE, BATCH_QUEUE, BILLING_QUEUE]
 # Seconds a delivered, unacknowledged chunk may stay with a worker before Redis hands it to
 # another one. Must exceed the longest a chunk can be held (queued in the worker + its batch):
 # that is bounded by the dispatch deadline, since expired chunks are dropped.
@@ -291,6 +294,10 @@ STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "staticfiles"
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    # The Batch API's files (/v1/files), under VAR_DIR/files; any Django storage backend fits here
+    # (django-storages: S3, GCS, Azure), read and written as streams only.
+    "batch_files": {"BACKEND": "django.core.files.storage.FileSystemStorage",
+                    "OPTIONS": {"location": str(VAR_DIR / "files")}},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
 WHITENOISE_USE_FINDERS = True
@@ -389,6 +396,9 @@ BILLING_CURRENCY = env.str("BILLING_CURRENCY", default="usd")
 # The default model's first price per 1M input tokens, set by the release step (`make migrate`)
 # when it has none: the list price hosted MiniLM-class models sell at. Changes: `set_price`.
 BILLING_DEFAULT_MODEL_PRICE = Decimal(env.str("BILLING_DEFAULT_MODEL_PRICE", default="0.010000"))
+# A model's batch price per 1M tokens, until it has one of its own (`set_price --batch`): this share
+# of its standard price in effect (OpenAI's Batch API: 50% off).
+BILLING_BATCH_PRICE_RATIO = Decimal(env.str("BILLING_BATCH_PRICE_RATIO", default="0.5"))
 # Each rollup run re-rolls this many trailing hours, picking up records that arrived late.
 BILLING_ROLLUP_LOOKBACK_HOURS = env.int("BILLING_ROLLUP_LOOKBACK_HOURS", default=3)
 # Seconds between rollup runs (the usage API's 1h/1d buckets and the draft statement lag by at
@@ -430,3 +440,34 @@ AXES_CLIENT_IP_CALLABLE = "config.client_address.client_ip"
 # a client retrying with a revoked key about once a second.
 API_AUTH_FAILURE_LIMIT = env.int("API_AUTH_FAILURE_LIMIT", default=100)
 API_AUTH_FAILURE_WINDOW_SECONDS = env.int("API_AUTH_FAILURE_WINDOW_SECONDS", default=60)
+
+
+# --- The Batch API (batches/; OpenAI's limits: "up to 50,000 requests, up to 200 MB", "at most
+# 50,000 embedding inputs across all requests of a /v1/embeddings batch") ---------------------
+BATCH_FILE_MAX_BYTES = env.int("BATCH_FILE_MAX_BYTES", default=200 * 1024 * 1024)
+BATCH_MAX_REQUESTS = env.int("BATCH_MAX_REQUESTS", default=50_000)
+BATCH_MAX_INPUTS = env.int("BATCH_MAX_INPUTS", default=50_000)
+# Bytes of files (inputs and outputs) one organization may keep (OpenAI: 100 GB per organization).
+BATCH_STORAGE_QUOTA_BYTES = env.int("BATCH_STORAGE_QUOTA_BYTES", default=100 * 1024**3)
+# Seconds a file is kept after its creation unless `expires_after` says otherwise (OpenAI: batch
+# files expire after 30 days); beat deletes expired files every BATCH_TICK_SECONDS.
+BATCH_FILE_RETENTION_SECONDS = env.int("BATCH_FILE_RETENTION_SECONDS", default=30 * 86400)
+# What the only completion window, "24h", lasts (s): a batch not done by then expires.
+BATCH_COMPLETION_WINDOW_SECONDS = env.int("BATCH_COMPLETION_WINDOW_SECONDS", default=24 * 3600)
+# Real tokens per chunk (one task; progress, redelivery and cancellation move by chunks).
+BATCH_CHUNK_TOKENS = env.int("BATCH_CHUNK_TOKENS", default=32768)
+# Real tokens per forward pass of batch work: interactive work waits at most one such pass.
+BATCH_PASS_TOKENS = env.int("BATCH_PASS_TOKENS", default=4096)
+# Chunks of one batch queued or running at once: the rest wait in the database, so a batch never
+# fills a worker's slots (CELERY_WORKER_CONCURRENCY) or the broker ahead of interactive chunks.
+BATCH_CHUNKS_IN_FLIGHT = env.int("BATCH_CHUNKS_IN_FLIGHT", default=2)
+# A chunk sent this long ago (s) and not done is sent again (a lost message; writes are idempotent).
+BATCH_CHUNK_RESEND_SECONDS = env.int("BATCH_CHUNK_RESEND_SECONDS", default=EMBEDDINGS_VISIBILITY_TIMEOUT + 60)
+# Seconds between beat's batch ticks: expiry, file retention, lost chunks.
+BATCH_TICK_SECONDS = env.int("BATCH_TICK_SECONDS", default=10)
+REQUEST_BODY_MAX_BYTES["/v1/files"] = BATCH_FILE_MAX_BYTES + 1024 * 1024  # the multipart envelope
+CELERY_BEAT_SCHEDULE["batches-tick"] = {
+    "task": "batches.tick",
+    "schedule": float(BATCH_TICK_SECONDS),
+    "options": {"queue": BATCH_QUEUE, "expires": float(BATCH_TICK_SECONDS)},
+}

@@ -8,6 +8,7 @@ from . import views
 
 urlpatterns = [
     path("v1/", include("embeddings.urls")),
+    path("v1/", include("batches.urls")),
     path("v1/organization/", include("billing.api_urls")),
     path("v1/organization/", include("administration.urls")),
     re_path(r"^v1/", views.v1_not_found),

@@ -5,7 +5,7 @@ Every URL under ``orgs/<org>/`` must be served by a subclass of
 """
 from django.urls import include, path, re_path
 
-from . import billing_views, views
+from . import batch_views, billing_views, views
 
 app_name = "console"
 
@@ -16,6 +16,11 @@ organization_urls = [
     path("projects/<str:project>/models/", views.ModelAccessView.as_view(), name="project-models"),
     path("projects/<str:project>/keys/<str:key>/models/", views.ModelAccessView.as_view(), name="key-models"),
     path("audit-log/", views.AuditLogView.as_view(), name="audit-log"),
+    path("projects/<str:project>/batches/", batch_views.BatchListView.as_view(), name="batches"),
+    path("projects/<str:project>/batches/<str:batch>/cancel/", batch_views.BatchCancelView.as_view(),
+         name="batch-cancel"),
+    path("projects/<str:project>/files/<str:file>/content", batch_views.BatchFileDownloadView.as_view(),
+         name="batch-file"),
     path("members/", views.MemberListView.as_view(), name="members"),
     path("members/invitations/<str:invitation>/revoke/", views.InvitationRevokeView.as_view(),
          name="invitation-revoke"),

@@ -41,10 +41,10 @@ def build_checks(*, applied: list[tuple[Scope, ScopeLimits]], tokens: int, servi
     """The monthly checks (organization and project, always counted) and the RPM/TPM checks (of every
     scope: organization, project, key, and the project's limits for the request's model).
 
-    ``flex`` requests count to the monthly quota but do not consume RPM/TPM (cost 0: the
-    buckets are only read, for the headers). Returns ``(monthly, buckets)``.
+    ``flex`` requests and ``batch`` lines count to the monthly quota but do not consume RPM/TPM
+    (cost 0: the buckets are only read, for the headers). Returns ``(monthly, buckets)``.
     """
-    consume = service_tier != "flex"
+    consume = service_tier not in ("flex", "batch")
     monthly, buckets = [], []
     for scope, limits in applied:
         if scope.kind in ("organization", "project"):

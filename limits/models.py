@@ -81,3 +81,27 @@ class Limit(models.Model):
     def __str__(self) -> str:
         target = self.api_key or self.project or self.organization
         return f"Limits of {self.scope} {target}" + (f" for model {self.model}" if self.model else "")
+
+
+
+class BatchQueueLimit(models.Model):
+    """OpenAI's ``batch_1_day_max_input_tokens`` of an organization for one model: the most input
+    tokens its batches of that model may hold enqueued (validated, not finished) at once. A batch
+    that would go past it fails at creation (``token_limit_exceeded``; `batches.services`).
+
+    ``model`` is the registry name of the model (`embeddings.models.EmbeddingModel.name`; limits
+    sit below the registry's floor, so it is named, not referenced). No row, or ``None``: unlimited.
+    Write through `limits.services.batch_queue_limit_set`.
+    """
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="batch_queue_limits")
+    model = models.CharField(max_length=200)
+    batch_1_day_max_input_tokens = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="Input tokens enqueued in batches at once; empty = unlimited.")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["organization", "model"], name="batch_queue_limit_unique")]
+
+    def __str__(self) -> str:
+        return f"Batch queue limit of {self.organization} for {self.model}"

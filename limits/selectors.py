@@ -46,3 +46,12 @@ def usage_tokens_between(*, scope, start: datetime, end: datetime) -> int:
     total = UsageRecord.objects.filter(**{field: scope.pk}, created_at__gte=start, created_at__lt=end) \
         .aggregate(total=Sum("total_tokens"))["total"]
     return int(total or 0)
+
+
+def batch_queue_limit_get(*, organization_id: int, model: str) -> int | None:
+    """``batch_1_day_max_input_tokens`` of the organization for the model named ``model`` (tokens),
+    or ``None`` (unlimited)."""
+    from .models import BatchQueueLimit
+
+    return (BatchQueueLimit.objects.filter(organization_id=organization_id, model=model)
+            .values_list("batch_1_day_max_input_tokens", flat=True).first())

@@ -5,7 +5,7 @@ from django.db import transaction
 
 from accounts.models import APIKey, Organization, Project
 
-from .models import Limit
+from .models import BatchQueueLimit, Limit
 
 
 class _Unset:
@@ -76,3 +76,14 @@ def limit_cache_drop(*, limit) -> None:
     from .admission import admission_limits_changed
 
     admission_limits_changed()
+
+
+def batch_queue_limit_set(*, organization: Organization, model: str, max_input_tokens: int | None) -> BatchQueueLimit:
+    """Set the organization's ``batch_1_day_max_input_tokens`` for the model named ``model``
+    (tokens; ``None``: unlimited). Read by each batch's validation, so it applies to the next batch.
+    Raises ``ValueError`` for a negative or too large value."""
+    if max_input_tokens is not None and not 0 <= max_input_tokens <= LIMIT_MAX["tpm"]:
+        raise ValueError(f"batch_1_day_max_input_tokens must be from 0 to {LIMIT_MAX['tpm']:,} or None.")
+    limit, _ = BatchQueueLimit.objects.update_or_create(
+        organization=organization, model=model, defaults={"batch_1_day_max_input_tokens": max_input_tokens})
+    return limit

@@ -46,3 +46,11 @@ def _insert(fields: dict) -> UsageRecord:
     meters outside any transaction); nested, the check would come at the outer commit."""
     with transaction.atomic():
         return UsageRecord.objects.create(**fields)
+
+
+def usage_records_create_many(*, records: list[UsageRecord]) -> None:
+    """Insert many usage records (unsaved `UsageRecord` objects) at once, inside the caller's
+    transaction (the Batch API meters a chunk's lines in the transaction that writes them, so a
+    line is metered exactly when its result is written). Raises ``django.db.IntegrityError`` when
+    a ``request_id`` was already metered (the caller's transaction then writes nothing)."""
+    UsageRecord.objects.bulk_create(records, batch_size=1000)

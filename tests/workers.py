@@ -21,7 +21,8 @@ from django.conf import settings
 ROOT = Path(__file__).resolve().parent.parent
 TASK_RECEIVED = re.compile(r"embeddings\.encode_chunk\[([0-9a-f-]{36})\] received")
 TASK_ID = re.compile(r"embeddings\.encode_chunk\[([0-9a-f-]{36})\]")
-BATCH_LINE = re.compile(r"batch model=(\S+) items=(\d+) inputs=(\d+) tokens=(\d+) default=(\d+) flex=(\d+)")
+BATCH_LINE = re.compile(r"batch model=(\S+) items=(\d+) inputs=(\d+) tokens=(\d+) default=(\d+) flex=(\d+)"
+                        r"(?: batch=(\d+))?")
 
 
 def worker_database_url(name: str | None = None) -> str:
@@ -55,13 +56,14 @@ def wait_for_text(read, needle: str, *, timeout: float, start: int = 0, poll: fl
 class WorkerProcess:
     """One ``celery -A config worker`` subprocess, its log in a temp file."""
 
-    def __init__(self, *, concurrency: int = 16, env: dict[str, str] | None = None):
+    def __init__(self, *, concurrency: int = 16, env: dict[str, str] | None = None,
+                 queues: str = "embeddings,embeddings-flex"):
         self.log_path = Path(tempfile.mkstemp(prefix="emb-worker-", suffix=".log")[1])
         self.name = f"test-{uuid.uuid4().hex[:8]}@%h"
         full_env = {**os.environ, "DATABASE_URL": worker_database_url(), "PYTHONUNBUFFERED": "1", **(env or {})}
         self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "embeddings,embeddings-flex",
+            [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", queues,
              "-l", "info", "-n", self.name, "-c", str(concurrency),
              "--without-mingle", "--without-gossip", "--without-heartbeat"],
             cwd=ROOT, env=full_env, stdout=self._log, stderr=subprocess.STDOUT)
@@ -88,7 +90,7 @@ class WorkerProcess:
     def batches(self, start: int = 0) -> list[dict]:
         """The batches this worker ran (its ``embeddings.serving.batching`` log lines after offset ``start``)."""
         return [{"model": m[1], "items": int(m[2]), "inputs": int(m[3]), "tokens": int(m[4]),
-                 "default": int(m[5]), "flex": int(m[6])}
+                 "default": int(m[5]), "flex": int(m[6]), "batch": int(m[7] or 0)}
                 for m in BATCH_LINE.finditer(self.log()[start:])]
 
     def settle(self, timeout: float = 60.0) -> None:

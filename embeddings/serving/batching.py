@@ -9,7 +9,9 @@ owns the model. Callers (Celery task threads in a worker, request threads in the
    engine starts at once, and batches form while it is busy, as in TEI and Infinity);
 3. takes *everything waiting*, up to ``max_batch_tokens`` real tokens: every
    default-tier item first, then flex-tier items in what budget is left, so flex work
-   never goes ahead of default work that is waiting (``service_tier`` priority);
+   never goes ahead of default work that is waiting (``service_tier`` priority); a
+   ``batch``-tier item (the Batch API's, one forward pass each) only runs alone, when
+   nothing else waits, so interactive work waits at most for one batch pass;
 4. runs one `Engine.encode` over all rows (sorted by length and cut into forward
    passes of the engine's padded-token budget), and resolves each item's future. If
    the batch raises, each item is retried alone, so one bad submission fails only itself.
@@ -41,7 +43,7 @@ from .registry import ProcessRegistry
 
 logger = logging.getLogger(__name__)
 
-TIERS = ("default", "flex")
+TIERS = ("default", "flex", "batch")
 
 
 @dataclass
@@ -63,6 +65,7 @@ class BatchRecord:
     default: int
     flex: int
     ms: float
+    batch: int = 0
 
 
 class MicroBatcher:
@@ -96,7 +99,7 @@ class MicroBatcher:
         """Queue token-id sequences (special tokens included) for encoding.
 
         Returns a `Future` resolving to an ``(n, d)`` float32 array in input order (or
-        raising what the engine raised). ``tier``: ``"default"`` or ``"flex"``.
+        raising what the engine raised). ``tier``: ``"default"``, ``"flex"`` or ``"batch"``.
         """
         if tier not in TIERS:
             raise ValueError(f"unknown tier {tier!r}")
@@ -130,11 +133,16 @@ class MicroBatcher:
         return not self._paused and any(self._queues.values())
 
     def _take(self) -> list[_Item]:
-        """Under the lock: default-tier items first, then flex, up to the token budget."""
+        """Under the lock: default-tier items first, then flex, up to the token budget; one batch
+        item, alone, when nothing else waits."""
         taken: list[_Item] = []
         budget = self.max_batch_tokens
         for tier in TIERS:
             queue = self._queues[tier]
+            if tier == "batch":
+                if queue and not taken:
+                    taken.append(queue.popleft())
+                break
             while queue and (not taken or queue[0].tokens <= budget):
                 item = queue.popleft()
                 taken.append(item)
@@ -188,10 +196,12 @@ class MicroBatcher:
             start = end
         record = BatchRecord(items=len(batch), inputs=len(rows), tokens=sum(item.tokens for item in batch),
                              default=sum(item.tier == "default" for item in batch),
-                             flex=sum(item.tier == "flex" for item in batch), ms=ms)
+                             flex=sum(item.tier == "flex" for item in batch), ms=ms,
+                             batch=sum(item.tier == "batch" for item in batch))
         self.history.append(record)
-        logger.log(self.log_level, "batch model=%s items=%d inputs=%d tokens=%d default=%d flex=%d ms=%.1f",
-                   self.name, record.items, record.inputs, record.tokens, record.default, record.flex, record.ms)
+        logger.log(self.log_level, "batch model=%s items=%d inputs=%d tokens=%d default=%d flex=%d batch=%d ms=%.1f",
+                   self.name, record.items, record.inputs, record.tokens, record.default, record.flex, record.batch,
+                   record.ms)
 
 
 _batchers: ProcessRegistry[MicroBatcher] = ProcessRegistry()

@@ -190,9 +190,9 @@ def test_statement_exports_csv_and_json_by_command(month):
 def test_beat_schedule_and_rollup_task(db, organization, project, created_key):
     from billing.tasks import close_statements, rollup_usage
 
-    tasks = {entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
-    assert tasks == {"billing.rollup_usage", "billing.close_statements"}
-    assert {entry["options"]["queue"] for entry in settings.CELERY_BEAT_SCHEDULE.values()} == {"billing"}
+    queues = {entry["task"]: entry["options"]["queue"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
+    assert queues == {"billing.rollup_usage": "billing", "billing.close_statements": "billing",
+                      "batches.tick": "embeddings-batch"}
     model = EmbeddingModel.objects.create(name="bill-task", local_path="/none", dimensions=8, max_input_tokens=8)
     UsageRecord.objects.create(request_id="req_now", organization=organization, project=project,
                                api_key=created_key.api_key, model=model, input_count=1, prompt_tokens=42,

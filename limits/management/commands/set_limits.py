@@ -1,14 +1,17 @@
-"""``manage.py set_limits --org ORG [--project PROJECT] [--key KEY_ID] [--monthly-tokens N] [--rpm N] [--tpm N]``.
+"""``manage.py set_limits --org ORG [--project PROJECT] [--key KEY_ID] [--monthly-tokens N] [--rpm N] [--tpm N]``
+and ``manage.py set_limits --org ORG --model MODEL --batch-1-day-max-input-tokens N``.
 
 Sets the limits of an organization, one of its projects, or one key (``--key``: RPM/TPM
 only). ``none`` clears a limit (unlimited); options left out keep their value. Takes
-effect at once. Prints the scope's limits after the change.
+effect at once. Prints the scope's limits after the change. With ``--model``: the
+organization's limit on input tokens enqueued in batches of that model (OpenAI's
+``batch_1_day_max_input_tokens``).
 """
 from django.core.management.base import BaseCommand, CommandError
 
 from accounts.models import APIKey
 from accounts.selectors import organization_find, project_find
-from limits.services import UNSET, limit_set
+from limits.services import UNSET, batch_queue_limit_set, limit_set
 
 
 def limit_value(text: str):
@@ -35,11 +38,27 @@ class Command(BaseCommand):
                             help="Tokens per calendar month (UTC), hard; 'none' = unlimited.")
         parser.add_argument("--rpm", type=limit_value, default=UNSET, help="Requests per minute; 'none' = unlimited.")
         parser.add_argument("--tpm", type=limit_value, default=UNSET, help="Tokens per minute; 'none' = unlimited.")
+        parser.add_argument("--model", help="A model's registry name, for --batch-1-day-max-input-tokens.")
+        parser.add_argument("--batch-1-day-max-input-tokens", dest="batch_tokens", type=limit_value, default=UNSET,
+                            help="Input tokens the organization's batches of --model may hold enqueued at once; "
+                                 "'none' = unlimited.")
 
-    def handle(self, *args, org, project, key, monthly_tokens, rpm, tpm, **options):
+    def handle(self, *args, org, project, key, monthly_tokens, rpm, tpm, model=None, batch_tokens=UNSET,
+               **options):
         organization = organization_find(name_or_id=org)
         if organization is None:
             raise CommandError(f"No organization named {org!r}.")
+        if (model is None) != (batch_tokens is UNSET) or (model and (project or key)):
+            raise CommandError("--model and --batch-1-day-max-input-tokens go together, for an organization.")
+        if model:
+            try:
+                limit = batch_queue_limit_set(organization=organization, model=model, max_input_tokens=batch_tokens)
+            except ValueError as exc:
+                raise CommandError(str(exc)) from None
+            shown = limit.batch_1_day_max_input_tokens
+            self.stdout.write(f"organization {organization.public_id} model {model}: batch_1_day_max_input_tokens="
+                              + ("unlimited" if shown is None else f"{shown:,}"))
+            return
         proj = None
         if project:
             proj = project_find(organization=organization, name_or_id=project)
