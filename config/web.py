@@ -31,9 +31,6 @@ import os
 import sys
 import threading
 
-# The access log: no query string (``?api_key=`` would be written) and no header; the
-# request id is in the application's own log lines.
-ACCESS_LOG_FORMAT = '%(addr)s "%(method)s %(path)s %(protocol)s" %(status)d %(dt_ms).1fms'
 
 
 def _env_int(name: str, default: int) -> int:
@@ -69,8 +66,29 @@ def granian_argv(host: str | None = None, port: int | str | None = None) -> list
         "--workers-kill-timeout", str(_env_int("WEB_GRACEFUL_TIMEOUT", 30)),
         "--http1-header-read-timeout", str(_env_int("WEB_HEADER_TIMEOUT", 10) * 1000),
         "--http1-buffer-size", str(max(8192, _env_int("WEB_MAX_HEADER_BYTES", 65536))),
-        "--log-level", "info", "--access-log", "--access-log-fmt", ACCESS_LOG_FORMAT,
+        # The access log is the application's (config.asgi: one line per request with its id).
+        "--log-level", "info", "--no-access-log", *log_config_args(),
     ]
+
+
+def log_config_args() -> list[str]:
+    """``--log-config FILE`` for JSON logs (``LOG_FORMAT``, `config.logs`): the server's own lines
+    (start, workers) through the platform's handler; the file (``VAR_DIR/granian-logging.json``,
+    the same content for every instance) is written atomically. Nothing for text logs."""
+    from config.logs import granian_logging_config, log_format
+
+    if log_format() != "json":
+        return []
+    import json
+    from pathlib import Path
+
+    var_dir = Path(os.environ.get("VAR_DIR") or Path(__file__).resolve().parent.parent / "var")
+    var_dir.mkdir(parents=True, exist_ok=True)
+    target = var_dir / "granian-logging.json"
+    partial = target.with_name(f"{target.name}.{os.getpid()}")
+    partial.write_text(json.dumps(granian_logging_config()))
+    os.replace(partial, target)
+    return ["--log-config", str(target)]
 
 
 def warm_up() -> None:
