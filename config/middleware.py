@@ -99,10 +99,12 @@ class ObservabilityMiddleware:
     and error code; for ``/v1/embeddings`` its latency, phases and admission outcome.
 
     Sits right after `RequestIDMiddleware`. Under the ASGI server the context was opened by
-    `config.asgi` (which writes the access line with it); elsewhere (tests, WSGI) it opens one."""
+    `config.asgi` (which writes the access line with it); elsewhere (tests, WSGI) it opens one.
+    With ``METRICS_ENABLED`` off it keeps the log context only."""
 
     def __init__(self, get_response):
         self.get_response = get_response
+        self.metrics = settings.METRICS_ENABLED
 
     def __call__(self, request):
         from . import logs, metrics
@@ -113,9 +115,9 @@ class ObservabilityMiddleware:
             context = logs.RequestLogContext()
             token = logs.log_context_start(context)
         context.request_id, context.request = request.request_id, request
-        api = request.path.startswith(API_PREFIX)
+        api = self.metrics and request.path.startswith(API_PREFIX)
         timer = phases_token = None
-        if request.path == EMBEDDINGS_PATH:
+        if api and request.path == EMBEDDINGS_PATH:
             timer, phases_token = metrics.phases_start()
         try:
             response = self.get_response(request)

@@ -50,6 +50,10 @@ INSTALLED_APPS = [
     "console",
 ]
 
+# Metrics on (default): django-prometheus's middleware and database wrapper, the platform's /v1
+# series (config.metrics). Off only to measure what they cost (bench/observability_cost.py).
+METRICS_ENABLED = env.bool("METRICS_ENABLED", default=True)
+
 MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "config.middleware.RequestIDMiddleware",
@@ -68,6 +72,8 @@ MIDDLEWARE = [
     "axes.middleware.AxesMiddleware",
     "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
+if not METRICS_ENABLED:
+    MIDDLEWARE = [m for m in MIDDLEWARE if not m.startswith("django_prometheus.")]
 
 ROOT_URLCONF = "config.urls"
 WSGI_APPLICATION = "config.wsgi.application"
@@ -96,7 +102,8 @@ if DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
     raise environ.ImproperlyConfigured(
         f"DATABASE_URL must name a PostgreSQL database (postgres://...), not {DATABASES['default']['ENGINE']}")
 # django-prometheus's wrapper of the same backend: query counts and durations (django_db_*).
-DATABASES["default"]["ENGINE"] = "django_prometheus.db.backends.postgresql"
+if METRICS_ENABLED:
+    DATABASES["default"]["ENGINE"] = "django_prometheus.db.backends.postgresql"
 DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=60))
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
