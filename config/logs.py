@@ -169,14 +169,42 @@ class RequestContextFilter(logging.Filter):
         return True
 
 
+def _safe(value):
+    """A log field's value as JSON can carry it, with secrets masked (`redact`): strings masked,
+    lists and dicts walked, a Django request as ``METHOD /path`` (never its query string), any
+    other object as its masked ``str``."""
+    if isinstance(value, str):
+        return redact(value)
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    if isinstance(value, dict):
+        return {str(k): _safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [_safe(v) for v in value]
+    if hasattr(value, "method") and hasattr(value, "path") and hasattr(value, "META"):
+        return f"{value.method} {redact(value.path)}"
+    return redact(str(value))
+
+
 def json_formatter() -> logging.Formatter:
     """python-json-logger's orjson formatter: ``{"time", "level", "logger", "message", ...}`` plus
-    every extra attribute of the record (the request's fields, ``process``, ``exc_info`` as text)."""
+    every extra attribute of the record (the request's fields, ``process``, the exception as text),
+    each value passed through `_safe` (the record factory masks only the message and traceback)."""
     from pythonjsonlogger.orjson import OrjsonFormatter
 
-    return OrjsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s",
-                           rename_fields={"asctime": "time", "levelname": "level", "name": "logger",
-                                          "process_name": "process", "exc_info": "exception"})
+    class JsonFormatter(OrjsonFormatter):
+        def formatException(self, ei):  # noqa: N802 - logging's name
+            return redact(super().formatException(ei))
+
+        def formatStack(self, stack_info):  # noqa: N802
+            return redact(super().formatStack(stack_info))
+
+        def process_log_record(self, log_data):
+            return {key: _safe(value) for key, value in log_data.items()}
+
+    return JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s",
+                         rename_fields={"asctime": "time", "levelname": "level", "name": "logger",
+                                        "process_name": "process", "exc_info": "exception"})
 
 
 def formatter() -> logging.Formatter:

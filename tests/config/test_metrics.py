@@ -155,3 +155,23 @@ def test_a_log_line_is_one_json_object_with_the_requests_ids(created_key):
     assert data["request_id"] == "req_" + "a" * 32 and data["model"] == MODEL
     assert data["organization"] == key.project.organization.public_id
     assert data["project"] == key.project.public_id and data["key_id"] == key.public_id
+
+
+def test_json_lines_mask_keys_in_every_field(rf):
+    """The record factory masks messages and tracebacks; the JSON formatter also masks every extra
+    field (Django's ``request`` extra: its method and path only, never the query string)."""
+    key = "sk-proj-Abc_123-xyz"
+    request = rf.get(f"/v1/models?api_key={key}")
+    try:
+        raise ValueError(f"bad key {key}")
+    except ValueError:
+        import sys
+
+        record = logging.getLogger("django.security").makeRecord(
+            "django.security", logging.ERROR, __file__, 1, "refused %s", (key,), sys.exc_info(),
+            extra={"request": request, "data": {"kwargs": key, "args": [key]}})
+    line = json_formatter().format(record)
+    assert key not in line and "Abc_123" not in line, line
+    data = orjson.loads(line)
+    assert data["message"] == "refused sk-***" and data["request"] == "GET /v1/models"
+    assert data["data"] == {"kwargs": "sk-***", "args": ["sk-***"]} and "sk-***" in data["exception"]
