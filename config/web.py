@@ -21,8 +21,8 @@ Environment (defaults in brackets):
   empty body from hyper, before Python sees them;
 * ``EMBEDDINGS_TORCH_THREADS``: torch threads per process [cores / processes].
 
-No control socket, no pid file, no shared path: two instances on one host (other ports) share
-nothing but the database and Redis. Database connections: one per request under ASGI
+No control socket, no pid file: two instances on one host (other ports) share nothing but the
+database, Redis, the metrics directory and the server's log configuration (the same file for all). Database connections: one per request under ASGI
 (``CONN_MAX_AGE`` defaults to 0 here, see `server_env`).
 """
 from __future__ import annotations
