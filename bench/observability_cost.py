@@ -22,45 +22,24 @@ import http.client
 import json
 import os
 import statistics
-import subprocess
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
-from bench._server import ROOT, embedded_services, free_port, prepare
+from bench._server import embedded_services, free_port, prepare, wait_up, web_process
 
 SENTENCE = "The quick brown fox jumps over the lazy dog."
 
 
 @contextlib.contextmanager
 def web(env: dict, log: Path):
-    """The web role's server (`config.web.granian_argv`, one process) for ``env``; yields its base URL."""
-    from config.web import granian_argv, server_env
-
+    """The web role's server as ``make web`` runs it (`bench._server.web_process`), one process, for
+    ``env``; yields its base URL once ``/readyz`` answers 200 (its model loaded)."""
     port = free_port()
-    env = {**env, "HOST": "127.0.0.1", "PORT": str(port), "WEB_CONCURRENCY": "1"}
-    saved = dict(os.environ)
-    os.environ.update(env)  # granian_argv reads the environment (LOG_FORMAT, WEB_*)
-    try:
-        argv = granian_argv("127.0.0.1", port)
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-    env.update(server_env(env))
-    with open(log, "w") as out:
-        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    proc = web_process({**env, "WEB_CONCURRENCY": "1"}, port, log)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{base}/readyz", timeout=5)
-                break
-            except Exception:  # noqa: BLE001 - not up (or not ready) yet
-                if proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError(log.read_text()[-3000:]) from None
-                time.sleep(0.3)
+        wait_up(base, proc, log, path="/readyz")
         yield base
     finally:
         proc.terminate()

@@ -73,12 +73,13 @@ PROCESS_ENV = "PLATFORM_PROCESS"
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 
-def log_format() -> str:
-    """``"json"`` or ``"text"``, from ``LOG_FORMAT`` (default ``json``); raises `ValueError` for
-    anything else, so a typo stops the start instead of silently changing the format."""
+def log_format(environ: dict | None = None) -> str:
+    """``"json"`` or ``"text"``, from ``LOG_FORMAT`` in ``environ`` (default ``os.environ``; unset:
+    ``json``); raises `ValueError` for anything else, so a typo stops the start instead of silently
+    changing the format."""
     import os
 
-    value = (os.environ.get(LOG_FORMAT_ENV) or "json").strip().lower()
+    value = ((os.environ if environ is None else environ).get(LOG_FORMAT_ENV) or "json").strip().lower()
     if value not in ("json", "text"):
         raise ValueError(f"{LOG_FORMAT_ENV} must be 'json' or 'text', not {value!r}")
     return value

@@ -33,8 +33,8 @@ import threading
 
 
 
-def _env_int(name: str, default: int) -> int:
-    return int(os.environ.get(name) or default)
+def _env_int(name: str, default: int, environ: dict | None = None) -> int:
+    return int((os.environ if environ is None else environ).get(name) or default)
 
 
 def server_env(environ: dict | None = None) -> dict[str, str]:
@@ -52,37 +52,40 @@ def server_env(environ: dict | None = None) -> dict[str, str]:
     return extra
 
 
-def granian_argv(host: str | None = None, port: int | str | None = None) -> list[str]:
-    """The server's command line (interpreter first), from the environment (see the module)."""
-    host = host or os.environ.get("HOST", "127.0.0.1")
-    port = port or os.environ.get("PORT", "8000")
+def granian_argv(host: str | None = None, port: int | str | None = None, environ: dict | None = None) -> list[str]:
+    """The server's command line (interpreter first), from ``environ`` (default ``os.environ``; see
+    the module)."""
+    environ = os.environ if environ is None else environ
+    host = host or environ.get("HOST", "127.0.0.1")
+    port = port or environ.get("PORT", "8000")
     return [
         sys.executable, "-m", "granian", "config.asgi:application",
         "--interface", "asginl",  # ASGI without lifespan: Django has none
         "--host", str(host), "--port", str(port),
-        "--workers", str(_env_int("WEB_CONCURRENCY", 2)),
+        "--workers", str(_env_int("WEB_CONCURRENCY", 2, environ)),
         "--http", "1", "--no-ws",
         "--respawn-failed-workers",
-        "--workers-kill-timeout", str(_env_int("WEB_GRACEFUL_TIMEOUT", 30)),
-        "--http1-header-read-timeout", str(_env_int("WEB_HEADER_TIMEOUT", 10) * 1000),
-        "--http1-buffer-size", str(max(8192, _env_int("WEB_MAX_HEADER_BYTES", 65536))),
+        "--workers-kill-timeout", str(_env_int("WEB_GRACEFUL_TIMEOUT", 30, environ)),
+        "--http1-header-read-timeout", str(_env_int("WEB_HEADER_TIMEOUT", 10, environ) * 1000),
+        "--http1-buffer-size", str(max(8192, _env_int("WEB_MAX_HEADER_BYTES", 65536, environ))),
         # The access log is the application's (config.asgi: one line per request with its id).
-        "--log-level", "info", "--no-access-log", *log_config_args(),
+        "--log-level", "info", "--no-access-log", *log_config_args(environ),
     ]
 
 
-def log_config_args() -> list[str]:
+def log_config_args(environ: dict | None = None) -> list[str]:
     """``--log-config FILE`` for JSON logs (``LOG_FORMAT``, `config.logs`): the server's own lines
     (start, workers) through the platform's handler; the file (``VAR_DIR/granian-logging.json``,
     the same content for every instance) is written atomically. Nothing for text logs."""
     from config.logs import granian_logging_config, log_format
 
-    if log_format() != "json":
+    environ = os.environ if environ is None else environ
+    if log_format(environ) != "json":
         return []
     import json
     from pathlib import Path
 
-    var_dir = Path(os.environ.get("VAR_DIR") or Path(__file__).resolve().parent.parent / "var")
+    var_dir = Path(environ.get("VAR_DIR") or Path(__file__).resolve().parent.parent / "var")
     var_dir.mkdir(parents=True, exist_ok=True)
     target = var_dir / "granian-logging.json"
     partial = target.with_name(f"{target.name}.{os.getpid()}")
