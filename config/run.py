@@ -21,6 +21,7 @@ the ones a running ``make serve`` started in the same ``VAR_DIR``.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -326,7 +327,7 @@ def serve() -> int:
             "max_retry": -1,  # a child that keeps failing keeps being retried (and logged)
             "stdout_stream": {"stream": PrefixedStream(name)},
             "stderr_stream": {"stream": PrefixedStream(name)},
-            "hooks": {"after_reap": (_log_exit, True)},
+            "hooks": {"after_reap": (_log_exit, True), "before_signal": (_note_descendants, True)},
         } for name in ("web", "worker", "beat")]
         arbiter = get_arbiter(
             watchers, controller=f"ipc://{run}/circus-ctl", pubsub_endpoint=f"ipc://{run}/circus-pub",
@@ -350,7 +351,49 @@ def serve() -> int:
                 migrate_child.kill()
         if servers is not None:
             servers.stop()
+        _end_leftovers()
         logger.info("stopped")
+
+
+# Descendants of each child when circus signalled it (`_note_descendants`): a grandchild that
+# outlives its parent is re-parented away from this process, so only this list still names it.
+_signalled_descendants: list = []
+
+
+def _note_descendants(watcher, arbiter, hook_name, pid=None, **info) -> bool:
+    """circus ``before_signal`` hook: remember the descendants of the child about to be signalled
+    (for `_end_leftovers`); always True (the signal is sent)."""
+    import psutil
+
+    with contextlib.suppress(psutil.Error):
+        _signalled_descendants.extend(psutil.Process(pid).children(recursive=True))
+    return True
+
+
+def _end_leftovers(grace: float = 2.0) -> None:
+    """End every process this supervisor started that outlived the stop: SIGTERM, then SIGKILL
+    after ``grace`` seconds. Circus stops its children (SIGTERM, SIGKILL after
+    ``STOP_GRACE_SECONDS``, their children too), but a grandchild can outlive a child that exits
+    in time (a granian process was seen still running over 10 s after a Ctrl-C to the whole
+    process group); the README promises that Ctrl-C and SIGTERM stop everything within 10 s.
+    Each one is logged with its command line."""
+    import psutil
+
+    left = {p.pid: p for p in [*_signalled_descendants, *psutil.Process().children(recursive=True)]
+            if p.is_running()}  # is_running compares the start time too: a reused pid is not ours
+    left = list(left.values())
+    if not left:
+        return
+    for proc in left:
+        with contextlib.suppress(psutil.Error):
+            logger.warning("still running after the stop, ending it: pid %s %s", proc.pid,
+                           " ".join(proc.cmdline())[:300])
+            proc.terminate()
+    _, alive = psutil.wait_procs(left, timeout=grace)
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(alive, timeout=grace)
 
 
 def test(args: list[str]) -> int:

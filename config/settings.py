@@ -106,6 +106,17 @@ if METRICS_ENABLED:
     DATABASES["default"]["ENGINE"] = "django_prometheus.db.backends.postgresql"
 DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=60))
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+# A pool of connections per process (psycopg_pool, through Django): the web role sets it
+# (`config.web.server_env`) because Django's ASGI handler runs each request in a thread of its own,
+# so a persistent connection per thread would be left behind by every request, and opening one per
+# request costs ~4 ms (a PostgreSQL backend fork; bench/request_phases.py). 0 = no pool.
+DATABASE_POOL_SIZE = env.int("DATABASE_POOL_SIZE", default=0)
+if DATABASE_POOL_SIZE > 0:
+    DATABASES["default"]["CONN_MAX_AGE"] = 0  # Django: a pool needs it (connections go back to the pool)
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": 1, "max_size": DATABASE_POOL_SIZE,
+        "timeout": env.float("DATABASE_POOL_TIMEOUT", default=10.0),  # s a request waits for a connection
+    }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # No traceback per failed cache operation: config.cache logs an outage once at its start and end.
@@ -166,8 +177,10 @@ EMBEDDINGS_DISPATCH_TIMEOUT = env.float("EMBEDDINGS_DISPATCH_TIMEOUT", default=6
 # Real tokens one micro-batch may hold (the engine then cuts it into forward passes of
 # EMBEDDINGS_BATCH_TOKENS padded tokens, sorted by length).
 EMBEDDINGS_MAX_BATCH_TOKENS = env.int("EMBEDDINGS_MAX_BATCH_TOKENS", default=65536)
-# Milliseconds an idle batcher waits after the first item for others to join (TEI waits ~0).
-EMBEDDINGS_BATCH_WAIT_MS = env.float("EMBEDDINGS_BATCH_WAIT_MS", default=2.0)
+# Milliseconds an idle batcher waits after the first item for others to join. 0: an idle engine
+# starts at once and batches form while it is busy, as TEI's and Infinity's queues do (a wait
+# only adds latency to a lone request; bench/request_phases.py).
+EMBEDDINGS_BATCH_WAIT_MS = env.float("EMBEDDINGS_BATCH_WAIT_MS", default=0.0)
 EMBEDDINGS_QUEUE = "embeddings"
 EMBEDDINGS_FLEX_QUEUE = "embeddings-flex"  # service_tier "flex": default-tier work overtakes it
 BILLING_QUEUE = "billing"  # rollups and statement closing (beat's schedule)
@@ -344,9 +357,10 @@ EMBEDDINGS_BATCH_TOKENS = env.int("EMBEDDINGS_BATCH_TOKENS", default=16384)
 EMBEDDINGS_TORCH_THREADS = env.int("EMBEDDINGS_TORCH_THREADS", default=0)
 # Device for inference: "auto" (CUDA when present), "cpu", "cuda", "cuda:1", ...
 EMBEDDINGS_DEVICE = env.str("EMBEDDINGS_DEVICE", default="auto")
-# Engine backend: "torch" (default), "onnx" (ONNX Runtime on CPU) or "auto" (torch fp16 on CUDA, ONNX
-# Runtime on CPU); ONNX exports (fp32, exact) are made once per model under EMBEDDINGS_EXPORT_DIR.
-EMBEDDINGS_BACKEND = env.str("EMBEDDINGS_BACKEND", default="torch")
+# Engine backend: "auto" (default: torch fp16 on CUDA, ONNX Runtime on CPU, the fastest exact one
+# on each: bench/engine_vs_raw.py --backend), "torch" or "onnx"; ONNX exports (fp32, exact) are made
+# once per model under EMBEDDINGS_EXPORT_DIR, by the release step (it loads every model it registers).
+EMBEDDINGS_BACKEND = env.str("EMBEDDINGS_BACKEND", default="auto")
 EMBEDDINGS_EXPORT_DIR = Path(env.str("EMBEDDINGS_EXPORT_DIR", default=str(VAR_DIR / "models"))).resolve()
 
 # --- Quotas and rate limits (limits.admission) ------------------------------------------------

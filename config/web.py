@@ -22,8 +22,9 @@ Environment (defaults in brackets):
 * ``EMBEDDINGS_TORCH_THREADS``: torch threads per process [cores / processes].
 
 No control socket, no pid file: two instances on one host (other ports) share nothing but the
-database, Redis, the metrics directory and the server's log configuration (the same file for all). Database connections: one per request under ASGI
-(``CONN_MAX_AGE`` defaults to 0 here, see `server_env`).
+database, Redis, the metrics directory and the server's log configuration (the same file for all).
+Database connections: a pool per process (``DATABASE_POOL_SIZE`` [``WEB_THREADS`` + 2]; psycopg_pool
+through Django), see `server_env`.
 """
 from __future__ import annotations
 
@@ -40,8 +41,10 @@ def _env_int(name: str, default: int, environ: dict | None = None) -> int:
 def server_env(environ: dict | None = None) -> dict[str, str]:
     """Variables the server's processes need beyond ``environ`` (default ``os.environ``):
     ``EMBEDDINGS_TORCH_THREADS`` (cores / processes, so inline encodes of the processes do not
-    oversubscribe the CPU) and ``CONN_MAX_AGE=0`` (Django's ASGI handler runs each request in
-    a thread of its own, so a persistent connection would be left behind by every request)."""
+    oversubscribe the CPU), ``CONN_MAX_AGE=0`` (Django's ASGI handler runs each request in a
+    thread of its own, so a persistent connection would be left behind by every request) and,
+    with it, ``DATABASE_POOL_SIZE`` = ``WEB_THREADS`` + 2 (connections are taken from and given
+    back to a per-process pool instead of opened per request)."""
     environ = os.environ if environ is None else environ
     workers = int(environ.get("WEB_CONCURRENCY") or 2)
     extra = {}
@@ -49,6 +52,9 @@ def server_env(environ: dict | None = None) -> dict[str, str]:
         extra["EMBEDDINGS_TORCH_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
     if not environ.get("CONN_MAX_AGE"):
         extra["CONN_MAX_AGE"] = "0"
+    if not environ.get("DATABASE_POOL_SIZE") and extra.get("CONN_MAX_AGE", environ.get("CONN_MAX_AGE")) == "0":
+        # one connection per request thread that may run at once, plus the warm-up's and a spare
+        extra["DATABASE_POOL_SIZE"] = str(int(environ.get("WEB_THREADS") or 16) + 2)
     return extra
 
 

@@ -5,7 +5,8 @@ owns the model. Callers (Celery task threads in a worker, request threads in the
 `submit` token-id sequences and wait on the returned future. The thread:
 
 1. sleeps until work arrives;
-2. when it was idle, waits at most ``max_wait_ms`` (a few ms) for others to join;
+2. when it was idle, waits at most ``max_wait_ms`` for others to join (default 0: an idle
+   engine starts at once, and batches form while it is busy, as in TEI and Infinity);
 3. takes *everything waiting*, up to ``max_batch_tokens`` real tokens: every
    default-tier item first, then flex-tier items in what budget is left, so flex work
    never goes ahead of default work that is waiting (``service_tier`` priority);
@@ -95,7 +96,7 @@ class MicroBatcher:
         log_level: level of the per-batch log line (workers: INFO; API processes: DEBUG).
     """
 
-    def __init__(self, engine: Engine, *, max_batch_tokens: int = 65536, max_wait_ms: float = 2.0,
+    def __init__(self, engine: Engine, *, max_batch_tokens: int = 65536, max_wait_ms: float = 0.0,
                  name: str = "", log_level: int = logging.DEBUG):
         self.engine = engine
         self.max_batch_tokens = max_batch_tokens
@@ -249,7 +250,7 @@ class MicroBatcher:
 _batchers: ProcessRegistry[MicroBatcher] = ProcessRegistry()
 
 
-def get_batcher(engine: Engine, *, max_batch_tokens: int = 65536, max_wait_ms: float = 2.0,
+def get_batcher(engine: Engine, *, max_batch_tokens: int = 65536, max_wait_ms: float = 0.0,
                 name: str = "", log_level: int = logging.DEBUG) -> MicroBatcher:
     """The process-wide `MicroBatcher` of ``engine`` (created, with its thread, on first use)."""
     return _batchers.get(id(engine), lambda: MicroBatcher(engine, max_batch_tokens=max_batch_tokens,

@@ -7,12 +7,14 @@ Backends: ``torch`` runs the whole sentence-transformers pipeline in PyTorch (fp
 ``onnx`` runs the transformer in ONNX Runtime from an fp32 export made once per model and kept
 in ``cache_dir``, then the model's own pooling and normalization modules on its output (vectors
 within 1e-6 of torch's; the export is exact, no quantization). ``auto`` = torch on CUDA, onnx on
-CPU when ONNX Runtime is installed (``bench/engine_vs_raw.py --backend`` compares them). The
-platform's default stays ``torch`` (``EMBEDDINGS_BACKEND``) until the export is made by the release
-step alone: today each process exports on its first load when the file is missing.
+CPU when ONNX Runtime is installed (``bench/engine_vs_raw.py --backend`` compares them), and is
+the platform's default (``EMBEDDINGS_BACKEND``). The release step registers the models, which
+loads each once and so makes its export before any server or worker starts; a host that finds no
+export makes it once, under a file lock its other processes wait on.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import os
@@ -79,7 +81,9 @@ def onnx_export(model, source: str | os.PathLike, input_names: list[str], cache_
     """The fp32 ONNX export of ``model``'s transformer (first module; ``model`` loaded from the
     directory ``source``), made once and kept as
     ``cache_dir/<sha256 of the model directory, weights size and mtime>.onnx``; written to a
-    temporary file and renamed, so concurrent processes never read a partial file.
+    temporary file and renamed, so concurrent processes never read a partial file, and made under
+    an exclusive lock (``<name>.lock`` beside it, ``flock``), so the processes of one host that
+    start together export it once: the others wait, then read it.
 
     Inputs ``input_names`` (``input_ids``, ``attention_mask`` and, for BERT, ``token_type_ids``),
     ``(batch, seq)`` int64, dynamic; output ``last_hidden_state`` ``(batch, seq, hidden)``. Export
@@ -95,6 +99,16 @@ def onnx_export(model, source: str | os.PathLike, input_names: list[str], cache_
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.with_suffix(".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or when the process dies
+        if not target.exists():  # another process made it while this one waited
+            _export(model, source, input_names, target)
+    return target
+
+
+def _export(model, source: Path, input_names: list[str], target: Path) -> None:
+    import torch
+
     example = {name: torch.ones((2, 8), dtype=torch.int64) for name in input_names}
     started = time.perf_counter()
     # The tracer warns about Python-level branches it freezes (e.g. "is_causal" with a mask given):
@@ -108,7 +122,6 @@ def onnx_export(model, source: str | os.PathLike, input_names: list[str], cache_
                           opset_version=17, dynamo=False)
         os.replace(partial, target)
     logger.info("Exported %s to ONNX (%s) in %.1f s", source, target, time.perf_counter() - started)
-    return target
 
 
 class Engine:

@@ -1,6 +1,8 @@
-"""The session's shared ``make serve`` (tests/live.py) answers the official client, and its
-keys are its own (the suite's database does not know them)."""
+"""The session's shared ``make serve`` (tests/live.py) answers the official client; on a new
+``VAR_DIR`` its release step made the model's ONNX export, once, before web and worker started."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import openai
 import pytest
@@ -14,3 +16,9 @@ def test_the_shared_make_serve_embeds_through_the_official_client(live_serve):
         result = client.embeddings.create(model="all-MiniLM-L6-v2", input=["hello", "world"])
     assert [len(d.embedding) for d in result.data] == [384, 384]
     assert result.usage.prompt_tokens == result.usage.total_tokens > 0
+    log = live_serve.platform.log()
+    exports = [line for line in log.splitlines() if "Exported " in line and " to ONNX " in line]
+    assert len(exports) == 1 and exports[0].startswith("migrate |"), exports
+    loads = [line for line in log.splitlines() if "Loaded model" in line and line.startswith(("web", "worker"))]
+    assert loads and all("(onnx, fp32)" in line for line in loads), loads  # ONNX Runtime on CPU
+    assert len(list((Path(live_serve.env["VAR_DIR"]) / "models").glob("*.onnx"))) == 1

@@ -39,6 +39,53 @@ def embed_status(base: str, key: str, text: str = "hello world") -> int:
         return exc.code
 
 
+class Stream:
+    """Requests sent back to back by ``clients`` threads until `stop` (every 4th over the inline
+    threshold, so through the worker): each answer's ``(status, x-request-id)``; status 0 when the
+    connection failed (a killed server process)."""
+
+    def __init__(self, base: str, key: str, clients: int = 3):
+        import threading
+
+        self.base, self.key = base, key
+        self.answers: list[tuple[int, str | None]] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(clients)]
+        for thread in self._threads:
+            thread.start()
+
+    def _run(self, client: int) -> None:
+        n = 0
+        while not self._stop.is_set():
+            text = "word " * 60 + f"{client} {n}" if n % 4 == 3 else f"hello world {client} {n}"
+            body = json.dumps({"model": MODEL, "input": [text, text]}).encode()
+            request = urllib.request.Request(f"{self.base}/v1/embeddings", data=body, method="POST", headers={
+                "Authorization": f"Bearer {self.key}", "Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(request, timeout=90) as response:
+                    response.read()
+                    self.answers.append((response.status, response.headers.get("x-request-id")))
+            except urllib.error.HTTPError as exc:
+                self.answers.append((exc.code, exc.headers.get("x-request-id")))
+            except OSError:
+                self.answers.append((0, None))
+                time.sleep(0.2)
+            n += 1
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(120)
+
+
+def usage_record_ids(platform: Platform, project: str) -> list[str]:
+    """Request ids of every usage record of the project named ``project`` (any organization)."""
+    out = platform.manage("shell", "-c", (
+        "from metering.models import UsageRecord\n"
+        f"print('\\n'.join(UsageRecord.objects.filter(project__name={project!r}).values_list('request_id', flat=True)))"))
+    return [line for line in out.splitlines() if line.strip()]
+
+
 def usage_tokens_today(platform: Platform, admin_key: str) -> int:
     """Input tokens of today's 1d bucket of the organization usage API (OpenAI's shape)."""
     today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
@@ -113,6 +160,15 @@ def test_make_serve_runs_the_whole_platform_and_survives_restarts(fresh_copy):
         assert statuses.count(200) == 10 and statuses.count(429) == 54, statuses
         tokens_expected = tokens + 10 * HELLO_TOKENS
 
+        # From here to the usage check, a stream of requests runs while a web process, the worker
+        # and the embedded Valkey are each killed outright (SIGKILL): every 200 keeps its usage record.
+        stream_key = platform.manage("create_api_key", "--org", "Acme", "--project", "Stream", "--name", "s")
+        stream = Stream(platform.base, stream_key)
+        time.sleep(2)
+        (granian,) = [p for p in platform.children_named("granian") if "granian" not in " ".join(p.parent().cmdline())]
+        granian.children()[0].send_signal(signal.SIGKILL)  # one of its processes; granian starts another
+        time.sleep(2)
+
         # The worker killed outright: circus logs it and starts another; a big request then works.
         (old_worker,) = platform.children_named("celery", "worker")
         offset = len(platform.log())
@@ -135,6 +191,21 @@ def test_make_serve_runs_the_whole_platform_and_survives_restarts(fresh_copy):
         platform.wait_log("embedded Valkey restarted", timeout=30, start=offset)
         platform.wait_ready(timeout=60)
         assert embed_status(platform.base, quota_key) == 429  # the spent quota is still enforced
+        time.sleep(3)
+        stream.stop()
+        recorded = usage_record_ids(platform, "Stream")
+        served = [rid for status, rid in stream.answers if status == 200]
+        refused = [rid for status, rid in stream.answers if status not in (0, 200)]
+        assert len(served) >= 20, stream.answers
+        assert len(recorded) == len(set(recorded))  # one record per request id
+        assert set(served) <= set(recorded), f"200s without a usage record: {set(served) - set(recorded)}"
+        assert not set(refused) & set(recorded), "an error answer was billed"
+        cut = sum(1 for status, _ in stream.answers if status == 0)
+        # A record with no 200 seen is a request the client lost its connection on (a kill)
+        assert len(recorded) - len(served) <= cut
+        kill_counts = (f"{len(stream.answers)} answers: {len(served)} x 200, {len(refused)} errors "
+                       f"({sorted({s for s, _ in stream.answers if s not in (0, 200)})}), {cut} cut off; "
+                       f"{len(recorded)} usage records, {len(recorded) - len(served)} without a 200 seen")
 
         # Fresh figures within 90 s of being served (default rollup interval): usage API, draft.
         session, organization = console_session(platform, "owner", "a-long-test-password-1")
@@ -167,7 +238,8 @@ def test_make_serve_runs_the_whole_platform_and_survives_restarts(fresh_copy):
         assert not left and elapsed_again < 10
         print(f"\nmake serve: ready in {cold:.1f} s cold, {warm:.1f} s warm; rollup visible after "
               f"{fresh_after:.1f} s; stopped in {elapsed:.1f} s / {elapsed_again:.1f} s; idle: "
-              f"{len(idle)} processes, {memory / 2**20:.0f} MiB unique resident memory")
+              f"{len(idle)} processes, {memory / 2**20:.0f} MiB unique resident memory; kills mid-stream: "
+              f"{kill_counts}")
     finally:
         platform.kill()
 

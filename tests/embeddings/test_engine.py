@@ -58,7 +58,28 @@ def test_onnx_export_is_made_once_and_reused(tmp_path, caplog):
     with caplog.at_level("INFO", logger="embeddings.serving.engine"):
         Engine(PATH, device="cpu", backend="onnx", cache_dir=tmp_path)
     assert exported.stat().st_mtime_ns == made and "Exported" not in caplog.text
-    assert list(tmp_path.iterdir()) == [exported]  # no temporary file left beside it
+    # no temporary file left beside it (the lock file stays: removing it would race other lockers)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([exported.name, exported.with_suffix(".lock").name])
+
+
+def test_processes_that_load_at_once_export_once(tmp_path, monkeypatch):
+    """The processes of a host starting together (web processes, a worker) wait for one export."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import embeddings.serving.engine as engine_module
+
+    made = []
+
+    def slow_export(model, source, input_names, target):
+        made.append(target)
+        time.sleep(0.3)
+        target.write_bytes(b"onnx")
+
+    monkeypatch.setattr(engine_module, "_export", slow_export)
+    with ThreadPoolExecutor(4) as pool:  # flock locks per open file: threads contend like processes
+        found = list(pool.map(lambda _: engine_module.onnx_export(None, PATH, ["input_ids"], tmp_path), range(4)))
+    assert len(made) == 1 and set(found) == {made[0]}
 
 
 @pytest.mark.parametrize("backend", ["torch", "onnx"])
