@@ -7,6 +7,7 @@ import uuid
 
 from django.conf import settings
 
+from . import logs, metrics
 from .errors import error_response, server_error_message
 
 logger = logging.getLogger(__name__)
@@ -107,8 +108,6 @@ class ObservabilityMiddleware:
         self.metrics = settings.METRICS_ENABLED
 
     def __call__(self, request):
-        from . import logs, metrics
-
         context = logs.log_context()
         token = None
         if context is None:
@@ -132,8 +131,6 @@ class ObservabilityMiddleware:
 
     @staticmethod
     def _observe(request, response, timer) -> None:
-        from . import metrics
-
         error_type, code = _error_of(response)
         metrics.API_REQUESTS.labels(_endpoint(request), str(response.status_code), code or "").inc()
         if timer is None:

@@ -99,14 +99,16 @@ def test_metrics_logs_and_workers_through_make_serve(live_serve):
                if name == "embeddings_worker_chunks_total") == 1  # the long request's one chunk
 
     # Logs: the long request's lines (web: access and any other; worker: received, batch, succeeded).
+    def written(log: str) -> bool:  # the worker's last line of the chunk, the access line of all 7 requests
+        window = log[log_start:]
+        return (any(long_request_id in line and "succeeded in" in line for line in window.splitlines())
+                and window.count('"logger":"config.access"') - window.count('"path":"/metrics"') >= 7)
+
     deadline = time.monotonic() + 60
-    while True:
-        log = live_serve.platform.log()
-        if any(long_request_id in line and "succeeded in" in line for line in log[log_start:].splitlines()):
-            break
+    while not written(log := live_serve.platform.log()):
         assert time.monotonic() < deadline, log[-3000:]
         time.sleep(0.2)
-    lines = [json.loads(line) for line in log[log_start:].splitlines() if line.strip()]  # each one JSON object
+    lines = live_serve.platform.log_records(log_start)  # each line one JSON object
     about = [line for line in lines if long_request_id in json.dumps(line)]
     processes = {line.get("process") for line in about}
     assert {"web", "worker"} <= processes, about
