@@ -204,13 +204,20 @@ def worker() -> None:
     wait_for_migrations("worker")
     queues = os.environ.get("QUEUES") or ",".join(settings.CELERY_PLATFORM_QUEUES)
     name = os.environ.get("WORKER_NAME") or "embeddings@%h"
-    os.execv(PY, [PY, "-m", "celery", "-A", "config", "worker", "-Q", queues, "-l", "info", "-n", name])
+    os.execv(PY, [PY, "-m", "celery", "-A", "config", *_quiet(), "worker", "-Q", queues, "-l", "info", "-n", name])
 
 
 def beat() -> None:
     """Celery beat (the schedule is ``CELERY_BEAT_SCHEDULE``); exactly one per deployment."""
     wait_for_migrations("beat")
-    os.execv(PY, [PY, "-m", "celery", "-A", "config", "beat", "-l", "info"])
+    os.execv(PY, [PY, "-m", "celery", "-A", "config", *_quiet(), "beat", "-l", "info"])
+
+
+def _quiet() -> list[str]:
+    """``--quiet`` for Celery with JSON logs: no start banner (plain text) among the JSON lines."""
+    from config.logs import log_format
+
+    return ["--quiet"] if log_format() == "json" else []
 
 
 # --- serve: every role under circus ---------------------------------------------------------------------

@@ -384,7 +384,10 @@ LIMITS_CACHE_SECONDS = env.int("LIMITS_CACHE_SECONDS", default=30)
 # line written while serving a request carries its request id, organization, project, key id, model.
 from config.logs import log_format, logging_config  # noqa: E402
 
-log_format()  # a LOG_FORMAT typo stops the start
+if log_format() == "json":  # (a LOG_FORMAT typo stops the start)
+    import logging as _logging
+
+    _logging.captureWarnings(True)  # Python's warnings as log lines too, not plain text on stderr
 LOGGING = logging_config(env.str("LOG_LEVEL", default="INFO"))
 
 # --- Metrics (config/metrics.py; platform/README.md, "Seeing it run") ----------------------------
