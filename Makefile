@@ -26,25 +26,25 @@ install: $(VENV)/.installed
 # PostgreSQL and Valkey under var/ (from wheels); migrations; then web, one worker on every queue
 # and beat under circus. Ctrl-C stops everything.
 serve: install
-	exec $(PY) -m config.run serve
+	@exec $(PY) -m config.run serve
 
 # Roles for scaled deployments (they need DATABASE_URL and REDIS_URL; they start no server).
 # Release step: migrations + model registry under a database lock (safe from many hosts at once).
 migrate: install
-	$(PY) -m config.run migrate
+	@$(PY) -m config.run migrate
 
 # The HTTP server (granian serving config.asgi, settings in config/web.py) on $(HOST):$(PORT);
 # waits for a migrated database.
 web: install
-	exec $(PY) -m config.run web
+	@exec $(PY) -m config.run web
 
 # A Celery worker: QUEUES=embeddings,embeddings-flex (one per GPU) or QUEUES=billing; default all.
 worker: install
-	exec $(PY) -m config.run worker
+	@exec $(PY) -m config.run worker
 
 # Celery beat: exactly one per deployment.
 beat: install
-	exec $(PY) -m config.run beat
+	@exec $(PY) -m config.run beat
 
 # Architecture checks: import contracts (.importlinter) and no code written twice (pylint's
 # duplicate-code at its default threshold; migrations are generated, so excluded).

@@ -34,7 +34,7 @@ def web_server(env: dict, host: str, port: int) -> tuple[list[str], dict]:
 
     env = {**env, "HOST": host, "PORT": str(port)}
     env.update(server_env(env))
-    return granian_argv(host, port), env
+    return granian_argv(host, port, env), env
 
 
 def web_process(env: dict, port: int, log_path: str | Path) -> subprocess.Popen:
@@ -67,6 +67,20 @@ def prepare(env: dict, port: int) -> str:
     return manage("create_api_key", "--org", "bench", "--project", "bench", env=env).strip()
 
 
+def wait_up(base: str, proc: subprocess.Popen, log: Path, path: str = "/healthz", timeout: float = 120) -> None:
+    """Block until ``base + path`` answers 2xx; raises ``RuntimeError`` with the server's log (``log``)
+    when ``proc`` exits first or ``timeout`` seconds pass."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(f"{base}{path}", timeout=5)
+            return
+        except Exception:  # noqa: BLE001 - not up (or not ready) yet
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(Path(log).read_text()[-3000:]) from None
+            time.sleep(0.3)
+
+
 class RunningAPI(tuple):
     """``(base_url, api_key)``, plus ``var_dir`` (the embedded servers' directory) and ``log``
     (the web server's output file)."""
@@ -91,15 +105,7 @@ def api_server(extra_env: dict | None = None, workers: int | None = None):
         proc = web_process(env, port, log)
         base = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.time() + 120
-            while True:
-                try:
-                    urllib.request.urlopen(f"{base}/healthz", timeout=2)
-                    break
-                except Exception:  # noqa: BLE001 - not up yet
-                    if proc.poll() is not None or time.time() > deadline:
-                        raise RuntimeError(open(Path(var_dir) / "web.log").read()) from None
-                    time.sleep(0.3)
+            wait_up(base, proc, log)
             yield RunningAPI(base, key, var_dir, log)
         finally:
             proc.terminate()

@@ -7,10 +7,12 @@ import time
 from celery import shared_task
 
 from config import heartbeats
+from config.metrics import ROLLUP_DURATION
+from config.platform_state import ROLLUP_JOB
 
 from . import services
 
-ROLLUP_JOB = "billing.rollup_usage"
+__all__ = ["ROLLUP_JOB", "close_statements", "rollup_usage"]
 
 
 @shared_task(name="billing.rollup_usage", ignore_result=True)
@@ -21,6 +23,7 @@ def rollup_usage() -> dict:
     """
     started_at = time.time()
     result = services.usage_rollup_recent()
+    ROLLUP_DURATION.observe(time.time() - started_at)
     heartbeats.job_record(ROLLUP_JOB, started_at=started_at, hour_end=result.hour_end.timestamp())
     return {"hour_start": result.hour_start.isoformat(), "hour_end": result.hour_end.isoformat(),
             "hourly_rows": result.hourly_rows, "daily_rows": result.daily_rows}

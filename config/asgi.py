@@ -11,14 +11,21 @@ Django's ASGI handler, behind `RequestGate`, which runs before Django sees a req
   without ``Content-Length`` as empty;
 * at most ``WEB_THREADS`` requests per process are in Django (each in a thread) at once,
   counted from the moment their body has arrived whole: a slow client holds no thread.
-  ``/healthz`` and ``/readyz`` skip that gate, so a busy process still answers its probes.
+  ``/healthz``, ``/readyz`` and ``/metrics`` skip that gate, so a busy process still answers its
+  probes and its scrapes;
+* the request's log context (`config.logs.RequestLogContext`) is opened here, so every line
+  written while it is served carries its id, and the access line (logger ``config.access``, one
+  per request, 413s included) is written here with it: the HTTP server's own access log cannot
+  carry the request id.
 """
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import tempfile
+import time
 
 from django.core.asgi import get_asgi_application
 
@@ -26,7 +33,10 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 django_application = get_asgi_application()
 
 from config.errors import error_body  # noqa: E402  (after Django is set up)
+from config.logs import RequestLogContext, log_context_end, log_context_start  # noqa: E402
 from config.middleware import API_PREFIX, body_limit, body_too_large_message, new_request_id  # noqa: E402
+
+access_logger = logging.getLogger("config.access")
 
 # A chunked body is kept in memory up to this many bytes, on disk past it (Django's
 # FILE_UPLOAD_MAX_MEMORY_SIZE default), so concurrent large chunked uploads cannot exhaust memory.
@@ -34,7 +44,21 @@ SPOOL_MEMORY_BYTES = 2_621_440
 # Bytes per message when a spooled body is handed on to Django.
 REPLAY_CHUNK_BYTES = 65_536
 # Probes answered whatever the load (they take no slot of the gate).
-UNGATED_PATHS = frozenset({"/healthz", "/readyz"})
+UNGATED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+# The access line's text (the HTTP server's former format): no query string (``?api_key=`` would be
+# written), no header; the request's ids are fields of the line (JSON) from its log context.
+ACCESS_LOG_FORMAT = '%s "%s %s HTTP/%s" %d %.1fms'
+
+
+def access_log(scope, status: int, started: float) -> None:
+    """Write the access line of the request ``scope`` (answered ``status``; ``started``: its
+    ``time.perf_counter()`` at arrival) with the fields ``client``, ``method``, ``path``, ``status``
+    and ``duration_ms``; 0 is a request that ended before an answer (the client went away)."""
+    client = (scope.get("client") or ("-",))[0]
+    duration_ms = (time.perf_counter() - started) * 1000
+    access_logger.info(ACCESS_LOG_FORMAT, client, scope["method"], scope["path"], scope.get("http_version", "1.1"),
+                       status, duration_ms, extra={"client": client, "method": scope["method"], "path": scope["path"],
+                                                   "status": status, "duration_ms": round(duration_ms, 2)})
 
 
 async def _too_large(scope, send, limit: int, length: int | None) -> None:
@@ -63,6 +87,26 @@ class RequestGate:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        started, status = time.perf_counter(), 0
+        context = RequestLogContext()
+        token = log_context_start(context)
+
+        async def observed_send(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                if not context.request_id:  # answered before Django (413): the id it was given
+                    context.request_id = next((v.decode() for n, v in message.get("headers", ())
+                                               if n == b"x-request-id"), "")
+            await send(message)
+
+        try:
+            return await self._gated(scope, receive, observed_send)
+        finally:
+            access_log(scope, status, started)
+            log_context_end(token)
+
+    async def _gated(self, scope, receive, send):
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.threads)
         limit = body_limit(scope["path"])

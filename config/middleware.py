@@ -7,6 +7,7 @@ import uuid
 
 from django.conf import settings
 
+from . import logs, metrics
 from .errors import error_response, server_error_message
 
 logger = logging.getLogger(__name__)
@@ -90,3 +91,90 @@ class OpenAIErrorMiddleware:
         logger.exception("Unhandled error in %s %s (request %s)", request.method, request.path, request_id)
         return error_response(server_error_message(request_id), status=500, type="server_error",
                               code="internal_error")
+
+
+class ObservabilityMiddleware:
+    """Per request: the log context (`config.logs.RequestLogContext`: every line written while the
+    request is served carries its id, and once DRF resolved the key its organization, project and
+    key ids) and, for ``/v1``, the metrics of `config.metrics`: the response by endpoint, status
+    and error code; for ``/v1/embeddings`` its latency, phases and admission outcome.
+
+    Sits right after `RequestIDMiddleware`. Under the ASGI server the context was opened by
+    `config.asgi` (which writes the access line with it); elsewhere (tests, WSGI) it opens one.
+    With ``METRICS_ENABLED`` off it keeps the log context only."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+        self.metrics = settings.METRICS_ENABLED
+
+    def __call__(self, request):
+        context = logs.log_context()
+        token = None
+        if context is None:
+            context = logs.RequestLogContext()
+            token = logs.log_context_start(context)
+        context.request_id, context.request = request.request_id, request
+        api = self.metrics and request.path.startswith(API_PREFIX)
+        timer = phases_token = None
+        if api and request.path == EMBEDDINGS_PATH:
+            timer, phases_token = metrics.phases_start()
+        try:
+            response = self.get_response(request)
+            if api:
+                self._observe(request, response, timer)
+            return response
+        finally:
+            if phases_token is not None:
+                metrics.phases_end(phases_token)
+            if token is not None:
+                logs.log_context_end(token)
+
+    @staticmethod
+    def _observe(request, response, timer) -> None:
+        error_type, code = _error_of(response)
+        metrics.API_REQUESTS.labels(_endpoint(request), str(response.status_code), code or "").inc()
+        if timer is None:
+            return
+        metrics.REQUEST_DURATION.observe(time.perf_counter() - request.started_at)
+        timer.observe()
+        outcome = metrics.admission_outcome(timer=timer, status=response.status_code, error_type=error_type,
+                                            code=code)
+        if outcome is not None:
+            metrics.ADMISSION.labels(outcome).inc()
+
+
+EMBEDDINGS_PATH = "/v1/embeddings"
+
+
+def _endpoint(request) -> str:
+    """The route of ``request`` (``/v1/embeddings``, ``/v1/models/<str:model_id>``), ``unknown`` for
+    a path no route serves: a bounded label, never the raw path."""
+    from django.urls import Resolver404, resolve
+
+    match = getattr(request, "resolver_match", None)
+    if match is None:
+        try:
+            match = resolve(request.path_info)
+        except Resolver404:
+            return "unknown"
+    route = match.route or ""
+    return "unknown" if route.startswith("^") else f"/{route}"
+
+
+def _error_of(response) -> tuple[str | None, str | None]:
+    """``(type, code)`` of the OpenAI error envelope in ``response``, ``(None, None)`` for a success or
+    a body that is not the envelope."""
+    if response.status_code < 400:
+        return None, None
+    data = getattr(response, "data", None)  # DRF's Response: the dict before rendering
+    if data is None and response.get("Content-Type", "").startswith("application/json") and not response.streaming:
+        try:
+            import orjson
+
+            data = orjson.loads(response.content)
+        except (orjson.JSONDecodeError, ValueError):
+            return None, None
+    error = data.get("error") if isinstance(data, dict) else None
+    if not isinstance(error, dict):
+        return None, None
+    return error.get("type"), error.get("code")

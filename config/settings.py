@@ -41,6 +41,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",  # Redoc's assets, served by whitenoise (no CDN)
     "axes",
+    "django_prometheus",  # HTTP and database metrics (django_http_*, django_db_*); /metrics: config.metrics
     "accounts",
     "limits",
     "embeddings",
@@ -51,8 +52,15 @@ INSTALLED_APPS = [
     "console",
 ]
 
+# Metrics on (default): django-prometheus's middleware and database wrapper, the platform's /v1
+# series (config.metrics). Off only to measure what they cost (bench/observability_cost.py).
+METRICS_ENABLED = env.bool("METRICS_ENABLED", default=True)
+
 MIDDLEWARE = [
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "config.middleware.RequestIDMiddleware",
+    # Log context of the request and the platform's /v1 metrics (config.metrics).
+    "config.middleware.ObservabilityMiddleware",
     "config.middleware.OpenAIErrorMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -66,7 +74,10 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # Last, as django-axes asks: turns a locked-out sign-in into a 429 page.
     "axes.middleware.AxesMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
+if not METRICS_ENABLED:
+    MIDDLEWARE = [m for m in MIDDLEWARE if not m.startswith("django_prometheus.")]
 
 ROOT_URLCONF = "config.urls"
 WSGI_APPLICATION = "config.wsgi.application"
@@ -94,6 +105,9 @@ DATABASES = {"default": env.db_url_config(DATABASE_URL)}
 if DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
     raise environ.ImproperlyConfigured(
         f"DATABASE_URL must name a PostgreSQL database (postgres://...), not {DATABASES['default']['ENGINE']}")
+# django-prometheus's wrapper of the same backend: query counts and durations (django_db_*).
+if METRICS_ENABLED:
+    DATABASES["default"]["ENGINE"] = "django_prometheus.db.backends.postgresql"
 DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=60))
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -188,8 +202,11 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_POOL = env.str("CELERY_WORKER_POOL", default="threads")
 CELERY_WORKER_CONCURRENCY = env.int("CELERY_WORKER_CONCURRENCY", default=64)
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
-CELERY_WORKER_ENABLE_REMOTE_CONTROL = False
-CELERY_WORKER_SEND_TASK_EVENTS = False
+# Remote control and events on: `celery -A config inspect ping` answers, Flower sees the workers and
+# their tasks (platform/README.md, "Seeing it run").
+CELERY_WORKER_ENABLE_REMOTE_CONTROL = True
+CELERY_WORKER_SEND_TASK_EVENTS = True
+CELERY_TASK_SEND_SENT_EVENT = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_CONNECTION_TIMEOUT = 2  # seconds to open a broker connection
@@ -245,7 +262,7 @@ SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=False)
 CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=False)
 SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=False)
 # Probes of the load balancer or orchestrator reach the process over plain HTTP.
-SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
 SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0)  # seconds; 31536000 = one year
 SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=False)
 SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)
@@ -363,19 +380,23 @@ ADMISSION_KEY_PREFIX = env.str("ADMISSION_KEY_PREFIX", default="adm")
 # this is only the bound for a change made while Redis was unreachable.
 LIMITS_CACHE_SECONDS = env.int("LIMITS_CACHE_SECONDS", default=30)
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
-    },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
-    "loggers": {
-        "django.request": {"level": "ERROR"},
-        "django_redis.cache": {"level": "WARNING"},
-    },
-}
+# Structured logs (config/logs.py): JSON lines by default, LOG_FORMAT=text for a terminal; every
+# line written while serving a request carries its request id, organization, project, key id, model.
+from config.logs import log_format, logging_config  # noqa: E402
+
+if log_format() == "json":  # (a LOG_FORMAT typo stops the start)
+    import logging as _logging
+
+    _logging.captureWarnings(True)  # Python's warnings as log lines too, not plain text on stderr
+LOGGING = logging_config(env.str("LOG_LEVEL", default="INFO"))
+
+# --- Metrics (config/metrics.py; platform/README.md, "Seeing it run") ----------------------------
+# /metrics answers loopback clients (client address per TRUSTED_PROXIES) and, from anywhere,
+# `Authorization: Bearer <METRICS_TOKEN>` when set; nothing else (no tenant key opens it).
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+# A host that runs workers but no web role serves /metrics on this port (0: none) and address.
+METRICS_PORT = env.int("METRICS_PORT", default=0)
+METRICS_ADDRESS = env.str("METRICS_ADDRESS", default="127.0.0.1")
 
 # --- HTTP server (config/web.py, config/asgi.py) ----------------------------------
 # Largest request body per route, in bytes: the longest matching path prefix wins, "" is every

@@ -5,6 +5,7 @@ from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView
 
 from . import views
+from .metrics import metrics_view
 
 urlpatterns = [
     path("v1/", include("embeddings.urls")),
@@ -21,6 +22,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("healthz", views.healthz, name="healthz"),
     path("readyz", views.readyz, name="readyz"),
+    path("metrics", metrics_view, name="metrics"),
     path("", RedirectView.as_view(pattern_name="console:home"), name="root"),
 ]
 

@@ -23,11 +23,12 @@ Environment (defaults in brackets):
   empty body from hyper, before Python sees them;
 * ``EMBEDDINGS_TORCH_THREADS``: torch threads per process [cores / processes].
 
-No control socket, no pid file, no shared path: two instances on one host (other ports) share
-nothing but the database and Redis. Database connections: one per request under ASGI
-(``CONN_MAX_AGE`` defaults to 0 here, see `server_env`). A psycopg_pool connection pool saves
-~4 ms per request (bench/request_phases.py), but with it a stopping granian process that had
-served requests ignored its SIGTERM in 3 of 3 tries (1 in 6 without), so it is not used.
+No control socket, no pid file: two instances on one host (other ports) share nothing but the
+database, Redis, the metrics directory and the server's log configuration (the same file for all).
+Database connections: one per request under ASGI (``CONN_MAX_AGE`` defaults to 0 here, see
+`server_env`). A psycopg_pool connection pool saves ~4 ms per request (bench/request_phases.py), but
+with it a stopping granian process that had served requests ignored its SIGTERM in 3 of 3 tries
+(1 in 6 without), so it is not used.
 """
 from __future__ import annotations
 
@@ -35,13 +36,10 @@ import os
 import sys
 import threading
 
-# The access log: no query string (``?api_key=`` would be written) and no header; the
-# request id is in the application's own log lines.
-ACCESS_LOG_FORMAT = '%(addr)s "%(method)s %(path)s %(protocol)s" %(status)d %(dt_ms).1fms'
 
 
-def _env_int(name: str, default: int) -> int:
-    return int(os.environ.get(name) or default)
+def _env_int(name: str, default: int, environ: dict | None = None) -> int:
+    return int((os.environ if environ is None else environ).get(name) or default)
 
 
 def server_env(environ: dict | None = None) -> dict[str, str]:
@@ -59,22 +57,46 @@ def server_env(environ: dict | None = None) -> dict[str, str]:
     return extra
 
 
-def granian_argv(host: str | None = None, port: int | str | None = None) -> list[str]:
-    """The server's command line (interpreter first), from the environment (see the module)."""
-    host = host or os.environ.get("HOST", "127.0.0.1")
-    port = port or os.environ.get("PORT", "8000")
+def granian_argv(host: str | None = None, port: int | str | None = None, environ: dict | None = None) -> list[str]:
+    """The server's command line (interpreter first), from ``environ`` (default ``os.environ``; see
+    the module)."""
+    environ = os.environ if environ is None else environ
+    host = host or environ.get("HOST", "127.0.0.1")
+    port = port or environ.get("PORT", "8000")
     return [
         sys.executable, "-m", "granian", "config.asgi:application",
         "--interface", "asginl",  # ASGI without lifespan: Django has none
         "--host", str(host), "--port", str(port),
-        "--workers", str(_env_int("WEB_CONCURRENCY", 2)),
+        "--workers", str(_env_int("WEB_CONCURRENCY", 2, environ)),
         "--http", "1", "--no-ws",
         "--respawn-failed-workers",
-        "--workers-kill-timeout", str(_env_int("WEB_GRACEFUL_TIMEOUT", 8)),
-        "--http1-header-read-timeout", str(_env_int("WEB_HEADER_TIMEOUT", 10) * 1000),
-        "--http1-buffer-size", str(max(8192, _env_int("WEB_MAX_HEADER_BYTES", 65536))),
-        "--log-level", "info", "--access-log", "--access-log-fmt", ACCESS_LOG_FORMAT,
+        "--workers-kill-timeout", str(_env_int("WEB_GRACEFUL_TIMEOUT", 8, environ)),
+        "--http1-header-read-timeout", str(_env_int("WEB_HEADER_TIMEOUT", 10, environ) * 1000),
+        "--http1-buffer-size", str(max(8192, _env_int("WEB_MAX_HEADER_BYTES", 65536, environ))),
+        # The access log is the application's (config.asgi: one line per request with its id).
+        "--log-level", "info", "--no-access-log", *log_config_args(environ),
     ]
+
+
+def log_config_args(environ: dict | None = None) -> list[str]:
+    """``--log-config FILE`` for JSON logs (``LOG_FORMAT``, `config.logs`): the server's own lines
+    (start, workers) through the platform's handler; the file (``VAR_DIR/granian-logging.json``,
+    the same content for every instance) is written atomically. Nothing for text logs."""
+    from config.logs import granian_logging_config, log_format
+
+    environ = os.environ if environ is None else environ
+    if log_format(environ) != "json":
+        return []
+    import json
+    from pathlib import Path
+
+    var_dir = Path(environ.get("VAR_DIR") or Path(__file__).resolve().parent.parent / "var")
+    var_dir.mkdir(parents=True, exist_ok=True)
+    target = var_dir / "granian-logging.json"
+    partial = target.with_name(f"{target.name}.{os.getpid()}")
+    partial.write_text(json.dumps(granian_logging_config()))
+    os.replace(partial, target)
+    return ["--log-config", str(target)]
 
 
 def warm_up() -> None:

@@ -5,7 +5,7 @@ Every URL under ``orgs/<org>/`` must be served by a subclass of
 """
 from django.urls import include, path, re_path
 
-from . import batch_views, billing_views, views
+from . import batch_views, billing_views, status_views, views
 
 app_name = "console"
 
@@ -41,4 +41,6 @@ urlpatterns = [
     # Outside orgs/: the invitee is not a member yet (the token is the authorization).
     path("invitations/<str:token>/", views.InvitationAcceptView.as_view(), name="invitation-accept"),
     path("orgs/<str:org>/", include(organization_urls)),
+    # Staff only (no organization): the platform's workers, queues, last hour and rollup lag.
+    path("platform/", status_views.PlatformStatusView.as_view(), name="platform-status"),
 ]

@@ -6,3 +6,13 @@ class EmbeddingsConfig(AppConfig):
 
     name = "embeddings"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from functools import partial
+
+        from config.metrics import phase_add
+
+        from .serving import batching
+
+        # An inline request's wait in this process's micro-batcher is its "queue_wait" phase.
+        batching.observe_wait = partial(phase_add, "queue_wait")

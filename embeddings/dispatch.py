@@ -17,6 +17,7 @@ import numpy as np
 from django.conf import settings
 
 from config.exceptions import BrokerUnavailable, DeadlineExceeded, Overloaded, WorkerFailed, WorkersUnavailable
+from config.metrics import phase_add
 
 from .models import EmbeddingModel
 
@@ -64,18 +65,11 @@ _queue_states: dict[str, _QueueState] = {}
 
 
 def queue_depth(queue: str) -> int:
-    """Chunks waiting in ``queue`` on the broker (not yet taken by a worker): the sum of ``LLEN``
-    over the lists kombu's Redis transport keeps for it, one per priority step (``queue``,
-    ``queue\\x06\\x163``, ...: named by kombu itself, ``Channel._q_for_pri``), in one pipeline, on a
-    connection of the app's pool. Raises ``redis.RedisError`` or kombu's ``OperationalError``."""
-    from celery import current_app
+    """Chunks waiting in ``queue`` on the broker (not yet taken by a worker;
+    `config.platform_state.queue_states`). Raises ``redis.RedisError`` or kombu's ``OperationalError``."""
+    from config.platform_state import queue_states
 
-    with current_app.pool.acquire(block=True, timeout=1) as connection:
-        channel = connection.default_channel
-        pipe = channel.client.pipeline(transaction=False)
-        for step in channel.priority_steps:
-            pipe.llen(channel._q_for_pri(queue, step))
-        return int(sum(pipe.execute()))
+    return queue_states([queue], oldest=False)[queue].depth
 
 
 def queue_check(queue: str) -> None:
@@ -142,6 +136,9 @@ def encode_dispatched(*, model: EmbeddingModel, token_ids: list[list[int]], serv
     for (and the redelivered messages of a dead worker, which come after it). Results are
     deleted once read.
 
+    The request's ``queue_wait`` phase (`config.metrics`) is the time waited less the longest time a
+    chunk's batch spent in the model (the workers report it with the vectors).
+
     Returns ``(n, model.dimensions)`` float32. Raises (`config.exceptions`)
     `WorkersUnavailable`, `Overloaded`, `BrokerUnavailable` (the broker cannot be reached),
     `DeadlineExceeded` (the deadline passed), `WorkerFailed` (a worker raised).
@@ -164,7 +161,9 @@ def encode_dispatched(*, model: EmbeddingModel, token_ids: list[list[int]], serv
         # By name (`embeddings.tasks.encode_chunk`): the API does not import the workers' code.
         chunk.results.append(current_app.send_task(
             "embeddings.encode_chunk", args=(model.local_path, model.name, chunk.token_ids, service_tier, deadline),
-            queue=queue, expires=max(0.01, deadline - time.time())))
+            kwargs={"request_id": request_id}, queue=queue, expires=max(0.01, deadline - time.time()),
+            # What logs and Flower show of the message: never the token ids (the inputs, encoded).
+            argsrepr=f"({model.name!r}, <{len(chunk.token_ids)} inputs>, {service_tier!r})", kwargsrepr=request_id))
 
     try:
         for chunk in chunks:
@@ -190,6 +189,8 @@ def encode_dispatched(*, model: EmbeddingModel, token_ids: list[list[int]], serv
             except CeleryTimeoutError:
                 pass
         parts = [unpack_vectors(chunk.value) for chunk in chunks]
+        encode_s = max(float(chunk.value.get("encode_s", 0.0)) for chunk in chunks)
+        phase_add("queue_wait", max(0.0, time.monotonic() - started - encode_s))
     except OperationalError as exc:
         logger.warning("Broker unreachable for request %s: %s", request_id, exc)
         raise BrokerUnavailable(retry_after_s=BROKER_RETRY_AFTER_SECONDS) from exc

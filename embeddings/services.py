@@ -23,6 +23,7 @@ from metering.services import usage_record_create
 
 from config.errors import NotFoundError
 from config.exceptions import InvalidInput, ModelNotAllowed
+from config.metrics import phase
 from .dispatch import encode_dispatched
 from .serving.batching import MicroBatcher, get_batcher
 from .serving.engine import Engine, get_engine, model_prompts, renormalize
@@ -78,15 +79,18 @@ def embeddings_create(*, key, body: EmbeddingsRequest, request_id: str, started_
     service_tier = "default" if body.service_tier == "auto" else body.service_tier
     # a key known to be at its RPM limit: 429 now
     admission_precheck(key=key, service_tier=service_tier, model=model.name)
-    tokenized = tokenize_inputs(request=body, model=model)
-    reservation = admission_reserve(key=key, tokens=tokenized.total_tokens, service_tier=service_tier,
-                                    model=model.name)
+    with phase("tokenization"):
+        tokenized = tokenize_inputs(request=body, model=model)
+    with phase("admission"):
+        reservation = admission_reserve(key=key, tokens=tokenized.total_tokens, service_tier=service_tier,
+                                        model=model.name)
     with reservation:  # an exception from here on refunds the reservation (and propagates)
         if on_admitted is not None:
             on_admitted(reservation)
-        vectors = encode_inputs(model=model, token_ids=tokenized.token_ids, dimensions=body.dimensions,
-                                service_tier=service_tier, request_id=request_id)
-        usage_record_create(
+        with phase("encode"):
+            vectors = encode_inputs(model=model, token_ids=tokenized.token_ids, dimensions=body.dimensions,
+                                    service_tier=service_tier, request_id=request_id)
+        usage_record_create(  # the "metering" phase (metering.services)
             request_id=request_id, organization_id=key.organization_id, project_id=key.project_id,
             api_key_id=key.key_id, model_id=model.pk, input_count=len(tokenized.token_ids),
             prompt_tokens=tokenized.total_tokens, total_tokens=tokenized.total_tokens, user=body.user,

@@ -15,6 +15,8 @@ from rest_framework.views import APIView
 
 from limits.api import RateLimitHeadersMixin
 from config.errors import NotFoundError, PermissionDeniedError
+from config.logs import log_context_update
+from config.metrics import embeddings_served, phase
 from config.schema import error_responses
 
 from . import services
@@ -93,11 +95,19 @@ class EmbeddingsView(RateLimitHeadersMixin, APIView):
         summary="Create embeddings", operation_id="createEmbedding",
         description="OpenAI-compatible: returns one embedding per input, in input order.",
     )
+    def perform_authentication(self, request):
+        with phase("auth"):
+            super().perform_authentication(request)
+
     def post(self, request):
-        body = embeddings_request(request)
+        with phase("validation"):
+            body = embeddings_request(request)
+        log_context_update(model=body.model)
         result = services.embeddings_create(key=request.auth, body=body, request_id=request.request_id,
                                             started_at=request.started_at,
                                             on_admitted=partial(setattr, request, "reservation"))
+        embeddings_served(model=result.model.name, service_tier=result.service_tier, inputs=len(result.vectors),
+                          tokens=result.total_tokens)
         return Response(services.embeddings_response(result=result, encoding_format=body.encoding_format))
 
 

@@ -5,6 +5,7 @@ import psycopg
 from django.db import IntegrityError, transaction
 
 from config.errors import AuthenticationError
+from config.metrics import USAGE_RECORDS, phase
 
 from .models import UsageRecord
 
@@ -24,18 +25,23 @@ def usage_record_create(*, request_id: str, organization_id: int, project_id: in
     the project or organization is gone too, nothing can be billed and the request is refused:
     `AuthenticationError` (401), never a 500.
 
-    Raises ``django.db.IntegrityError`` when ``request_id`` was already metered.
+    Raises ``django.db.IntegrityError`` when ``request_id`` was already metered. Timed as the
+    request's ``metering`` phase and counted (``embeddings_usage_records_written_total``).
     """
     fields = dict(request_id=request_id, organization_id=organization_id, project_id=project_id,
                   model_id=model_id, input_count=input_count, prompt_tokens=prompt_tokens,
                   total_tokens=total_tokens, user=user, service_tier=service_tier, latency_ms=latency_ms)
-    for key_id in dict.fromkeys([api_key_id, None]):  # as sent, then without a deleted key
-        try:
-            return _insert({**fields, "api_key_id": key_id})
-        except IntegrityError as exc:
-            if not _foreign_key_violation(exc):
-                raise
-            missing = exc
+    with phase("metering"):
+        for key_id in dict.fromkeys([api_key_id, None]):  # as sent, then without a deleted key
+            try:
+                record = _insert({**fields, "api_key_id": key_id})
+            except IntegrityError as exc:
+                if not _foreign_key_violation(exc):
+                    raise
+                missing = exc
+            else:
+                USAGE_RECORDS.inc()
+                return record
     raise AuthenticationError(
         "The API key used for this request was deleted while the request was served.") from missing
 

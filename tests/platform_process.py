@@ -76,6 +76,11 @@ class Platform:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def log_records(self, start: int = 0) -> list[dict]:
+        """The output after offset ``start`` as JSON log lines (config.logs: one object per line,
+        ``process`` naming the role that wrote it); raises ``ValueError`` on a line that is not one."""
+        return [json.loads(line) for line in self.log()[start:].splitlines() if line.strip()]
+
     def get(self, path: str, timeout: float = 5.0, headers: dict | None = None) -> tuple[int, bytes]:
         """``GET base+path`` → (status, body); (0, b"") when nothing answers."""
         request = urllib.request.Request(self.base + path, headers=headers or {})

@@ -22,9 +22,16 @@ Chunks from celery-batches were cut by a timer and the prefetch count instead, a
 reached 2-6 rows per batch on this machine (issue 3).
 
 Every batch the thread ran is logged (logger ``embeddings.serving.batching``,
-``batch model=... items=... inputs=... tokens=... default=... flex=... ms=...``; INFO in
-workers, DEBUG in API processes) and kept
-in `MicroBatcher.history` (the last 1,000 batches), so coalescing is observable.
+``batch model=... items=... inputs=... tokens=... default=... flex=... ms=...``, with the
+``request_ids`` its submissions were tagged with; INFO in workers, DEBUG in API processes), kept
+in `MicroBatcher.history` (the last 1,000 batches), and counted in Prometheus series
+(`embeddings.serving.metrics`: batch sizes, padding, queue wait, forward passes), so coalescing
+is observable.
+
+Each submission's future carries, once resolved, ``wait_s`` (seconds from `submit` to the start
+of its batch), ``encode_s`` (seconds its batch spent in the engine) and ``share`` (its part of the
+batch's real tokens, 0..1). `MicroBatcher.encode` reports ``wait_s`` to `observe_wait`, which the
+embeddings app points at the request's phase timer.
 """
 from __future__ import annotations
 
@@ -32,12 +39,13 @@ import collections
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import metrics
 from .engine import Engine
 from .registry import ProcessRegistry
 
@@ -46,11 +54,22 @@ logger = logging.getLogger(__name__)
 TIERS = ("default", "flex", "batch")
 
 
+def _ignore_wait(seconds: float) -> None:
+    """The default `observe_wait`: nothing to report to."""
+
+
+# Called with ``wait_s`` (seconds) in the caller's thread after each `MicroBatcher.encode`; the
+# embeddings app sets it (`embeddings.apps`) so a request's queue wait is one of its phases.
+observe_wait: Callable[[float], None] = _ignore_wait
+
+
 @dataclass
 class _Item:
     token_ids: Sequence[Sequence[int]]
     tokens: int
     tier: str
+    tag: str = ""
+    queued_at: float = field(default_factory=time.perf_counter)
     future: Future = field(default_factory=Future)
 
 
@@ -94,16 +113,20 @@ class MicroBatcher:
         self._paused = False
         self._thread = threading.Thread(target=self._run, name=f"batcher:{self.name}", daemon=True)
         self._thread.start()
+        metrics.LOAD_SECONDS.labels(self.name, engine.device, engine.backend).set(getattr(engine, "load_seconds", 0.0))
 
-    def submit(self, token_ids: Sequence[Sequence[int]], *, tier: str = "default") -> Future:
+    def submit(self, token_ids: Sequence[Sequence[int]], *, tier: str = "default", tag: str = "") -> Future:
         """Queue token-id sequences (special tokens included) for encoding.
 
         Returns a `Future` resolving to an ``(n, d)`` float32 array in input order (or
-        raising what the engine raised). ``tier``: ``"default"``, ``"flex"`` or ``"batch"``.
+        raising what the engine raised), with ``wait_s``, ``encode_s`` and ``share`` (see the
+        module docstring). ``tier``: ``"default"``, ``"flex"`` or ``"batch"``. ``tag``: a request id, named in
+        the batch's log line.
         """
         if tier not in TIERS:
             raise ValueError(f"unknown tier {tier!r}")
-        item = _Item(token_ids=token_ids, tokens=sum(len(ids) for ids in token_ids), tier=tier)
+        item = _Item(token_ids=token_ids, tokens=sum(len(ids) for ids in token_ids), tier=tier, tag=tag)
+        item.future.wait_s = item.future.encode_s = item.future.share = 0.0
         if not token_ids:
             item.future.set_result(np.empty((0, self.engine.dimensions), dtype=np.float32))
             return item.future
@@ -115,8 +138,12 @@ class MicroBatcher:
 
     def encode(self, token_ids: Sequence[Sequence[int]], *, tier: str = "default",
                timeout: float | None = None) -> np.ndarray:
-        """`submit` and wait (``timeout`` seconds; raises `concurrent.futures.TimeoutError`)."""
-        return self.submit(token_ids, tier=tier).result(timeout=timeout)
+        """`submit` and wait (``timeout`` seconds; raises `concurrent.futures.TimeoutError`); the
+        wait is reported to `observe_wait`."""
+        future = self.submit(token_ids, tier=tier)
+        vectors = future.result(timeout=timeout)
+        observe_wait(future.wait_s)
+        return vectors
 
     def pause(self) -> None:
         """Stop taking new batches (the running one finishes). For tests and draining."""
@@ -172,10 +199,16 @@ class MicroBatcher:
         if not batch:
             return
         rows = [ids for item in batch for ids in item.token_ids]
-        logger.log(self.log_level, "batch started model=%s items=%d inputs=%d", self.name, len(batch), len(rows))
+        tags = [item.tag for item in batch if item.tag]
+        logger.log(self.log_level, "batch started model=%s items=%d inputs=%d", self.name, len(batch), len(rows),
+                   extra={"request_ids": tags} if tags else None)
         started = time.perf_counter()
+        for item in batch:
+            item.future.wait_s = started - item.queued_at
+            metrics.BATCH_QUEUE_WAIT.labels(self.name).observe(item.future.wait_s)
+        passes = []
         try:
-            vectors = self.engine.encode(rows)
+            vectors = self.engine.encode(rows, on_pass=lambda *args: passes.append(args))
         except Exception as exc:  # noqa: BLE001 - every waiter must hear of it
             logger.exception("batch failed model=%s items=%d inputs=%d", self.name, len(batch), len(rows))
             if len(batch) == 1:
@@ -189,19 +222,39 @@ class MicroBatcher:
                     item.future.set_exception(item_exc)
             return
         ms = (time.perf_counter() - started) * 1000
+        tokens = sum(item.tokens for item in batch)
         start = 0
         for item in batch:
             end = start + len(item.token_ids)
+            item.future.encode_s, item.future.share = ms / 1000, item.tokens / max(1, tokens)
             item.future.set_result(vectors[start:end])
             start = end
-        record = BatchRecord(items=len(batch), inputs=len(rows), tokens=sum(item.tokens for item in batch),
+        record = BatchRecord(items=len(batch), inputs=len(rows), tokens=tokens,
                              default=sum(item.tier == "default" for item in batch),
                              flex=sum(item.tier == "flex" for item in batch), ms=ms,
                              batch=sum(item.tier == "batch" for item in batch))
         self.history.append(record)
+        self._observe(record, passes)
         logger.log(self.log_level, "batch model=%s items=%d inputs=%d tokens=%d default=%d flex=%d batch=%d ms=%.1f",
                    self.name, record.items, record.inputs, record.tokens, record.default, record.flex, record.batch,
-                   record.ms)
+                   record.ms,
+                   extra={"request_ids": tags} if tags else None)
+
+    def _observe(self, record: BatchRecord, passes: list[tuple[int, int, int, float]]) -> None:
+        """Count a batch and its forward passes (``(rows, width, tokens, seconds)`` each) in the
+        Prometheus series of `embeddings.serving.metrics`."""
+        padded = sum(rows * width for rows, width, _, _ in passes)
+        seconds = sum(pass_[3] for pass_ in passes)
+        name = self.name
+        metrics.BATCH_INPUTS.labels(name).observe(record.inputs)
+        metrics.BATCH_PADDED_TOKENS.labels(name).observe(padded)
+        metrics.BATCH_PADDING_EFFICIENCY.labels(name).observe(record.tokens / padded if padded else 1.0)
+        metrics.FORWARD_PASSES.labels(name).inc(len(passes))
+        metrics.ENGINE_TOKENS.labels(name).inc(record.tokens)
+        metrics.ENGINE_PADDED_TOKENS.labels(name).inc(padded)
+        metrics.FORWARD_SECONDS.labels(name).inc(seconds)
+        if seconds > 0:
+            metrics.TOKENS_PER_SECOND.labels(name).set(record.tokens / seconds)
 
 
 _batchers: ProcessRegistry[MicroBatcher] = ProcessRegistry()

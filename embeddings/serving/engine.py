@@ -22,7 +22,7 @@ import os
 import tempfile
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -149,6 +149,7 @@ class Engine:
         pools_prompt: whether the model's pooling reads the tokens of a prompt put before the input
             (sentence-transformers' ``Pooling.include_prompt``, true but for Instructor-style models,
             which pool without them; token ids carry no mark of where a prompt ends).
+        load_seconds: how long loading took (seconds).
     """
 
     def __init__(self, path: str, *, device: str = "auto", batch_tokens: int = 16384, torch_threads: int = 0,
@@ -189,16 +190,19 @@ class Engine:
             self._session = onnxruntime.InferenceSession(str(exported), options, providers=["CPUExecutionProvider"])
             self._session_inputs = names
             self._vocab_rows = int(self.model[0].auto_model.config.vocab_size)
+        self.load_seconds = time.perf_counter() - started
         logger.info("Loaded model %s on %s (%s, %s) in %.0f ms", self.path, self.device, self.backend,
-                    "fp16" if self.device.startswith("cuda") else "fp32",
-                    (time.perf_counter() - started) * 1000)
+                    "fp16" if self.device.startswith("cuda") else "fp32", self.load_seconds * 1000)
 
-    def encode(self, batch: Sequence[Sequence[int]]) -> np.ndarray:
+    def encode(self, batch: Sequence[Sequence[int]],
+               on_pass: Callable[[int, int, int, float], None] | None = None) -> np.ndarray:
         """Embed token-id sequences (special tokens included).
 
         Returns an ``(n, d)`` float32 array, L2-normalized, in input order. Rows are
         sorted by length and cut into forward passes of at most ``batch_tokens``
-        padded tokens, so padding stays small.
+        padded tokens, so padding stays small. ``on_pass(rows, width, tokens, seconds)`` is
+        called after each forward pass: its rows, longest row (padded width), real tokens and
+        duration (the micro-batcher's metrics).
         """
         n = len(batch)
         out = np.empty((n, self.dimensions), dtype=np.float32)
@@ -212,7 +216,10 @@ class Engine:
             while end < n and (end + 1 - start) * len(batch[order[end]]) <= self.batch_tokens:
                 end += 1
             rows = [batch[i] for i in order[start:end]]
+            began = time.perf_counter()
             out[order[start:end]] = self._forward(rows)
+            if on_pass is not None:
+                on_pass(len(rows), len(rows[-1]), sum(len(r) for r in rows), time.perf_counter() - began)
             start = end
         return out
 

@@ -16,9 +16,9 @@ def test_the_shared_make_serve_embeds_through_the_official_client(live_serve):
         result = client.embeddings.create(model="all-MiniLM-L6-v2", input=["hello", "world"])
     assert [len(d.embedding) for d in result.data] == [384, 384]
     assert result.usage.prompt_tokens == result.usage.total_tokens > 0
-    log = live_serve.platform.log()
-    exports = [line for line in log.splitlines() if "Exported " in line and " to ONNX " in line]
-    assert len(exports) == 1 and exports[0].startswith("migrate |"), exports
-    loads = [line for line in log.splitlines() if "Loaded model" in line and line.startswith(("web", "worker"))]
+    records = live_serve.platform.log_records()  # JSON lines, each naming its process (config.logs)
+    exports = [r for r in records if "Exported " in r["message"] and " to ONNX " in r["message"]]
+    assert len(exports) == 1 and exports[0].get("process") == "migrate", exports
+    loads = [r["message"] for r in records if "Loaded model" in r["message"] and r.get("process") in ("web", "worker")]
     assert loads and all("(onnx, fp32)" in line for line in loads), loads  # ONNX Runtime on CPU
     assert len(list((Path(live_serve.env["VAR_DIR"]) / "models").glob("*.onnx"))) == 1

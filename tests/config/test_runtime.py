@@ -131,10 +131,10 @@ def test_make_serve_runs_the_whole_platform_and_survives_restarts(fresh_copy):
         cold = platform.wait_ready()
         status, ready = platform.readyz()
         assert status == 200 and ready["failed"] == [], ready
-        # every child logs under its own name; the supervisor runs web, worker and beat
-        platform.wait_log("worker  | ", timeout=60)
-        platform.wait_log("beat    | ", timeout=60)
-        assert "web     | " in platform.log()
+        # every child's lines name it (JSON lines, config.logs); the supervisor runs web, worker and beat
+        platform.wait_log('"process":"worker"', timeout=60)
+        platform.wait_log('"process":"beat"', timeout=60)
+        assert '"process":"web"' in platform.log()
         platform.wait_log(" ready.", timeout=120)
         time.sleep(3)
         idle = platform.processes()
