@@ -89,16 +89,16 @@ def embeddings_request(request) -> EmbeddingsRequest:
 class EmbeddingsView(RateLimitHeadersMixin, APIView):
     """``POST /v1/embeddings``: OpenAI's embeddings endpoint (DRF authenticated the key first)."""
 
+    def perform_authentication(self, request):
+        with phase("auth"):
+            super().perform_authentication(request)
+
     @extend_schema(
         request=EmbeddingsRequestSerializer,
         responses={200: EmbeddingsResponseSerializer, **error_responses(400, 401, 403, 404, 413, 429, 500, 503, 504)},
         summary="Create embeddings", operation_id="createEmbedding",
         description="OpenAI-compatible: returns one embedding per input, in input order.",
     )
-    def perform_authentication(self, request):
-        with phase("auth"):
-            super().perform_authentication(request)
-
     def post(self, request):
         with phase("validation"):
             body = embeddings_request(request)

@@ -73,7 +73,8 @@ def test_sigterm_while_starting_leaves_nothing_behind(tmp_path):
                                  env=user_env(VAR_DIR=str(var), PYTHONUNBUFFERED="1"), stdout=out,
                                  stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
-        while "migrate | " not in log.read_text(errors="replace"):  # servers up, migrations running
+        # servers up, migrations running (the migrate child's lines, JSON or LOG_FORMAT=text)
+        while not any(m in log.read_text(errors="replace") for m in ('"process":"migrate"', "migrate | ")):
             assert time.monotonic() < deadline and serve.poll() is None, log.read_text()
             time.sleep(0.1)
         assert processes_under(var)

@@ -64,6 +64,7 @@ def test_yandex_style_variants_through_make_serve_with_the_official_client(live_
     assert other_project.value.code == "mismatched_project"
 
     log = live_serve.platform.log()
-    worker_batches = [BATCH_LINE.search(line) for line in log[offset:].splitlines() if line.startswith("worker")]
+    worker_batches = [BATCH_LINE.search(record.get("message", "")) for record in live_serve.platform.log_records(offset)
+                      if record.get("process") == "worker"]
     assert sum(int(m[3]) for m in worker_batches if m) >= 2 * len(DOCUMENTS)  # the documents went to the worker
     assert "Loaded model " not in log[offset:]  # the variants ran on the engines loaded at start
