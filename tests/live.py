@@ -66,8 +66,10 @@ def live_serve(django_db_blocker, tmp_path_factory) -> LiveServe:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     redis_url = redis_url_with_db(settings.REDIS_URL, LIVE_REDIS_DB)
     redis.Redis.from_url(redis_url).flushdb()
+    # Headers may take 60 s (10 s by default), so the security probes' slow-header clients stay
+    # held however slow the machine is while they measure.
     env = user_env(DATABASE_URL=worker_database_url(name), REDIS_URL=redis_url,
-                   VAR_DIR=str(tmp_path_factory.mktemp("live-var")))
+                   VAR_DIR=str(tmp_path_factory.mktemp("live-var")), WEB_HEADER_TIMEOUT="60")
     platform = Platform("serve", env=env)
     try:
         platform.wait_ready(timeout=300)
