@@ -306,7 +306,9 @@ def engine_figures(texts: list[str], threads: int) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--setup", action="store_true", help="make var/bench/infvenv first")
-    parser.add_argument("--duration", type=float, default=10.0)
+    # seconds measured per cell and round: longer than the slowest cell's latency (C=32, K=16: ~6-12 s
+    # here), or that cell counts no request
+    parser.add_argument("--duration", type=float, default=20.0)
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", default="1,8,32")
@@ -368,6 +370,9 @@ def report(systems, cells, results, one_p50: float, limit: float) -> None:
         row = [f"{c}, {k}"]
         for n in names:
             r = med[n]
+            if not r.samples:
+                row.append("no request finished inside the window: raise --duration")
+                continue
             row.append(f"{r.texts_per_s:.1f}, {r.p50_ms:.0f} / {r.p99_ms:.0f} ms" + (f" ({r.errors} err)" if r.errors else ""))
         ours = med["ours"]
         for n in names[1:]:
