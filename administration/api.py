@@ -25,6 +25,7 @@ from accounts.authentication import AdminAPIKeyAuthentication
 from accounts.models import APIKey, Membership, Organization, Project, ServiceAccount
 from config.errors import InvalidRequestError, NotFoundError
 from config.exceptions import InvalidInput
+from config.lists import list_object
 from config.schema import error_responses
 from embeddings.selectors import embedding_model_get, embedding_models_active
 from embeddings.services import allowed_models_normalize
@@ -35,12 +36,6 @@ from . import serializers as s
 
 ERRORS = error_responses(400, 401, 403, 404)
 PROJECT_ID = OpenApiParameter("project_id", str, OpenApiParameter.PATH, description="`proj_...`")
-
-
-def list_object(data: list[dict], has_more: bool) -> dict:
-    """OpenAI's list: ``{"object": "list", "data", "first_id", "last_id", "has_more"}``."""
-    return {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None, "has_more": has_more}
 
 
 def _cursor(rows, param: str, value: str):

@@ -11,6 +11,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from config.errors import InvalidRequestError
+from config.lists import list_object
 from config.schema import error_responses
 from embeddings.views import check_project_scope
 
@@ -24,9 +25,7 @@ CONTENT_BLOCK_BYTES = 1 << 16
 
 
 def _page(objects: list, has_more: bool, render) -> dict:
-    data = [render(o) for o in objects]
-    return {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None, "has_more": has_more}
+    return list_object([render(o) for o in objects], has_more)
 
 
 def _query(serializer_class, request) -> dict:

@@ -43,14 +43,13 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench._server import free_port  # noqa: E402
+from bench._server import free_port, wait_up  # noqa: E402
 
 INFVENV = ROOT / "var" / "bench" / "infvenv"
 MODEL = "all-MiniLM-L6-v2"
@@ -176,21 +175,6 @@ class System:
             os.killpg(self.process.pid, 9)
 
 
-def wait_http(url: str, process: subprocess.Popen, log: Path, timeout: float = 600) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{url}: the server exited:\n{log.read_text(errors='replace')[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as answer:
-                if answer.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"{url}: not up after {timeout:.0f} s:\n{log.read_text(errors='replace')[-3000:]}")
-
-
 def start_ours(work: Path) -> System:
     """``make serve`` on a free port with a private ``VAR_DIR`` (embedded servers), and a key."""
     port = free_port()
@@ -200,7 +184,7 @@ def start_ours(work: Path) -> System:
     log = work / "ours.log"
     process = subprocess.Popen(["make", "--no-print-directory", "serve", f"PORT={port}"], cwd=ROOT, env=env,
                                stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
-    wait_http(f"http://127.0.0.1:{port}/readyz", process, log)
+    wait_up(f"http://127.0.0.1:{port}", process, log, path="/readyz", timeout=600)
     deadline = time.monotonic() + 300
     while " ready." not in log.read_text(errors="replace"):  # the Celery worker consumes
         if time.monotonic() > deadline:
@@ -237,7 +221,7 @@ def start_infinity(work: Path, engine: str) -> System:
         argv.append("--no-compile")
     process = subprocess.Popen(argv, env=env, cwd=cwd, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
                                start_new_session=True)
-    wait_http(f"http://127.0.0.1:{port}/health", process, log)
+    wait_up(f"http://127.0.0.1:{port}", process, log, path="/health", timeout=600)
     return System(f"infinity-{engine}", port, "/embeddings", "minilm", None, process, log)
 
 
