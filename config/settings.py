@@ -351,8 +351,9 @@ API_KEY_CACHE_SECONDS = env.int("API_KEY_CACHE_SECONDS", default=5)
 API_KEY_LAST_USED_WRITE_SECONDS = env.int("API_KEY_LAST_USED_WRITE_SECONDS", default=60)
 # Request bodies above this many bytes get 413 (2048 inputs x 256 tokens fit many times over).
 EMBEDDINGS_MAX_BODY_BYTES = env.int("EMBEDDINGS_MAX_BODY_BYTES", default=32 * 1024 * 1024)
-# Inline forward passes are cut to at most this many (padded) tokens each.
-EMBEDDINGS_BATCH_TOKENS = env.int("EMBEDDINGS_BATCH_TOKENS", default=16384)
+# Forward passes (inline and in workers) are cut to at most this many padded tokens each;
+# 0: by device (CPU 2,048, CUDA 16,384: embeddings.serving.engine.DEFAULT_PASS_TOKENS, bench/pass_tokens.py).
+EMBEDDINGS_BATCH_TOKENS = env.int("EMBEDDINGS_BATCH_TOKENS", default=0)
 # torch intra-op threads per process; 0 keeps torch's default (the core count).
 EMBEDDINGS_TORCH_THREADS = env.int("EMBEDDINGS_TORCH_THREADS", default=0)
 # Device for inference: "auto" (CUDA when present), "cpu", "cuda", "cuda:1", ...

@@ -2,8 +2,8 @@
 
 Why this server: a slow client (a body sent a byte at a time, headers a byte a second, an idle
 keep-alive connection) must not hold a Python thread. granian reads requests in Rust (tokio,
-hyper); Django's ASGI handler reads the whole body as a coroutine before it hands the request to
-a thread (`config.asgi` bounds the body per route and the requests in threads per process).
+hyper); `config.asgi` reads the whole body as a coroutine before it hands the request to one of
+the process's threads (and bounds the body per route and the requests in threads per process).
 gunicorn's gthread workers and granian's WSGI interface both hold a thread for as long as a
 body takes to arrive. Measured: ``bench/slow_clients.py``.
 
@@ -11,9 +11,9 @@ Environment (defaults in brackets):
 
 * ``HOST`` [127.0.0.1], ``PORT`` [8000];
 * ``WEB_CONCURRENCY`` [2]: server processes;
-* ``WEB_THREADS`` [16]: requests in Django at once per process (each runs in a thread once its
-  body has arrived; concurrent requests of one process share forward passes through its
-  micro-batcher, so a process needs enough of them for a batch to form); more wait, unread;
+* ``WEB_THREADS`` [16]: requests in Django at once per process (each runs in one of the process's
+  threads once its body has arrived; concurrent requests of one process share forward passes
+  through its micro-batcher, so a process needs enough of them for a batch to form); more wait;
 * ``WEB_GRACEFUL_TIMEOUT`` [8]: seconds a stopping process may finish its requests before it is
   killed (so a stop ends within 10 s; a granian process that had served requests was seen, now
   and then, never to act on its SIGTERM, and would otherwise be waited for);
@@ -25,10 +25,10 @@ Environment (defaults in brackets):
 
 No control socket, no pid file: two instances on one host (other ports) share nothing but the
 database, Redis, the metrics directory and the server's log configuration (the same file for all).
-Database connections: one per request under ASGI (``CONN_MAX_AGE`` defaults to 0 here, see
-`server_env`). A psycopg_pool connection pool saves ~4 ms per request (bench/request_phases.py), but
-with it a stopping granian process that had served requests ignored its SIGTERM in 3 of 3 tries
-(1 in 6 without), so it is not used.
+Database connections: one per thread of the pool (`config.asgi`), kept for ``CONN_MAX_AGE`` seconds
+[60] and checked before reuse; at most ``WEB_CONCURRENCY`` x (``WEB_THREADS`` + 4) per host. (A
+psycopg_pool pool under Django's ASGI handler saved as much, but with it a stopping granian process
+that had served requests ignored its SIGTERM in 3 of 3 tries.)
 """
 from __future__ import annotations
 
@@ -45,15 +45,12 @@ def _env_int(name: str, default: int, environ: dict | None = None) -> int:
 def server_env(environ: dict | None = None) -> dict[str, str]:
     """Variables the server's processes need beyond ``environ`` (default ``os.environ``):
     ``EMBEDDINGS_TORCH_THREADS`` (cores / processes, so inline encodes of the processes do not
-    oversubscribe the CPU) and ``CONN_MAX_AGE=0`` (Django's ASGI handler runs each request in
-    a thread of its own, so a persistent connection would be left behind by every request)."""
+    oversubscribe the CPU)."""
     environ = os.environ if environ is None else environ
     workers = int(environ.get("WEB_CONCURRENCY") or 2)
     extra = {}
     if not environ.get("EMBEDDINGS_TORCH_THREADS"):
         extra["EMBEDDINGS_TORCH_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
-    if not environ.get("CONN_MAX_AGE"):
-        extra["CONN_MAX_AGE"] = "0"
     return extra
 
 

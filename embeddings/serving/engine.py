@@ -125,6 +125,19 @@ def _export(model, source: Path, input_names: list[str], target: Path) -> None:
     logger.info("Exported %s to ONNX (%s) in %.1f s", source, target, time.perf_counter() - started)
 
 
+# Padded tokens per forward pass by device kind, when none is configured (``batch_tokens=0``). On
+# CPU, passes of ~2,048 padded tokens (e.g. 48 rows of 40 tokens) ran 1.2-1.45x the texts/s of
+# 16,384-token passes for calls of 64-512 texts (all-MiniLM-L6-v2, ONNX Runtime, 2 threads:
+# ``bench/pass_tokens.py``), and keep a pass short enough for small requests to get in between; a
+# GPU wants the largest pass its memory takes.
+DEFAULT_PASS_TOKENS = {"cpu": 2048, "cuda": 16384}
+
+
+def default_pass_tokens(device: str) -> int:
+    """`DEFAULT_PASS_TOKENS` for ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:N"``; others: CPU's)."""
+    return DEFAULT_PASS_TOKENS["cuda" if device.startswith("cuda") else "cpu"]
+
+
 class Engine:
     """A sentence-transformers model loaded once from a local directory (offline).
 
@@ -132,7 +145,8 @@ class Engine:
         path: directory of the model (``modules.json``, weights, ``tokenizer.json``).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``. On CUDA the weights
             run in fp16; outputs are always float32.
-        batch_tokens: the most padded tokens (rows x longest row) per forward pass.
+        batch_tokens: the most padded tokens (rows x longest row) per forward pass; 0: the
+            device's `default_pass_tokens` (CPU 2,048, CUDA 16,384).
         torch_threads: torch intra-op threads for this process (``torch.set_num_threads``),
             set once when the engine loads, and ONNX Runtime's intra-op threads; 0 keeps the
             libraries' default (the core count).
@@ -152,7 +166,7 @@ class Engine:
         load_seconds: how long loading took (seconds).
     """
 
-    def __init__(self, path: str, *, device: str = "auto", batch_tokens: int = 16384, torch_threads: int = 0,
+    def __init__(self, path: str, *, device: str = "auto", batch_tokens: int = 0, torch_threads: int = 0,
                  backend: str = "torch", cache_dir: str | os.PathLike | None = None):
         import torch
         from sentence_transformers import SentenceTransformer
@@ -167,7 +181,7 @@ class Engine:
         if self.device.startswith("cuda"):
             self.model.half()
         self.model.eval()
-        self.batch_tokens = batch_tokens
+        self.batch_tokens = batch_tokens or default_pass_tokens(self.device)
         dimension_of = getattr(self.model, "get_embedding_dimension", None) or \
             self.model.get_sentence_embedding_dimension  # sentence-transformers < 6
         self.dimensions = int(dimension_of())
@@ -271,7 +285,7 @@ def model_prompts(path: str | os.PathLike) -> tuple[dict[str, str], str | None]:
 _engines: ProcessRegistry[Engine] = ProcessRegistry()
 
 
-def get_engine(path: str, *, device: str = "auto", batch_tokens: int = 16384, torch_threads: int = 0,
+def get_engine(path: str, *, device: str = "auto", batch_tokens: int = 0, torch_threads: int = 0,
                backend: str = "torch", cache_dir: str | os.PathLike | None = None) -> Engine:
     """The process-wide `Engine` for ``path`` and ``backend``; loaded on first use, once, under a
     lock (the other arguments apply to that first load)."""
