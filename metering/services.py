@@ -48,8 +48,14 @@ def usage_record_create(*, request_id: str, organization_id: int, project_id: in
 
 def _insert(fields: dict) -> UsageRecord:
     """One INSERT in its own transaction. Django's foreign keys are DEFERRABLE INITIALLY DEFERRED: a
-    missing row is reported when this block commits, so it must be the outermost one (the API
-    meters outside any transaction); nested, the check would come at the outer commit."""
+    missing row is reported when that transaction commits, so it must be the outermost one (the API
+    meters outside any transaction); nested, the check would come at the outer commit.
+
+    Outside a transaction (the API: autocommit) the INSERT is sent alone and is its own transaction,
+    checked and committed in one round trip instead of three (``BEGIN``, ``INSERT``, ``COMMIT``);
+    inside one it runs in a savepoint, so a duplicate leaves the caller's transaction usable."""
+    if not transaction.get_connection().in_atomic_block:
+        return UsageRecord.objects.create(**fields)
     with transaction.atomic():
         return UsageRecord.objects.create(**fields)
 

@@ -1,7 +1,9 @@
 """Metering: exactly one UsageRecord per successful request, none for failures."""
 from __future__ import annotations
 
-from django.db import IntegrityError
+import pytest
+from django.db import IntegrityError, connection
+from django.test.utils import CaptureQueriesContext
 
 from metering.models import UsageRecord
 from metering.services import usage_record_create
@@ -50,3 +52,18 @@ def test_a_request_id_is_metered_once(project, default_model):
         pass
     else:
         raise AssertionError("a second record for the same request id was accepted")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_outside_a_transaction_a_record_is_one_statement(project, default_model):
+    """The API meters in autocommit: the INSERT is its own transaction, one round trip (no BEGIN or
+    COMMIT of a block around it); a duplicate still fails and is not written twice."""
+    kwargs = dict(request_id="req_one", organization_id=project.organization_id, project_id=project.pk,
+                  api_key_id=None, model_id=default_model.pk, input_count=1, prompt_tokens=3, total_tokens=3,
+                  latency_ms=5)
+    with CaptureQueriesContext(connection) as queries:
+        usage_record_create(**kwargs)
+    assert [q["sql"].split()[0] for q in queries.captured_queries] == ["INSERT"]
+    with pytest.raises(IntegrityError):
+        usage_record_create(**kwargs)
+    assert UsageRecord.objects.filter(request_id="req_one").count() == 1

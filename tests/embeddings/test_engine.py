@@ -97,3 +97,18 @@ def test_renormalize():
     out = renormalize(vectors, 2)
     np.testing.assert_allclose(out[0], [0.6, 0.8])
     np.testing.assert_array_equal(out[1], [0.0, 0.0])  # a zero row stays zero, no NaN
+
+
+def test_pass_size_defaults_by_device_and_onnx_threads_do_not_spin(tmp_path):
+    """Forward passes of ~2,048 padded tokens on CPU (16,384 on CUDA) unless configured, and ONNX
+    Runtime's idle intra-op threads sleep rather than spin (bench/pass_tokens.py, bench/vs_infinity.py)."""
+    from embeddings.serving.engine import DEFAULT_PASS_TOKENS, Engine, default_pass_tokens
+
+    assert default_pass_tokens("cpu") == DEFAULT_PASS_TOKENS["cpu"] == 2048
+    assert default_pass_tokens("cuda:1") == DEFAULT_PASS_TOKENS["cuda"] == 16384
+    engine = Engine(PATH, device="cpu", backend="onnx", cache_dir=tmp_path, torch_threads=2)
+    assert engine.batch_tokens == 2048
+    options = engine._session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert options.intra_op_num_threads == 2
+    assert Engine(PATH, device="cpu", backend="onnx", cache_dir=tmp_path, batch_tokens=512).batch_tokens == 512
