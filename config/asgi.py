@@ -21,9 +21,9 @@ Django's WSGI handler run on a fixed pool of threads (a2wsgi's ``WSGIMiddleware`
 
 Why threads that live as long as the process, not Django's ASGI handler: that handler runs each
 request in a thread of its own, made for it, so no database connection outlives its request. On
-this pool each thread keeps its connection (``CONN_MAX_AGE``, checked before reuse), which saved
-~6 ms per small request and a PostgreSQL backend started per request (``bench/vs_infinity.py``,
-C=1, K=1: p50 25.2 -> 19.4 ms; C=32, K=1: 68 -> 92 texts/s on 2 cores).
+this pool each thread keeps its connection (``CONN_MAX_AGE``, checked before reuse): no connection
+set up and no PostgreSQL backend started per request, ~6 ms of a small request's latency and a
+quarter more small requests per second on 2 cores (``bench/vs_infinity.py``).
 """
 from __future__ import annotations
 

@@ -201,9 +201,9 @@ class Engine:
             options = onnxruntime.SessionOptions()
             if torch_threads:
                 options.intra_op_num_threads = torch_threads
-            # Idle intra-op threads sleep instead of spinning: they would take the cores the process's
+            # Idle intra-op threads sleep instead of spinning: spinning ones take the cores the process's
             # other threads (Celery's, the request threads) and the host's other processes need between
-            # passes (C=32, K=16 through a worker on 2 cores: 126 -> 148 texts/s, bench/vs_infinity.py).
+            # passes (a worker on 2 cores served ~17% more texts/s at C=32, K=16: bench/vs_infinity.py).
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             self._session = onnxruntime.InferenceSession(str(exported), options, providers=["CPUExecutionProvider"])
             self._session_inputs = names
