@@ -18,7 +18,7 @@ Each figure is the best of ``--rounds`` (3) interleaved repetitions: the machine
 
 Without ``DATABASE_URL`` / ``REDIS_URL`` it starts the embedded PostgreSQL / Valkey in a temp
 dir, as ``make serve`` does. The Redis is FLUSHDB-ed first. The API servers run with ``config/web.py``'s
-defaults, as ``make serve`` runs them (``WEB_CONCURRENCY`` 2 processes x ``WEB_THREADS`` 16 requests,
+defaults, as ``make serve`` runs them (``WEB_CONCURRENCY`` 2 processes x ``WEB_THREADS`` 32 requests,
 torch threads = cores / processes); each process's micro-batcher coalesces its concurrent requests. Timings on a shared machine are noisy; compare
 ratios from the same run.
 """

@@ -173,7 +173,7 @@ class RequestGate:
         return replay
 
 
-WEB_THREADS = int(os.environ.get("WEB_THREADS") or 16)
+WEB_THREADS = int(os.environ.get("WEB_THREADS") or 32)
 application = RequestGate(WSGIMiddleware(django_wsgi_application, workers=WEB_THREADS + UNGATED_THREADS),
                           threads=WEB_THREADS)
 

@@ -11,9 +11,12 @@ Environment (defaults in brackets):
 
 * ``HOST`` [127.0.0.1], ``PORT`` [8000];
 * ``WEB_CONCURRENCY`` [2]: server processes;
-* ``WEB_THREADS`` [16]: requests in Django at once per process (each runs in one of the process's
+* ``WEB_THREADS`` [32]: requests in Django at once per process (each runs in one of the process's
   threads once its body has arrived; concurrent requests of one process share forward passes
-  through its micro-batcher, so a process needs enough of them for a batch to form); more wait;
+  through its micro-batcher, so a process needs enough of them for a batch to form, and a request
+  sent to the workers holds its thread while it waits); more wait. The server does not spread
+  connections evenly over its processes: at 32 clients on 2 processes, 16 per process made the
+  busier one's requests wait for a thread (p99 ~1.5x that of 32 per process, bench/vs_infinity.py);
 * ``WEB_GRACEFUL_TIMEOUT`` [8]: seconds a stopping process may finish its requests before it is
   killed (so a stop ends within 10 s; a granian process that had served requests was seen, now
   and then, never to act on its SIGTERM, and would otherwise be waited for);
