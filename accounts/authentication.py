@@ -89,10 +89,11 @@ class BearerKeyAuthentication(BaseAuthentication):
         every process (a Redis ``SET NX`` with that expiry decides which request writes it); a process
         that tried within that interval does not ask Redis again (one round trip fewer per request)."""
         interval = settings.API_KEY_LAST_USED_WRITE_SECONDS
+        at = time.monotonic()
         tried = _used_tried.get(public_id)
-        if tried is not None and time.monotonic() - tried < interval:
+        if tried is not None and at - tried < interval:
             return
-        _used_tried[public_id] = time.monotonic()
+        _used_tried[public_id] = at
         if cache.add(f"{self.used_cache_prefix}:{key_id}", 1, timeout=interval):
             self.model.objects.filter(pk=key_id).update(last_used_at=now)
 

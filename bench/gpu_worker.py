@@ -32,6 +32,7 @@ Targets (issue 12): worker tokens/s ≥ 0.9 × raw K-text encode; worker busy �
 from __future__ import annotations
 
 import argparse
+import base64
 import multiprocessing
 import os
 import statistics
@@ -126,7 +127,7 @@ def _client_process(args) -> dict:
             data = embedding_data(vectors=vectors, encoding_format="base64")
             ended = time.time()
             if not checked:  # the rows of one request per thread, for the cosine check
-                rows = np.stack([np.frombuffer(__import__("base64").b64decode(d["embedding"]), dtype="<f4")
+                rows = np.stack([np.frombuffer(base64.b64decode(d["embedding"]), dtype="<f4")
                                  for d in data])
                 with lock:
                     out["checks"].append((position, rows))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.config.test_metrics import samples
+from tests.config.test_observability_live import metrics_now
 
 pytestmark = pytest.mark.runtime
 
@@ -15,9 +15,7 @@ REQUESTS = 40
 
 def new_connections(live_serve) -> float:
     """Database connections every process of the platform opened so far (django-prometheus)."""
-    status, body = live_serve.platform.get("/metrics")
-    assert status == 200, body[:500]
-    return sum(value for (name, _), value in samples(body).items() if name == "django_db_new_connections_total")
+    return sum(value for (name, _), value in metrics_now(live_serve).items() if name == "django_db_new_connections_total")
 
 
 def test_sequential_requests_reuse_the_web_processes_connections(live_serve):
