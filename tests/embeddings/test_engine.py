@@ -112,3 +112,77 @@ def test_pass_size_defaults_by_device_and_onnx_threads_do_not_spin(tmp_path):
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     assert options.intra_op_num_threads == 2
     assert Engine(PATH, device="cpu", backend="onnx", cache_dir=tmp_path, batch_tokens=512).batch_tokens == 512
+
+
+def _plan_cost(lengths, ends, overhead):
+    cost, start = 0.0, 0
+    for end in ends:
+        cost += overhead + (end - start) * lengths[end - 1]
+        start = end
+    return cost
+
+
+def _best_cost(lengths, budget, overhead):
+    """Exhaustive: every way to cut the sorted rows into passes within the budget."""
+    n, best = len(lengths), float("inf")
+    for mask in range(1 << (n - 1)):
+        ends = [i + 1 for i in range(n - 1) if mask >> i & 1] + [n]
+        start, fits = 0, True
+        for end in ends:
+            fits &= end - start == 1 or (end - start) * lengths[end - 1] <= budget
+            start = end
+        if fits:
+            best = min(best, _plan_cost(lengths, ends, overhead))
+    return best
+
+
+def test_plan_passes_is_the_least_cost_cut_within_the_budget():
+    """`plan_passes` finds the cheapest cut (padded tokens + a fixed cost per pass), every pass
+    within the token budget (a row over it alone), the rows in order, none left out."""
+    import random
+
+    from embeddings.serving.engine import plan_passes
+
+    rng = random.Random(7)
+    for _ in range(200):
+        lengths = sorted(rng.randint(1, 70) for _ in range(rng.randint(1, 11)))
+        budget, overhead = rng.choice([64, 128, 2048]), rng.choice([0.0, 8.0, 22.0, 500.0])
+        ends = plan_passes(lengths, budget, overhead)
+        assert ends[-1] == len(lengths) and ends == sorted(set(ends))
+        start = 0
+        for end in ends:
+            assert end - start == 1 or (end - start) * lengths[end - 1] <= budget
+            start = end
+        assert _plan_cost(lengths, ends, overhead) == pytest.approx(_best_cost(lengths, budget, overhead))
+    assert plan_passes([], 2048, 10.0) == []
+    assert plan_passes([300], 64, 10.0) == [1]
+
+
+def test_plan_passes_cuts_a_spread_of_lengths_that_one_pass_would_pad():
+    """16 inputs of 11-63 tokens: one pass pads every row to 63 (42% of it padding); with the fixed
+    cost of a pass measured on 1-2 CPU threads (8-22 tokens) they run in several passes of similar
+    lengths; when a pass costs far more than its tokens (a GPU), in one."""
+    from embeddings.serving.engine import plan_passes
+
+    lengths = sorted(11 + (52 * i) // 15 for i in range(16))
+    for overhead in (8.0, 22.0):
+        ends = plan_passes(lengths, 2048, overhead)
+        assert len(ends) > 1
+        assert _plan_cost(lengths, ends, overhead) < 0.8 * _plan_cost(lengths, [16], overhead)
+    assert plan_passes(lengths, 2048, 5000.0) == [16]
+
+
+def test_engine_measures_its_pass_cost_and_cuts_by_it(reference_encode, tmp_path):
+    """The engine measures a pass's fixed cost at load (in tokens, within its budget) and cuts a
+    call of varied lengths into passes by it, with the same vectors as the reference."""
+    from embeddings.serving.engine import Engine
+
+    engine = Engine(PATH, device="cpu", backend="onnx", cache_dir=tmp_path, torch_threads=1)
+    assert 0 <= engine.pass_overhead_tokens <= engine.batch_tokens
+    assert Engine(PATH, device="cpu", backend="onnx", cache_dir=tmp_path,
+                  pass_overhead_tokens=12).pass_overhead_tokens == 12
+    texts = [" ".join(["word"] * n) for n in (2, 5, 9, 14, 20, 27, 35, 44, 54, 60)]
+    passes = []
+    vectors = engine.encode(get_tokenizer(PATH).tokenize(texts), on_pass=lambda *args: passes.append(args))
+    assert len(passes) > 1 and sum(p[0] for p in passes) == len(texts)
+    np.testing.assert_allclose(vectors, reference_encode(texts), atol=1e-5)
