@@ -82,3 +82,17 @@ def test_rollup_run_is_recorded_and_lag_measured(db, default_model, no_heartbeat
     body = APIClient().get("/readyz").json()
     assert body["platform"]["rollup"]["lag_seconds"] == 0.0
     assert 0 <= body["platform"]["rollup"]["last_run_seconds_ago"] < 5
+
+
+def test_warm_up_puts_the_loaded_models_out_of_the_garbage_collectors_reach(db, default_model):
+    """After warm-up every object then alive (torch, the model, Django: ~440,000) is frozen
+    (``gc.freeze``), so no full collection walks them again while requests wait on the GIL."""
+    import gc
+
+    from embeddings.services import engine_for, warm_up
+
+    gc.unfreeze()
+    warm_up()
+    assert gc.get_freeze_count() > 100_000
+    tracked = {id(o) for o in gc.get_objects()}
+    assert id(engine_for(default_model).model) not in tracked  # frozen objects are in no generation
