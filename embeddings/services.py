@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import gc
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -246,23 +247,69 @@ def context_length_exceeded(*, limit: int, over: OverLimit, model: EmbeddingMode
         param="input", code="context_length_exceeded")
 
 
+# How long (s) a process counts as busy after it last had two requests encoding at once: a
+# process whose clients' requests overlap stays busy through the moment between one of its
+# batches and the next, when one of them may find itself alone.
+BUSY_SECONDS = 1.0
+
+
+class _InFlight:
+    """This process's requests inside `encode_inputs`. Entering returns whether the process is
+    busy: another of its requests is encoding now, or was within `BUSY_SECONDS`."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.count = 0
+        self._busy_until = 0.0
+
+    def __enter__(self) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            self.count += 1
+            if self.count > 1:
+                self._busy_until = now + BUSY_SECONDS
+            return now < self._busy_until
+
+    def __exit__(self, *exc) -> None:
+        with self._lock:
+            self.count -= 1
+
+
+_encoding = _InFlight()
+
+
+def inline_busy_max_tokens(model: EmbeddingModel) -> int:
+    """The most tokens of a request this process encodes itself while others of its requests are
+    encoding (``EMBEDDINGS_INLINE_BUSY_MAX_TOKENS``; -1: the engine's padded tokens per forward
+    pass on CPU, 0 on CUDA). 0 when the process runs no model (`engines_run_here`)."""
+    limit = settings.EMBEDDINGS_INLINE_BUSY_MAX_TOKENS
+    if not engines_run_here() or limit == 0:
+        return 0
+    if limit > 0:
+        return limit
+    engine = engine_for(model)
+    return 0 if engine.device.startswith("cuda") else engine.batch_tokens
+
+
 def encode_inputs(*, model: EmbeddingModel, token_ids: list[list[int]], dimensions: int | None,
                   service_tier: str = "default", request_id: str = "") -> np.ndarray:
     """Embed tokenized inputs: ``(n, dimensions or model.dimensions)`` float32, L2-normalized, in input order.
 
     Dispatch policy: a request of at most ``EMBEDDINGS_INLINE_MAX_TOKENS`` tokens is
     encoded in this process (through its micro-batcher, so concurrent small requests
-    share forward passes); a larger one is split into chunks and sent to the workers
-    (`embeddings.dispatch.encode_dispatched`). ``service_tier`` is ``"default"`` or ``"flex"``.
+    share forward passes); so is one of at most `inline_busy_max_tokens` while the process is
+    busy (another of its requests encoding now or within `BUSY_SECONDS`: `_encoding`); any other is split into chunks and sent to the
+    workers (`embeddings.dispatch.encode_dispatched`). ``service_tier`` is ``"default"`` or ``"flex"``.
 
     Raises what `encode_dispatched` raises (`config.exceptions`).
     """
     total = sum(len(ids) for ids in token_ids)
-    if total <= settings.EMBEDDINGS_INLINE_MAX_TOKENS:
-        vectors = batcher_for(model).encode(token_ids, tier=service_tier)
-    else:
-        vectors = encode_dispatched(model=model, token_ids=token_ids, service_tier=service_tier,
-                                    request_id=request_id)
+    with _encoding as busy:
+        if total <= settings.EMBEDDINGS_INLINE_MAX_TOKENS or (busy and total <= inline_busy_max_tokens(model)):
+            vectors = batcher_for(model).encode(token_ids, tier=service_tier)
+        else:
+            vectors = encode_dispatched(model=model, token_ids=token_ids, service_tier=service_tier,
+                                        request_id=request_id)
     if dimensions is not None and dimensions < vectors.shape[1]:
         vectors = renormalize(vectors, dimensions)
     return vectors
