@@ -71,3 +71,42 @@ def test_a_failing_submission_fails_alone(engine, tokenize, reference_encode):
 def test_unknown_tier_is_refused(engine):
     with pytest.raises(ValueError):
         MicroBatcher(engine).submit([[101, 102]], tier="premium")
+
+
+def test_an_idle_batcher_runs_a_lone_encode_in_the_callers_thread(engine, tokenize, reference_encode):
+    """`encode` on an idle batcher with nothing waiting runs the batch in the caller's thread
+    (recorded like any batch); what is submitted meanwhile waits for it and is the thread's next
+    batch; a paused batcher or a waiting queue sends `encode` through the queue."""
+    import threading
+
+    batcher = MicroBatcher(engine, max_wait_ms=0)
+    threads = []
+    original = engine.encode
+
+    def encode_and_note(rows, on_pass=None):
+        threads.append(threading.current_thread())
+        if len(threads) == 1:  # while the caller runs its own batch, another request arrives
+            queued.append(batcher.submit(tokenize(["submitted meanwhile"])))
+        return original(rows, on_pass=on_pass)
+
+    queued = []
+    engine.encode = encode_and_note
+    try:
+        vectors = batcher.encode(tokenize(["a lone request"]))
+        later = queued[0].result(timeout=60)
+    finally:
+        del engine.encode
+    np.testing.assert_allclose(vectors, reference_encode(["a lone request"]), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(later, reference_encode(["submitted meanwhile"]), atol=1e-5, rtol=0)
+    assert threads[0] is threading.current_thread() and threads[1] is batcher._thread
+    assert [(r.items, r.inputs) for r in batcher.history] == [(1, 1), (1, 1)]
+
+    batcher.pause()
+    result = {}
+    caller = threading.Thread(target=lambda: result.update(v=batcher.encode(tokenize(["while paused"]))))
+    caller.start()
+    caller.join(0.5)
+    assert caller.is_alive() and not result  # queued, not run by the caller
+    batcher.resume()
+    caller.join(60)
+    np.testing.assert_allclose(result["v"], reference_encode(["while paused"]), atol=1e-5, rtol=0)
