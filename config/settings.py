@@ -162,12 +162,12 @@ CELERY_TIMEZONE = "UTC"
 # shares forward passes with other requests and leaves the API's CPU free. On GPU workers the
 # case for dispatching is stronger still (an API host's CPU is far slower than the GPU).
 EMBEDDINGS_INLINE_MAX_TOKENS = env.int("EMBEDDINGS_INLINE_MAX_TOKENS", default=128)
-# Requests of up to this many tokens are also encoded in the API process when it has other
-# requests encoding at that moment (so a lone request still gets a worker's every core); -1: the
-# engine's padded tokens per forward pass on CPU (2,048), 0 on CUDA (the GPU worker's one queue
-# batches better); 0: never. Under load a process's own one-thread engine beside the other's is
+# Requests of up to this many tokens are also encoded in the API process while it is busy (another
+# of its requests encoding now or within the last second; a lone request still gets a worker's
+# every core); -1: the engine's padded tokens per forward pass on CPU (2,048), 0 on CUDA (large
+# work stays on the GPU worker's queue); 0: never. Under load a process's own one-thread engine beside the other's is
 # ~10% more texts/s than one two-thread engine and saves the hop: on 2 cores, C=8/32 clients
-# of 16 inputs got 1.3-1.4x / 1.15x the texts/s of sending them to the worker (bench/vs_infinity.py).
+# of 16 inputs got 1.23x / 1.24x the texts/s of sending them to the worker (make serve, 0 vs -1).
 EMBEDDINGS_INLINE_BUSY_MAX_TOKENS = env.int("EMBEDDINGS_INLINE_BUSY_MAX_TOKENS", default=-1)
 # Tokens per dispatched chunk (one Celery task); a worker coalesces chunks of many requests.
 EMBEDDINGS_CHUNK_TOKENS = env.int("EMBEDDINGS_CHUNK_TOKENS", default=8192)
