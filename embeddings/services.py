@@ -271,8 +271,11 @@ class _InFlight:
             return now < self._busy_until
 
     def __exit__(self, *exc) -> None:
+        now = time.monotonic()
         with self._lock:
             self.count -= 1
+            if self.count > 0:  # it overlapped another until now
+                self._busy_until = now + BUSY_SECONDS
 
 
 _encoding = _InFlight()
@@ -298,7 +301,8 @@ def encode_inputs(*, model: EmbeddingModel, token_ids: list[list[int]], dimensio
     Dispatch policy: a request of at most ``EMBEDDINGS_INLINE_MAX_TOKENS`` tokens is
     encoded in this process (through its micro-batcher, so concurrent small requests
     share forward passes); so is one of at most `inline_busy_max_tokens` while the process is
-    busy (another of its requests encoding now or within `BUSY_SECONDS`: `_encoding`); any other is split into chunks and sent to the
+    busy (another of its requests encoding now, inline or on the workers, or within `BUSY_SECONDS`:
+    `_encoding`); any other is split into chunks and sent to the
     workers (`embeddings.dispatch.encode_dispatched`). ``service_tier`` is ``"default"`` or ``"flex"``.
 
     Raises what `encode_dispatched` raises (`config.exceptions`).

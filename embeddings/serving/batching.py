@@ -144,19 +144,20 @@ class MicroBatcher:
         """`submit` and wait (``timeout`` seconds; raises `concurrent.futures.TimeoutError`); the
         wait is reported to `observe_wait`.
 
-        When the engine is idle and nothing waits (and the batcher is not paused), the caller's
-        thread runs the batch itself, as the batcher's thread would (logged, counted and kept in
+        When the engine is idle and nothing waits (the batcher neither paused nor set to wait for
+        others, ``max_wait_ms`` 0), the caller's thread runs the batch itself (to the end:
+        ``timeout`` does not apply), as the batcher's thread would (logged, counted and kept in
         `history` alike), while later submissions queue for the thread: a lone request saves the
         two thread hand-offs (~0.8 ms of a small request on 2 cores, ``bench/request_phases.py``).
         A ``batch``-tier submission always goes through the queue."""
-        if tier in TIERS and tier != "batch" and token_ids:
+        if tier in TIERS and tier != "batch" and token_ids and not self.max_wait_s:
+            item = _Item(token_ids=token_ids, tokens=sum(len(ids) for ids in token_ids), tier=tier)
+            item.future.wait_s = item.future.encode_s = item.future.share = 0.0
             with self._cond:
                 alone = not (self._busy or self._paused or any(self._queues.values()))
                 if alone:
                     self._busy = True
             if alone:
-                item = _Item(token_ids=token_ids, tokens=sum(len(ids) for ids in token_ids), tier=tier)
-                item.future.wait_s = item.future.encode_s = item.future.share = 0.0
                 try:
                     self._execute([item])
                 finally:

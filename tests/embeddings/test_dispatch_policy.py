@@ -104,3 +104,21 @@ def test_the_busy_threshold_follows_the_engine(default_model, served_policy):
     assert services.inline_busy_max_tokens(default_model) == 1000
     served_policy.EMBEDDINGS_INLINE_MAX_TOKENS = 0  # the process runs no model
     assert services.inline_busy_max_tokens(default_model) == 0
+
+
+def test_a_process_stays_busy_for_a_while_after_its_requests_overlapped(monkeypatch):
+    """Busy = another request encoding now, or two overlapping within `BUSY_SECONDS` of now (counted
+    from the end of the overlap, however long it lasted)."""
+    monkeypatch.setattr(services, "BUSY_SECONDS", 0.2)
+    flight = services._InFlight()
+    with flight as busy:
+        assert not busy  # alone
+        with flight as busy:
+            assert busy  # beside the first
+            time.sleep(0.4)  # an overlap longer than the window
+    time.sleep(0.05)
+    with flight as busy:
+        assert busy  # just after the overlap ended
+    time.sleep(0.3)
+    with flight as busy:
+        assert not busy  # the window has passed

@@ -156,6 +156,10 @@ def test_plan_passes_is_the_least_cost_cut_within_the_budget():
         assert _plan_cost(lengths, ends, overhead) == pytest.approx(_best_cost(lengths, budget, overhead))
     assert plan_passes([], 2048, 10.0) == []
     assert plan_passes([300], 64, 10.0) == [1]
+    assert plan_passes([0, 5], 2048, 10.0) == [2] and plan_passes([0, 0], 2048, 10.0) == [2]  # empty rows
+    many = sorted(2 + i % 5 for i in range(5000))  # over PLAN_MAX_ROWS: filled in order within the budget
+    ends = plan_passes(many, 2048, 10.0)
+    assert ends[-1] == 5000 and all((e - s) * many[e - 1] <= 2048 for s, e in zip([0, *ends], ends))
 
 
 def test_plan_passes_cuts_a_spread_of_lengths_that_one_pass_would_pad():

@@ -110,3 +110,30 @@ def test_an_idle_batcher_runs_a_lone_encode_in_the_callers_thread(engine, tokeni
     batcher.resume()
     caller.join(60)
     np.testing.assert_allclose(result["v"], reference_encode(["while paused"]), atol=1e-5, rtol=0)
+
+
+def test_a_malformed_encode_leaves_the_batcher_working(engine, tokenize, reference_encode):
+    """Input that is not a list of token-id lists raises in the caller and leaves the engine free:
+    the next `encode` and `submit` run."""
+    batcher = MicroBatcher(engine, max_wait_ms=0)
+    with pytest.raises(TypeError):
+        batcher.encode([1, 2, 3])
+    np.testing.assert_allclose(batcher.encode(tokenize(["after"])), reference_encode(["after"]), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(batcher.submit(tokenize(["queued"])).result(timeout=60), reference_encode(["queued"]),
+                               atol=1e-5, rtol=0)
+
+
+def test_a_batcher_that_waits_for_others_runs_encode_on_its_thread(engine, tokenize):
+    """With ``max_wait_ms`` set, an idle batcher waits for others to join: `encode` goes through the
+    queue and the batcher's thread."""
+    import threading
+
+    batcher = MicroBatcher(engine, max_wait_ms=5)
+    seen = []
+    original = engine.encode
+    engine.encode = lambda rows, on_pass=None: (seen.append(threading.current_thread()), original(rows))[1]
+    try:
+        batcher.encode(tokenize(["one"]))
+    finally:
+        del engine.encode
+    assert seen == [batcher._thread]
