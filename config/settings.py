@@ -165,9 +165,10 @@ EMBEDDINGS_INLINE_MAX_TOKENS = env.int("EMBEDDINGS_INLINE_MAX_TOKENS", default=1
 # Requests of up to this many tokens are also encoded in the API process while it is busy (another
 # of its requests encoding now or within the last second; a lone request still gets a worker's
 # every core); -1: the engine's padded tokens per forward pass on CPU (2,048), 0 on CUDA (large
-# work stays on the GPU worker's queue); 0: never. Under load a process's own one-thread engine beside the other's is
-# ~10% more texts/s than one two-thread engine and saves the hop: on 2 cores, C=8/32 clients
-# of 16 inputs got 1.23x / 1.24x the texts/s of sending them to the worker (make serve, 0 vs -1).
+# work stays on the GPU worker's queue); 0: never. Under load a process's own one-thread engine
+# beside the other's is ~10% more texts/s than one two-thread engine and saves the hop: on 2
+# cores, C=8/32 clients of 16 inputs got 1.23x / 1.24x the texts/s of sending them to the
+# worker (make serve, 0 vs -1).
 EMBEDDINGS_INLINE_BUSY_MAX_TOKENS = env.int("EMBEDDINGS_INLINE_BUSY_MAX_TOKENS", default=-1)
 # Tokens per dispatched chunk (one Celery task); a worker coalesces chunks of many requests.
 EMBEDDINGS_CHUNK_TOKENS = env.int("EMBEDDINGS_CHUNK_TOKENS", default=8192)

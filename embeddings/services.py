@@ -266,15 +266,13 @@ class _InFlight:
         now = time.monotonic()
         with self._lock:
             self.count += 1
-            if self.count > 1:
-                self._busy_until = now + BUSY_SECONDS
-            return now < self._busy_until
+            return self.count > 1 or now < self._busy_until
 
     def __exit__(self, *exc) -> None:
         now = time.monotonic()
         with self._lock:
             self.count -= 1
-            if self.count > 0:  # it overlapped another until now
+            if self.count > 0:  # it overlapped another until now: busy a while longer
                 self._busy_until = now + BUSY_SECONDS
 
 

@@ -126,18 +126,7 @@ class MicroBatcher:
         module docstring). ``tier``: ``"default"``, ``"flex"`` or ``"batch"``. ``tag``: a request id, named in
         the batch's log line.
         """
-        if tier not in TIERS:
-            raise ValueError(f"unknown tier {tier!r}")
-        item = _Item(token_ids=token_ids, tokens=sum(len(ids) for ids in token_ids), tier=tier, tag=tag)
-        item.future.wait_s = item.future.encode_s = item.future.share = 0.0
-        if not token_ids:
-            item.future.set_result(np.empty((0, self.engine.dimensions), dtype=np.float32))
-            return item.future
-        with self._cond:
-            self._queues[tier].append(item)
-            self._waiting_tokens += item.tokens
-            self._cond.notify()
-        return item.future
+        return self._enqueue(self._new_item(token_ids, tier, tag))
 
     def encode(self, token_ids: Sequence[Sequence[int]], *, tier: str = "default",
                timeout: float | None = None) -> np.ndarray:
@@ -150,27 +139,51 @@ class MicroBatcher:
         `history` alike), while later submissions queue for the thread: a lone request saves the
         two thread hand-offs (~0.8 ms of a small request on 2 cores, ``bench/request_phases.py``).
         A ``batch``-tier submission always goes through the queue."""
-        if tier in TIERS and tier != "batch" and token_ids and not self.max_wait_s:
-            item = _Item(token_ids=token_ids, tokens=sum(len(ids) for ids in token_ids), tier=tier)
-            item.future.wait_s = item.future.encode_s = item.future.share = 0.0
-            with self._cond:
-                alone = not (self._busy or self._paused or any(self._queues.values()))
-                if alone:
-                    self._busy = True
-            if alone:
-                try:
-                    self._execute([item])
-                finally:
-                    with self._cond:
-                        self._busy = False
-                        self._cond.notify()  # what queued meanwhile is the thread's
-                vectors = item.future.result()
-                observe_wait(item.future.wait_s)
-                return vectors
-        future = self.submit(token_ids, tier=tier)
-        vectors = future.result(timeout=timeout)
-        observe_wait(future.wait_s)
+        item = self._new_item(token_ids, tier)
+        if tier != "batch" and token_ids and not self.max_wait_s and self._claim_idle():
+            try:
+                self._execute([item])
+            finally:
+                self._release()
+        else:
+            self._enqueue(item)
+        vectors = item.future.result(timeout=timeout)
+        observe_wait(item.future.wait_s)
         return vectors
+
+    def _new_item(self, token_ids: Sequence[Sequence[int]], tier: str, tag: str = "") -> _Item:
+        """A submission with its future's timings at 0; `ValueError` for an unknown tier."""
+        if tier not in TIERS:
+            raise ValueError(f"unknown tier {tier!r}")
+        item = _Item(token_ids=token_ids, tokens=sum(len(ids) for ids in token_ids), tier=tier, tag=tag)
+        item.future.wait_s = item.future.encode_s = item.future.share = 0.0
+        return item
+
+    def _enqueue(self, item: _Item) -> Future:
+        """Queue ``item`` for the thread (an empty one resolves at once); returns its future."""
+        if not item.token_ids:
+            item.future.set_result(np.empty((0, self.engine.dimensions), dtype=np.float32))
+            return item.future
+        with self._cond:
+            self._queues[item.tier].append(item)
+            self._waiting_tokens += item.tokens
+            self._cond.notify()
+        return item.future
+
+    def _claim_idle(self) -> bool:
+        """Mark the engine busy if it is idle with nothing waiting and the batcher not paused;
+        whether it was."""
+        with self._cond:
+            if self._busy or self._paused or any(self._queues.values()):
+                return False
+            self._busy = True
+            return True
+
+    def _release(self) -> None:
+        """The batch in the engine is done: the thread may take what waits."""
+        with self._cond:
+            self._busy = False
+            self._cond.notify()
 
     def pause(self) -> None:
         """Stop taking new batches (the running one finishes). For tests and draining."""
@@ -223,8 +236,7 @@ class MicroBatcher:
             try:
                 self._execute(batch)
             finally:
-                with self._cond:
-                    self._busy = False
+                self._release()
 
     def _execute(self, batch: list[_Item]) -> None:
         batch = [item for item in batch if item.future.set_running_or_notify_cancel()]

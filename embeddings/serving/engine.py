@@ -164,8 +164,9 @@ def plan_passes(lengths: Sequence[int], budget: int, overhead: float) -> list[in
     lengths[j - 1]`` (padded tokens, plus the fixed cost of one pass expressed in tokens,
     `Engine.pass_overhead_tokens`); a pass holds at most ``budget`` padded tokens (a row longer than
     that runs alone). Minimized exactly by dynamic programming over the cut points: O(n x rows per
-    pass) in numpy, for up to `PLAN_MAX_ROWS` rows (more are filled greedily). One pass over all rows wastes what padding the short rows get (16 texts of
-    11-63 tokens padded to 63: 42% of the pass); one pass per row pays the overhead n times.
+    pass) in numpy, for up to `PLAN_MAX_ROWS` rows (more are filled greedily). One pass over all
+    rows wastes what padding the short rows get (16 texts of 11-63 tokens padded to 63: 42% of the
+    pass); one pass per row pays the overhead n times.
     """
     n = len(lengths)
     if n <= 1:
@@ -307,8 +308,8 @@ class Engine:
         Returns an ``(n, d)`` float32 array, L2-normalized, in input order. Rows are sorted by
         length and cut into forward passes of at most ``batch_tokens`` padded tokens, where
         padding and the passes' fixed cost are least (`plan_passes`). ``on_pass(rows, width,
-        tokens, seconds)`` is called after each forward pass: its rows, longest row (padded width), real tokens and
-        duration (the micro-batcher's metrics).
+        tokens, seconds)`` is called after each forward pass: its rows, longest row (padded
+        width), real tokens and duration (the micro-batcher's metrics).
         """
         n = len(batch)
         out = np.empty((n, self.dimensions), dtype=np.float32)
