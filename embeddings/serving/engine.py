@@ -44,6 +44,31 @@ def resolve_device(device: str = "auto") -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+class HostSlot:
+    """One slot per host, shared by the processes that open the same ``path``: `try_acquire` takes
+    it without waiting (an exclusive ``flock``, a few microseconds), `release` gives it back; the
+    kernel frees it when its process dies. The API processes take it for an all-core forward pass
+    (`Engine.encode` with ``wide=True``), so no two of them run one at once: two 2-thread passes on
+    2 cores would make each pass's threads wait on each other at every layer."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+
+    def try_acquire(self) -> bool:
+        """Take the slot if no process holds it; whether it was taken."""
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+    def release(self) -> None:
+        """Give the slot back (after `try_acquire` returned True)."""
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+
 def resolve_backend(backend: str, device: str) -> str:
     """``"auto"`` -> ``"torch"`` on CUDA (fp16), else ``"onnx"`` when ``onnxruntime`` imports,
     else ``"torch"``; ``"torch"``/``"onnx"`` pass through. Raises `ValueError` for anything else."""
@@ -208,6 +233,11 @@ class Engine:
         pass_overhead_tokens: the fixed cost of one forward pass, in padded tokens of work, with
             which `plan_passes` cuts a call into passes; None measures it once, at load
             (`calibrate_pass_overhead`).
+        wide_threads: on the ``onnx`` backend, intra-op threads of a second ONNX Runtime session
+            (the same export, ~90 MB more for all-MiniLM-L6-v2) that `encode` runs on when asked
+            ``wide`` and ``wide_slot`` is free: an API process with one lone request uses every core
+            for it. 0, or not more than ``torch_threads``: no second session.
+        wide_slot: the host's `HostSlot` a wide call must hold (None: a wide call always runs wide).
 
     Raises `ValueError` for an unknown backend, `ImportError` for ``"onnx"`` without onnxruntime;
     `encode` raises `IndexError` for a token id outside the vocabulary on either backend.
@@ -226,7 +256,8 @@ class Engine:
 
     def __init__(self, path: str, *, device: str = "auto", batch_tokens: int = 0, torch_threads: int = 0,
                  backend: str = "torch", cache_dir: str | os.PathLike | None = None,
-                 pass_overhead_tokens: float | None = None):
+                 pass_overhead_tokens: float | None = None, wide_threads: int = 0,
+                 wide_slot: HostSlot | None = None):
         import torch
         from sentence_transformers import SentenceTransformer
 
@@ -251,20 +282,28 @@ class Engine:
         self.input_names = tokenizer.input_names
         self._torch = torch
         self.backend = resolve_backend(backend, self.device)
-        self._session = None
+        self._session = self._wide_session = None
+        self.wide_slot = wide_slot
         if self.backend == "onnx":
             import onnxruntime
 
             names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in self.input_names]
             exported = onnx_export(self.model, self.path, names, cache_dir or Path(tempfile.gettempdir()) / "embeddings-onnx")
-            options = onnxruntime.SessionOptions()
-            if torch_threads:
-                options.intra_op_num_threads = torch_threads
-            # Idle intra-op threads sleep instead of spinning: spinning ones take the cores the process's
-            # other threads (Celery's, the request threads) and the host's other processes need between
-            # passes (a worker on 2 cores served ~17% more texts/s at C=32, K=16: bench/vs_infinity.py).
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            self._session = onnxruntime.InferenceSession(str(exported), options, providers=["CPUExecutionProvider"])
+
+            def session(threads: int):
+                options = onnxruntime.SessionOptions()
+                if threads:
+                    options.intra_op_num_threads = threads
+                # Idle intra-op threads sleep instead of spinning: spinning ones take the cores the
+                # process's other threads (Celery's, the request threads) and the host's other
+                # processes need between passes (a worker on 2 cores served ~17% more texts/s at
+                # C=32, K=16: bench/vs_infinity.py).
+                options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+                return onnxruntime.InferenceSession(str(exported), options, providers=["CPUExecutionProvider"])
+
+            self._session = session(torch_threads)
+            if wide_threads and torch_threads and wide_threads > torch_threads:
+                self._wide_session = session(wide_threads)
             self._session_inputs = names
             self._vocab_rows = int(self.model[0].auto_model.config.vocab_size)
         self.pass_overhead_tokens = (self.calibrate_pass_overhead() if pass_overhead_tokens is None
@@ -301,8 +340,14 @@ class Engine:
             return float(self.batch_tokens)
         return float(min(self.batch_tokens, max(0.0, small_s / per_token - 16)))
 
+    @property
+    def has_wide(self) -> bool:
+        """Whether `encode` can run ``wide`` (a second, all-core session is loaded)."""
+        return self._wide_session is not None
+
     def encode(self, batch: Sequence[Sequence[int]],
-               on_pass: Callable[[int, int, int, float], None] | None = None) -> np.ndarray:
+               on_pass: Callable[[int, int, int, float], None] | None = None, *,
+               wide: bool = False) -> np.ndarray:
         """Embed token-id sequences (special tokens included).
 
         Returns an ``(n, d)`` float32 array, L2-normalized, in input order. Rows are sorted by
@@ -310,23 +355,39 @@ class Engine:
         padding and the passes' fixed cost are least (`plan_passes`). ``on_pass(rows, width,
         tokens, seconds)`` is called after each forward pass: its rows, longest row (padded
         width), real tokens and duration (the micro-batcher's metrics).
+
+        ``wide``: run on the all-core session (`has_wide`) if the host's ``wide_slot`` is free,
+        holding it to the end; otherwise, or without such a session, on the process's own threads.
+        The vectors are the same either way (the same export; thread count changes only the order
+        of float sums, ~1e-7).
         """
         n = len(batch)
         out = np.empty((n, self.dimensions), dtype=np.float32)
         if n == 0:
             return out
-        order = sorted(range(n), key=lambda i: len(batch[i]))
-        start = 0
-        for end in plan_passes([len(batch[i]) for i in order], self.batch_tokens, self.pass_overhead_tokens):
-            rows = [batch[i] for i in order[start:end]]
-            began = time.perf_counter()
-            out[order[start:end]] = self._forward(rows)
-            if on_pass is not None:
-                on_pass(len(rows), len(rows[-1]), sum(len(r) for r in rows), time.perf_counter() - began)
-            start = end
+        session = self._session
+        slot = None
+        if wide and self._wide_session is not None:
+            if self.wide_slot is None:
+                session = self._wide_session
+            elif self.wide_slot.try_acquire():
+                session, slot = self._wide_session, self.wide_slot
+        try:
+            order = sorted(range(n), key=lambda i: len(batch[i]))
+            start = 0
+            for end in plan_passes([len(batch[i]) for i in order], self.batch_tokens, self.pass_overhead_tokens):
+                rows = [batch[i] for i in order[start:end]]
+                began = time.perf_counter()
+                out[order[start:end]] = self._forward(rows, session)
+                if on_pass is not None:
+                    on_pass(len(rows), len(rows[-1]), sum(len(r) for r in rows), time.perf_counter() - began)
+                start = end
+        finally:
+            if slot is not None:
+                slot.release()
         return out
 
-    def _forward(self, rows: list[Sequence[int]]) -> np.ndarray:
+    def _forward(self, rows: list[Sequence[int]], session=None) -> np.ndarray:
         torch = self._torch
         width = max(len(r) for r in rows)
         input_ids = np.full((len(rows), width), self.pad_token_id, dtype=np.int64)
@@ -334,12 +395,13 @@ class Engine:
         for i, r in enumerate(rows):
             input_ids[i, : len(r)] = r
             attention_mask[i, : len(r)] = 1
-        if self._session is not None:
+        session = session or self._session
+        if session is not None:
             if input_ids.min() < 0 or input_ids.max() >= self._vocab_rows:  # as torch's embedding lookup
                 raise IndexError(f"token id outside the vocabulary of {self._vocab_rows}")
             arrays = {"input_ids": input_ids, "attention_mask": attention_mask,
                       "token_type_ids": np.zeros_like(input_ids)}
-            (hidden,) = self._session.run(None, {n: arrays[n] for n in self._session_inputs})
+            (hidden,) = session.run(None, {n: arrays[n] for n in self._session_inputs})
             features = {"token_embeddings": torch.from_numpy(hidden),
                         "attention_mask": torch.from_numpy(attention_mask)}
             with torch.inference_mode():
@@ -375,12 +437,14 @@ _engines: ProcessRegistry[Engine] = ProcessRegistry()
 
 
 def get_engine(path: str, *, device: str = "auto", batch_tokens: int = 0, torch_threads: int = 0,
-               backend: str = "torch", cache_dir: str | os.PathLike | None = None) -> Engine:
+               backend: str = "torch", cache_dir: str | os.PathLike | None = None, wide_threads: int = 0,
+               wide_slot: str | os.PathLike | None = None) -> Engine:
     """The process-wide `Engine` for ``path`` and ``backend``; loaded on first use, once, under a
-    lock (the other arguments apply to that first load)."""
+    lock (the other arguments apply to that first load; ``wide_slot``: the path of the host's
+    `HostSlot` file for wide passes)."""
     return _engines.get((str(path), device, backend), lambda: Engine(
         path, device=device, batch_tokens=batch_tokens, torch_threads=torch_threads, backend=backend,
-        cache_dir=cache_dir))
+        cache_dir=cache_dir, wide_threads=wide_threads, wide_slot=HostSlot(wide_slot) if wide_slot else None))
 
 
 def loaded_engines() -> list[Engine]:

@@ -122,3 +122,22 @@ def test_a_process_stays_busy_for_a_while_after_its_requests_overlapped(monkeypa
     time.sleep(0.3)
     with flight as busy:
         assert not busy  # the window has passed
+
+
+def test_a_lone_inline_request_asks_for_a_wide_pass_and_one_beside_another_does_not(
+        transactional_db, created_key, default_model, served_policy, monkeypatch):
+    """A small request alone in its process may use every core (`Engine.encode` ``wide``); one
+    arriving while another of the process's requests encodes keeps to the process's own threads."""
+    batcher = services.batcher_for(default_model)
+    asked, encode = [], batcher.encode
+
+    def spy(token_ids, **kwargs):
+        asked.append(kwargs.get("wide", False))
+        return encode(token_ids, **kwargs)
+
+    monkeypatch.setattr(batcher, "encode", spy)
+    assert post_embeddings(api(created_key), {"model": MODEL, "input": ["hello there"]}).status_code == 200
+    assert asked == [True]
+    with services._encoding:  # another request of this process, encoding
+        assert post_embeddings(api(created_key), {"model": MODEL, "input": ["hello there"]}).status_code == 200
+    assert asked == [True, False]

@@ -190,3 +190,50 @@ def test_engine_measures_its_pass_cost_and_cuts_by_it(reference_encode, tmp_path
     vectors = engine.encode(get_tokenizer(PATH).tokenize(texts), on_pass=lambda *args: passes.append(args))
     assert len(passes) > 1 and sum(p[0] for p in passes) == len(texts)
     np.testing.assert_allclose(vectors, reference_encode(texts), atol=1e-5)
+
+
+class _CountingSession:
+    """An ONNX Runtime session that counts its runs (and runs them)."""
+
+    def __init__(self, session):
+        self.session, self.runs = session, 0
+
+    def run(self, *args, **kwargs):
+        self.runs += 1
+        return self.session.run(*args, **kwargs)
+
+
+def test_a_wide_call_runs_on_all_cores_only_while_it_holds_the_host_slot(reference_encode, tmp_path):
+    """An engine with fewer threads than cores loads a second, all-core session; ``wide=True`` runs
+    on it while the host's slot is free (the same vectors), and on the process's own threads while
+    another process holds the slot (a second open file description's flock stands in for it)."""
+    import fcntl
+    import os
+
+    from embeddings.serving.engine import Engine, HostSlot
+
+    slot_path = tmp_path / "run" / "wide.lock"
+    engine = Engine(PATH, device="cpu", backend="onnx", cache_dir=tmp_path, torch_threads=1, wide_threads=2,
+                    wide_slot=HostSlot(slot_path), pass_overhead_tokens=8)
+    assert engine.has_wide
+    assert not Engine(PATH, device="cpu", backend="onnx", cache_dir=tmp_path, torch_threads=2, wide_threads=2,
+                      pass_overhead_tokens=8).has_wide  # no more threads than its own: no second session
+    engine._session, engine._wide_session = _CountingSession(engine._session), _CountingSession(engine._wide_session)
+    texts = ["the quick brown fox", "jumps over the lazy dog today"]
+    ids = get_tokenizer(PATH).tokenize(texts)
+
+    np.testing.assert_allclose(engine.encode(ids, wide=True), reference_encode(texts), atol=1e-5)
+    assert (engine._wide_session.runs, engine._session.runs) == (1, 0)
+    engine.encode(ids)
+    assert (engine._wide_session.runs, engine._session.runs) == (1, 1)
+
+    other = os.open(slot_path, os.O_RDWR)  # another process's hold on the slot
+    fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        np.testing.assert_allclose(engine.encode(ids, wide=True), reference_encode(texts), atol=1e-5)
+        assert (engine._wide_session.runs, engine._session.runs) == (1, 2)
+    finally:
+        os.close(other)
+    engine.encode(ids, wide=True)  # released with its holder: wide again, and given back after
+    assert (engine._wide_session.runs, engine._session.runs) == (2, 2)
+    assert engine.wide_slot.try_acquire()
