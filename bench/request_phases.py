@@ -16,7 +16,8 @@ function that does it:
 * ``admit``: `admission_precheck` + `admission_reserve` (the one Lua call that reserves);
 * ``encode``: `embeddings.services.encode_inputs` (the process's micro-batcher, inline);
 * ``meter``: `metering.services.usage_record_create` (one INSERT, autocommit);
-* ``settle``: the reservation's settle after metering (the second Lua call);
+* (the reservation's settle, the second Lua call, runs on the process's settle thread after the
+  response: `limits.admission.Reservation`, so it is no phase of the request);
 * ``db_connect``: opening database connections, wherever a phase opened one (inside the above);
 * ``rest``: the whole request minus the phases (Django, middleware, rendering).
 
@@ -42,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 from bench._server import embedded_services, prepare  # noqa: E402
 
 SENTENCE = "The quick brown fox jumps over the lazy dog."
-PHASES = ("auth", "validate", "tokenize", "admit", "encode", "meter", "settle")
+PHASES = ("auth", "validate", "tokenize", "admit", "encode", "meter")
 
 
 class Timers:
@@ -80,21 +81,20 @@ def instrument(timers: Timers) -> None:
     import embeddings.services as services
     import embeddings.views as views
     from accounts.authentication import APIKeyAuthentication
-    from limits.admission import Reservation
 
     timers.wrap(APIKeyAuthentication, "authenticate", "auth")
     timers.wrap(views, "embeddings_request", "validate")
     timers.wrap(services, "tokenize_inputs", "tokenize")
     timers.wrap(services, "admission_precheck", "admit")
     timers.wrap(services, "admission_reserve", "admit")
-    timers.wrap(Reservation, "settle", "settle")
     timers.wrap(services, "encode_inputs", "encode")
     timers.wrap(services, "usage_record_create", "meter")
     timers.wrap(DatabaseWrapper, "connect", "db_connect")
 
 
 def engine_p50(n: int) -> float:
-    """p50 ms of the served engine's own one-text encode (token ids in, vectors out)."""
+    """p50 ms of the served engine's own one-text encode (token ids in, vectors out), on the
+    all-core session where the engine has one, as a lone request is served (`Engine.has_wide`)."""
     from embeddings.selectors import embedding_model_get
     from embeddings.services import engine_for, tokenizer_for
 
@@ -103,7 +103,7 @@ def engine_p50(n: int) -> float:
     samples = []
     for i in range(n + 20):
         started = time.perf_counter()
-        engine.encode(ids)
+        engine.encode(ids, wide=engine.has_wide)
         if i >= 20:
             samples.append((time.perf_counter() - started) * 1000)
     return statistics.median(samples)

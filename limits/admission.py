@@ -45,6 +45,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone as dt_timezone
 
@@ -65,10 +66,19 @@ from .store import MAX_REBUILD_ROUNDS, MONTHLY_TTL_GRACE_MS, AdmissionUnavailabl
 # The steps.
 # ---------------------------------------------------------------------------------------------------
 
+# Settles of requests that succeeded run here, after their response has left (`Reservation.__exit__`).
+_settler = ThreadPoolExecutor(max_workers=1, thread_name_prefix="admission-settle")
+
+
 @dataclass
 class Reservation:
     """What `admission_reserve` reserved; use as a context manager around encode + meter:
-    an exception refunds it (and propagates), a clean exit settles it.
+    an exception refunds it (and propagates), a clean exit settles it, on this process's settle
+    thread rather than in the request: a settle only moves the tokens from ``r`` (in flight) to
+    ``s`` (settled) of the counters it reserved in, so nothing a request is checked against waits
+    for it, and one lost with the process leaves ``r`` high, on the safe side (as one lost to an
+    outage). That is one Redis round trip fewer per request (~0.9 ms of a one-text request on 2
+    cores, ``bench/request_phases.py``).
 
     ``headers`` are the ``x-ratelimit-*`` headers of the response. ``reserved`` is False
     when the store was down and the policy is ``open`` (nothing to refund or settle).
@@ -107,10 +117,18 @@ class Reservation:
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         if exc_type is None:
-            self.settle()
+            if self.reserved and not self.done:
+                _settler.submit(self.settle)
         else:
             self.refund()
         return False
+
+
+def settles_wait(timeout: float | None = 10.0) -> None:
+    """Block until every settle queued before this call has run (the settle thread runs them in
+    order): for a reader that must see the counters as settled, e.g. a test comparing them.
+    Raises ``concurrent.futures.TimeoutError`` after ``timeout`` seconds."""
+    _settler.submit(lambda: None).result(timeout=timeout)
 
 
 def limits_version_key() -> str:

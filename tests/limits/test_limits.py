@@ -24,7 +24,7 @@ from django.test import override_settings
 from django.test.testcases import LiveServerThread
 from rest_framework.test import APIClient
 
-from limits.admission import admission_reconcile, admission_reserve
+from limits.admission import _settler, admission_reconcile, admission_reserve, settles_wait
 from limits.checks import monthly_key
 from limits.headers import go_duration
 from limits.scopes import Scope
@@ -239,6 +239,7 @@ def test_64_concurrent_requests_against_a_quota_that_fits_exactly_n(wide_live_se
 def test_a_failed_request_after_admission_leaves_the_counters_where_they_were(client, project, monkeypatch):
     limit_set(organization=project.organization, project=project, rpm=2, tpm=2 * HELLO_TOKENS, monthly_tokens=1000)
     assert post_embeddings(client, HELLO).status_code == 200
+    settles_wait()  # its settle runs after its response
     before = (counter(org_scope(project)), counter(project_scope(project)))
 
     from embeddings import services
@@ -258,6 +259,29 @@ def test_a_failed_request_after_admission_leaves_the_counters_where_they_were(cl
     assert second.status_code == 200
     assert second["x-ratelimit-remaining-requests"] == "0"
     assert second["x-ratelimit-remaining-tokens"] == "0"
+
+
+def test_a_request_is_answered_before_its_reservation_is_settled(client, project):
+    """The settle (``r`` -> ``s``) runs on the settle thread after the response: with that thread
+    held, the request is answered and metered, its tokens counted in ``u`` and still in flight in
+    ``r``; once the thread runs, they are settled."""
+    assert post_embeddings(client, HELLO).status_code == 200  # the counters exist
+    settles_wait()
+    before = counter(project_scope(project))
+    hold = threading.Event()
+    _settler.submit(hold.wait, 30)
+    try:
+        assert post_embeddings(client, HELLO).status_code == 200
+        held = counter(project_scope(project))
+        assert int(held["u"]) == int(before["u"]) + HELLO_TOKENS
+        assert int(held["r"]) == int(before["r"]) + HELLO_TOKENS
+        assert int(held["s"]) == int(before["s"])
+    finally:
+        hold.set()
+    settles_wait()
+    after = counter(project_scope(project))
+    assert (int(after["r"]), int(after["s"])) == (int(before["r"]), int(before["s"]) + HELLO_TOKENS)
+    assert UsageRecord.objects.count() == 2
 
 
 def test_counters_rebuild_from_the_usage_records_after_redis_is_flushed(client, project):
