@@ -12,8 +12,9 @@ from config.client_address import client_ip
 from config.errors import AuthenticationError, PermissionDeniedError
 
 from .models import AdminAPIKey, APIKey
-from .selectors import ResolvedAdminKey, ResolvedKey, admin_api_key_resolve, api_key_resolve
-from .throttling import auth_failure_record, auth_failures_check
+from .selectors import UNREAD, ResolvedAdminKey, ResolvedKey, admin_api_key_resolve, api_key_resolve
+from .services import admin_api_key_cache_key, api_key_cache_key, hash_key
+from .throttling import auth_failure_record, auth_failures_cache_name, auth_failures_check
 
 # Longest plausible key; anything longer is refused before hashing.
 MAX_KEY_LENGTH = 256
@@ -45,26 +46,41 @@ class BearerKeyAuthentication(BaseAuthentication):
 
     scheme_names = {b"bearer": "Bearer", b"api-key": "Api-Key"}
 
-    def resolve(self, plaintext: str):
-        """The resolved key for a well-formed ``plaintext``; raise for the wrong kind or an unknown key."""
+    def resolve(self, plaintext: str, cached=UNREAD):
+        """The resolved key for a well-formed ``plaintext``; raise for the wrong kind or an unknown key.
+        ``cached``: its cache entry (under `cache_key`), already read, or `UNREAD`."""
+        raise NotImplementedError
+
+    def cache_key(self, plaintext: str) -> str:
+        """The cache key under which ``plaintext``'s resolved key is kept."""
         raise NotImplementedError
 
     def check(self, resolved, plaintext: str) -> None:
         """Further refusals of a resolved, unrevoked, unexpired key (none by default)."""
 
     def authenticate(self, request):
+        """The address's failures and the key's cache entry are read in one round trip
+        (``cache.get_many``), then the throttle is checked (429 before any lookup), then the key."""
         header = get_authorization_header(request).split()
         if not header:
             return None
         address = client_ip(request)
-        auth_failures_check(address=address)  # 429 once this address failed too often
         try:
-            return self._authenticate(header)
+            plaintext = self._plaintext(header)
+        except AuthenticationError:
+            plaintext = None  # refused below, once the throttle has had its say
+        names = [auth_failures_cache_name(address), *([self.cache_key(plaintext)] if plaintext else [])]
+        fetched = cache.get_many(names)  # a Redis that is down reads as nothing (IGNORE_EXCEPTIONS)
+        auth_failures_check(address=address, count=int(fetched.get(names[0]) or 0))  # 429 past the limit
+        try:
+            return self._authenticate(header, cached=fetched.get(names[-1]) if plaintext else UNREAD)
         except AuthenticationError:
             auth_failure_record(address=address)
             raise
 
-    def _authenticate(self, header: list[bytes]):
+    def _plaintext(self, header: list[bytes]) -> str:
+        """The key of an ``Authorization`` header split in words; `AuthenticationError` for another
+        scheme, a malformed header or a value that is no key of ours."""
         if header[0].lower() not in self.keywords or len(header) != 2:
             expected = " or ".join(f"'Authorization: {self.scheme_names[k]} YOUR_KEY'" for k in self.keywords)
             raise AuthenticationError(f"Invalid Authorization header. Expected {expected}.")
@@ -74,7 +90,11 @@ class BearerKeyAuthentication(BaseAuthentication):
             raise AuthenticationError("Incorrect API key provided.") from None
         if not plaintext.startswith("sk-") or len(plaintext) > MAX_KEY_LENGTH:
             raise AuthenticationError(f"Incorrect API key provided: {mask_key(plaintext)}.")
-        resolved = self.resolve(plaintext)
+        return plaintext
+
+    def _authenticate(self, header: list[bytes], cached=UNREAD):
+        plaintext = self._plaintext(header)
+        resolved = self.resolve(plaintext, cached)
         now = timezone.now()
         if resolved.revoked_at is not None:
             raise AuthenticationError(f"The API key {mask_key(plaintext)} has been revoked.")
@@ -114,12 +134,15 @@ class APIKeyAuthentication(BearerKeyAuthentication):
     model = APIKey
     used_cache_prefix = "apikey:used"
 
-    def resolve(self, plaintext: str) -> ResolvedKey:
+    def cache_key(self, plaintext: str) -> str:
+        return api_key_cache_key(hash_key(plaintext))
+
+    def resolve(self, plaintext: str, cached=UNREAD) -> ResolvedKey:
         if plaintext.startswith(AdminAPIKey.PREFIX) and admin_api_key_resolve(plaintext=plaintext) is not None:
             raise PermissionDeniedError(
                 f"Admin API keys ({mask_key(plaintext)}) can only call the /v1/organization endpoints; "
                 "use a project API key for this endpoint.", code="admin_key_not_allowed")
-        resolved = api_key_resolve(plaintext=plaintext)
+        resolved = api_key_resolve(plaintext=plaintext, cached=cached)
         if resolved is None:
             raise AuthenticationError(f"Incorrect API key provided: {mask_key(plaintext)}.")
         return resolved
@@ -139,14 +162,17 @@ class AdminAPIKeyAuthentication(BearerKeyAuthentication):
     model = AdminAPIKey
     used_cache_prefix = "adminkey:used"
 
-    def resolve(self, plaintext: str) -> ResolvedAdminKey:
+    def cache_key(self, plaintext: str) -> str:
+        return admin_api_key_cache_key(hash_key(plaintext))
+
+    def resolve(self, plaintext: str, cached=UNREAD) -> ResolvedAdminKey:
         if not plaintext.startswith(AdminAPIKey.PREFIX):
             if api_key_resolve(plaintext=plaintext) is not None:
                 raise PermissionDeniedError(
                     "This endpoint requires an admin API key (sk-admin-...); project API keys cannot read "
                     "organization usage.", code="admin_key_required")
             raise AuthenticationError(f"Incorrect API key provided: {mask_key(plaintext)}.")
-        resolved = admin_api_key_resolve(plaintext=plaintext)
+        resolved = admin_api_key_resolve(plaintext=plaintext, cached=cached)
         if resolved is None:
             raise AuthenticationError(f"Incorrect API key provided: {mask_key(plaintext)}.")
         return resolved

@@ -15,6 +15,8 @@ from .models import AdminAPIKey, APIKey, AuditLog, Membership, Organization, Pro
 from .services import admin_api_key_cache_key, api_key_cache_key, hash_key
 
 _MISSING = "missing"
+# `_cached_resolve`'s ``cached`` when the caller has not read the cache entry.
+UNREAD = object()
 
 
 @dataclass(frozen=True)
@@ -67,10 +69,12 @@ class ResolvedKey:
         )
 
 
-def _cached_resolve(cache_key: str, lookup, resolve):
+def _cached_resolve(cache_key: str, lookup, resolve, cached=UNREAD):
     """``resolve(lookup())`` cached under ``cache_key`` for ``API_KEY_CACHE_SECONDS``, its absence
-    (``None``) too, so unknown keys do not reach the database on every try."""
-    cached = cache.get(cache_key)
+    (``None``) too, so unknown keys do not reach the database on every try. ``cached``: the entry
+    under ``cache_key`` when the caller read it already (None: not there); `UNREAD` reads it."""
+    if cached is UNREAD:
+        cached = cache.get(cache_key)
     if cached == _MISSING:
         return None
     if cached is not None:
@@ -81,17 +85,18 @@ def _cached_resolve(cache_key: str, lookup, resolve):
     return resolved
 
 
-def api_key_resolve(*, plaintext: str) -> ResolvedKey | None:
+def api_key_resolve(*, plaintext: str, cached=UNREAD) -> ResolvedKey | None:
     """Look a plaintext key up by its SHA-256; ``None`` when no such key exists.
 
     The result (or its absence) is cached for ``API_KEY_CACHE_SECONDS``; revoked and
-    expired keys are returned as they are, the caller decides.
+    expired keys are returned as they are, the caller decides. ``cached``: the cache entry under
+    `api_key_cache_key` when the caller read it already (see `_cached_resolve`).
     """
     secret_hash = hash_key(plaintext)
     return _cached_resolve(
         api_key_cache_key(secret_hash),
         lambda: APIKey.objects.select_related("project__organization").filter(secret_hash=secret_hash).first(),
-        ResolvedKey.from_model)
+        ResolvedKey.from_model, cached)
 
 
 # --- The console's reads (every one scoped by organization) ---------------------------------
@@ -213,17 +218,17 @@ class ResolvedAdminKey:
         )
 
 
-def admin_api_key_resolve(*, plaintext: str) -> ResolvedAdminKey | None:
+def admin_api_key_resolve(*, plaintext: str, cached=UNREAD) -> ResolvedAdminKey | None:
     """Look a plaintext admin key up by its SHA-256; ``None`` when no such key exists.
 
-    Cached for ``API_KEY_CACHE_SECONDS`` like `api_key_resolve`; the caller checks
-    revocation and expiry.
+    Cached for ``API_KEY_CACHE_SECONDS`` like `api_key_resolve` (``cached`` likewise); the
+    caller checks revocation and expiry.
     """
     secret_hash = hash_key(plaintext)
     return _cached_resolve(
         admin_api_key_cache_key(secret_hash),
         lambda: AdminAPIKey.objects.select_related("organization").filter(secret_hash=secret_hash).first(),
-        ResolvedAdminKey.from_model)
+        ResolvedAdminKey.from_model, cached)
 
 
 def audit_logs_for_organization(*, organization_id: int, project_ids=None, event_types=None, actor_ids=None,

@@ -10,8 +10,9 @@ addresses are never affected, and a success does not reset the count (else one v
 let a guesser go on). The address is `config.client_address.client_ip`; IPv6 clients count per
 /64, the block one host is usually given (RFC 6177).
 
-Cost: one GET per authenticated request before the key lookup, plus one pipelined SET NX + INCR
-round trip on the failure path only. Redis unreachable: the throttle lets requests through
+Cost: none of its own per authenticated request: the count is read in the round trip that reads
+the key's cache entry (`accounts.authentication.BearerKeyAuthentication`: one ``MGET``), before
+the key is looked at; plus one pipelined INCR + TTL round trip on the failure path only. Redis unreachable: the throttle lets requests through
 (authentication still works from the database) and the outage is logged by
 `config.redis_outage`.
 """
@@ -39,23 +40,31 @@ def _bucket(address: str) -> str:
     return str(parsed)
 
 
+def auth_failures_cache_name(address: str) -> str:
+    """The cache key (the cache's prefix not included) counting failures of ``address``'s bucket:
+    what ``cache.get_many`` takes to read it in the round trip of another key (`BearerKeyAuthentication`)."""
+    return f"authfail:{_bucket(address)}"
+
+
 def auth_failures_cache_key(address: str) -> str:
     """The Redis key (cache prefix included) counting failures of ``address``'s bucket."""
-    return str(cache.make_key(f"authfail:{_bucket(address)}"))
+    return str(cache.make_key(auth_failures_cache_name(address)))
 
 
 def _client() -> redis.Redis:
     return get_redis_connection("default")
 
 
-def auth_failures_check(*, address: str) -> None:
+def auth_failures_check(*, address: str, count: int | None = None) -> None:
     """Raise `RateLimitError` (429 ``too_many_failed_authentications``, ``Retry-After`` in s) when
-    ``address`` has had ``API_AUTH_FAILURE_LIMIT`` failures in the current window."""
+    ``address`` has had ``API_AUTH_FAILURE_LIMIT`` failures in the current window. ``count``: the
+    failures the caller already read (under `auth_failures_cache_name`); None reads them (one GET)."""
     key = auth_failures_cache_key(address)
     try:
-        count = int(_client().get(key) or 0)
-        if count < settings.API_AUTH_FAILURE_LIMIT:
+        if count is None:
+            count = int(_client().get(key) or 0)
             redis_outage().succeeded()
+        if count < settings.API_AUTH_FAILURE_LIMIT:
             return
         retry_after = max(1, int(_client().ttl(key)))
     except redis.RedisError as exc:

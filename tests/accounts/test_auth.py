@@ -120,3 +120,26 @@ def test_plaintext_key_never_in_database_or_logs(created_key, default_model, cap
     captured = capsys.readouterr()
     assert plaintext not in caplog.text
     assert plaintext not in captured.out + captured.err
+
+
+def test_a_cached_key_is_authenticated_in_one_redis_round_trip(created_key, default_model, monkeypatch):
+    """The address's failure count (the throttle) and the key's cache entry are read together: one
+    command (``MGET``) reaches Redis to authenticate a key that is cached."""
+    from redis.connection import AbstractConnection
+
+    from accounts.authentication import APIKeyAuthentication
+
+    assert call(f"Bearer {created_key.plaintext}").status_code == 200  # cached now, last_used_at written
+    sent, send = [], AbstractConnection.send_command
+
+    def spy(self, *args, **kwargs):
+        sent.append(str(args[0]).upper())
+        return send(self, *args, **kwargs)
+
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Bearer {created_key.plaintext}")
+    request = api.get("/v1/models").wsgi_request  # a request, to authenticate again by hand
+    monkeypatch.setattr(AbstractConnection, "send_command", spy)
+    resolved, _ = APIKeyAuthentication().authenticate(request)
+    assert resolved.key_id == created_key.api_key.pk
+    assert sent == ["MGET"]

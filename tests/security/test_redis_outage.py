@@ -58,7 +58,9 @@ def test_outage_is_logged_once_at_start_and_once_at_end(private_redis, client, c
     assert match, end
     counts = dict(part.rsplit(" ", 1) for part in match.group(3).split(", "))
     assert int(match.group(2)) == sum(int(v) for v in counts.values())
-    assert int(counts["admission"]) >= 10 and int(counts["auth throttle"]) >= 20 and int(counts["cache"]) >= 20
+    # Per request: the throttle's count and the key's cache entry are one cache read; a refused key
+    # records its failure (auth throttle).
+    assert int(counts["admission"]) >= 10 and int(counts["auth throttle"]) >= 10 and int(counts["cache"]) >= 20
 
 
 def test_outage_log_counts_and_reminds(caplog, monkeypatch):
