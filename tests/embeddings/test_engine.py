@@ -237,3 +237,27 @@ def test_a_wide_call_runs_on_all_cores_only_while_it_holds_the_host_slot(referen
     engine.encode(ids, wide=True)  # released with its holder: wide again, and given back after
     assert (engine._wide_session.runs, engine._session.runs) == (2, 2)
     assert engine.wide_slot.try_acquire()
+
+
+def test_numpy_mean_pooling_is_the_models_own_pooling_and_normalization():
+    """`mean_pool_normalize` gives what the model's Pooling and Normalize modules give, on padded
+    rows of several lengths (an all-padding row included), and the engine uses it for this model."""
+    import torch
+
+    from embeddings.serving.engine import mean_pool_normalize, pools_by_mean
+
+    engine = get_engine(PATH)
+    modules = list(engine.model)[1:]
+    assert pools_by_mean(modules)
+    assert not pools_by_mean(modules[::-1])
+    rng = np.random.default_rng(7)
+    hidden = rng.standard_normal((4, 9, 384)).astype(np.float32)
+    mask = np.zeros((4, 9), dtype=np.int64)
+    for row, length in enumerate((9, 1, 5, 0)):
+        mask[row, :length] = 1
+    features = {"token_embeddings": torch.from_numpy(hidden), "attention_mask": torch.from_numpy(mask)}
+    with torch.inference_mode():
+        for module in modules:
+            features = module(features)
+    expected = torch.nn.functional.normalize(features["sentence_embedding"], p=2, dim=1).numpy()
+    np.testing.assert_allclose(mean_pool_normalize(hidden, mask), expected, atol=1e-6)
