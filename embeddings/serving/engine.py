@@ -78,11 +78,18 @@ class HostSlot:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:  # e.g. a read-only directory: this process never takes the slot
+            logger.warning("No wide forward passes in this process: cannot open %s (%s)", self.path, exc)
+            self._fd = None
 
     def try_acquire(self) -> bool:
-        """Take the slot if no process holds it; whether it was taken."""
+        """Take the slot if no process holds it; whether it was taken (never, when its file could
+        not be opened)."""
+        if self._fd is None:
+            return False
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

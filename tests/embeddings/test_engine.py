@@ -261,3 +261,12 @@ def test_numpy_mean_pooling_is_the_models_own_pooling_and_normalization():
             features = module(features)
     expected = torch.nn.functional.normalize(features["sentence_embedding"], p=2, dim=1).numpy()
     np.testing.assert_allclose(mean_pool_normalize(hidden, mask), expected, atol=1e-6)
+
+
+def test_a_slot_whose_file_cannot_be_made_is_never_taken(tmp_path, caplog):
+    from embeddings.serving.engine import HostSlot
+
+    (tmp_path / "file").write_text("")
+    slot = HostSlot(tmp_path / "file" / "wide.lock")  # under a file: no directory can be made there
+    assert not slot.try_acquire()
+    assert "No wide forward passes" in caplog.text
