@@ -9,6 +9,7 @@ OpenAI's envelope, status and ``Retry-After`` (`config.errors.openai_exception_h
 from __future__ import annotations
 
 import base64
+import functools
 import gc
 import logging
 import os
@@ -151,7 +152,13 @@ def wide_threads() -> int:
     process may run on, 0: none). `Engine` loads it only where it has more threads than the process's
     own (``EMBEDDINGS_TORCH_THREADS``): the API processes, which split the cores between them."""
     configured = settings.EMBEDDINGS_WIDE_THREADS
-    return len(os.sched_getaffinity(0)) if configured < 0 else configured
+    return _cores() if configured < 0 else configured
+
+
+@functools.cache
+def _cores() -> int:
+    """The cores this process may run on (its CPU affinity), read once."""
+    return len(os.sched_getaffinity(0))
 
 
 def check_dimensions(*, model: EmbeddingModel, dimensions: int | None) -> None:

@@ -66,7 +66,9 @@ from .store import MAX_REBUILD_ROUNDS, MONTHLY_TTL_GRACE_MS, AdmissionUnavailabl
 # The steps.
 # ---------------------------------------------------------------------------------------------------
 
-# Settles of requests that succeeded run here, after their response has left (`Reservation.__exit__`).
+# Settles of requests that succeeded run here, while their responses are rendered and sent
+# (`Reservation.__exit__`). Its queue is drained when the interpreter exits (concurrent.futures
+# joins its threads at exit); a SIGKILL loses what is still queued.
 _settler = ThreadPoolExecutor(max_workers=1, thread_name_prefix="admission-settle")
 
 
@@ -74,11 +76,12 @@ _settler = ThreadPoolExecutor(max_workers=1, thread_name_prefix="admission-settl
 class Reservation:
     """What `admission_reserve` reserved; use as a context manager around encode + meter:
     an exception refunds it (and propagates), a clean exit settles it, on this process's settle
-    thread rather than in the request: a settle only moves the tokens from ``r`` (in flight) to
-    ``s`` (settled) of the counters it reserved in, so nothing a request is checked against waits
-    for it, and one lost with the process leaves ``r`` high, on the safe side (as one lost to an
-    outage). That is one Redis round trip fewer per request (~0.9 ms of a one-text request on 2
-    cores, ``bench/request_phases.py``).
+    thread: the request does not wait for it. A settle only moves the tokens from ``r`` (in
+    flight) to ``s`` (settled) of the counters it reserved in, so nothing a request is checked
+    against waits for it. One lost (an outage, or a SIGKILL with settles still queued) leaves
+    ``r`` high: `admission_reconcile` then keeps those tokens on top of the database's sum, so
+    the counter errs high until the month ends, never low. That is one Redis round trip fewer per
+    request (~0.9 ms of a one-text request on 2 cores, ``bench/request_phases.py``).
 
     ``headers`` are the ``x-ratelimit-*`` headers of the response. ``reserved`` is False
     when the store was down and the policy is ``open`` (nothing to refund or settle).
@@ -91,14 +94,15 @@ class Reservation:
     reserved: bool = True
     done: bool = field(default=False, repr=False)
 
-    def _finish(self, op: str) -> None:
+    def _finish(self, op: str, backend=None) -> None:
         if not self.reserved or self.done:
             return
         self.done = True
         checks = self.monthly + self.buckets
         extras = self.generations + [""] * len(self.buckets)
         try:
-            admission_backend().run(op, [c.key for c in checks], len(self.monthly), _args(checks, extras))
+            (backend or admission_backend()).run(op, [c.key for c in checks], len(self.monthly),
+                                                 _args(checks, extras))
         except AdmissionUnavailable:
             # Refund lost: counters stay high (safe side). Settle lost: only `r` stays high. The
             # outage itself is logged once, with counts, by config.redis_outage (not per request).
@@ -115,10 +119,21 @@ class Reservation:
     def __enter__(self) -> "Reservation":
         return self
 
+    def _settle_logged(self, backend) -> None:
+        """`settle` on the settle thread, where an error has no caller to reach: it is logged."""
+        try:
+            self._finish("settle", backend)
+        except Exception:  # noqa: BLE001 - nobody else would hear of it
+            logger.exception("Settling a reservation failed")
+
     def __exit__(self, exc_type, exc, tb) -> bool:
         if exc_type is None:
             if self.reserved and not self.done:
-                _settler.submit(self.settle)
+                backend = admission_backend()  # the store it reserved in, whatever settings say later
+                try:
+                    _settler.submit(self._settle_logged, backend)
+                except RuntimeError:  # the interpreter is shutting down: no more threads
+                    self._finish("settle", backend)
         else:
             self.refund()
         return False

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -78,6 +79,8 @@ class HostSlot:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        # flock excludes other open files, not threads sharing this one: they take this lock first.
+        self._threads = threading.Lock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -88,17 +91,19 @@ class HostSlot:
     def try_acquire(self) -> bool:
         """Take the slot if no process holds it; whether it was taken (never, when its file could
         not be opened)."""
-        if self._fd is None:
+        if self._fd is None or not self._threads.acquire(blocking=False):
             return False
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            self._threads.release()
             return False
         return True
 
     def release(self) -> None:
         """Give the slot back (after `try_acquire` returned True)."""
         fcntl.flock(self._fd, fcntl.LOCK_UN)
+        self._threads.release()
 
 
 def resolve_backend(backend: str, device: str) -> str:
@@ -268,8 +273,10 @@ class Engine:
         wide_threads: on the ``onnx`` backend, intra-op threads of a second ONNX Runtime session
             (the same export, ~90 MB more for all-MiniLM-L6-v2) that `encode` runs on when asked
             ``wide`` and ``wide_slot`` is free: an API process with one lone request uses every core
-            for it. 0, or not more than ``torch_threads``: no second session.
-        wide_slot: the host's `HostSlot` a wide call must hold (None: a wide call always runs wide).
+            for it. No second session when it is 0, when ``torch_threads`` is 0 (the libraries'
+            default is every core already) or when it is not more than ``torch_threads``.
+        wide_slot: the host's `HostSlot` a wide call must hold, or the path of its file (opened only
+            when the second session loads); None: a wide call always runs wide.
 
     Raises `ValueError` for an unknown backend, `ImportError` for ``"onnx"`` without onnxruntime;
     `encode` raises `IndexError` for a token id outside the vocabulary on either backend.
@@ -289,7 +296,7 @@ class Engine:
     def __init__(self, path: str, *, device: str = "auto", batch_tokens: int = 0, torch_threads: int = 0,
                  backend: str = "torch", cache_dir: str | os.PathLike | None = None,
                  pass_overhead_tokens: float | None = None, wide_threads: int = 0,
-                 wide_slot: HostSlot | None = None):
+                 wide_slot: HostSlot | str | os.PathLike | None = None):
         import torch
         from sentence_transformers import SentenceTransformer
 
@@ -315,7 +322,7 @@ class Engine:
         self._torch = torch
         self.backend = resolve_backend(backend, self.device)
         self._session = self._wide_session = None
-        self.wide_slot = wide_slot
+        self.wide_slot = wide_slot if isinstance(wide_slot, HostSlot) else None
         if self.backend == "onnx":
             import onnxruntime
 
@@ -336,6 +343,8 @@ class Engine:
             self._session = session(torch_threads)
             if wide_threads and torch_threads and wide_threads > torch_threads:
                 self._wide_session = session(wide_threads)
+                if wide_slot is not None and not isinstance(wide_slot, HostSlot):
+                    self.wide_slot = HostSlot(wide_slot)
             self._session_inputs = names
             self._mean_pool = pools_by_mean(list(self.model)[1:])
             self._vocab_rows = int(self.model[0].auto_model.config.vocab_size)
@@ -476,10 +485,10 @@ def get_engine(path: str, *, device: str = "auto", batch_tokens: int = 0, torch_
                wide_slot: str | os.PathLike | None = None) -> Engine:
     """The process-wide `Engine` for ``path`` and ``backend``; loaded on first use, once, under a
     lock (the other arguments apply to that first load; ``wide_slot``: the path of the host's
-    `HostSlot` file for wide passes)."""
+    `HostSlot` file for wide passes, opened only where the engine loads a wide session)."""
     return _engines.get((str(path), device, backend), lambda: Engine(
         path, device=device, batch_tokens=batch_tokens, torch_threads=torch_threads, backend=backend,
-        cache_dir=cache_dir, wide_threads=wide_threads, wide_slot=HostSlot(wide_slot) if wide_slot else None))
+        cache_dir=cache_dir, wide_threads=wide_threads, wide_slot=wide_slot))
 
 
 def loaded_engines() -> list[Engine]:

