@@ -65,15 +65,18 @@ class BearerKeyAuthentication(BaseAuthentication):
         if not header:
             return None
         address = client_ip(request)
+        plaintext = malformed = None
         try:
             plaintext = self._plaintext(header)
-        except AuthenticationError:
-            plaintext = None  # refused below, once the throttle has had its say
+        except AuthenticationError as exc:
+            malformed = exc  # raised below, once the throttle has had its say
         names = [auth_failures_cache_name(address), *([self.cache_key(plaintext)] if plaintext else [])]
         fetched = cache.get_many(names)  # a Redis that is down reads as nothing (IGNORE_EXCEPTIONS)
         auth_failures_check(address=address, count=int(fetched.get(names[0]) or 0))  # 429 past the limit
         try:
-            return self._authenticate(header, cached=fetched.get(names[-1]) if plaintext else UNREAD)
+            if malformed is not None:
+                raise malformed
+            return self._authenticate(plaintext, cached=fetched.get(names[-1]))
         except AuthenticationError:
             auth_failure_record(address=address)
             raise
@@ -92,8 +95,7 @@ class BearerKeyAuthentication(BaseAuthentication):
             raise AuthenticationError(f"Incorrect API key provided: {mask_key(plaintext)}.")
         return plaintext
 
-    def _authenticate(self, header: list[bytes], cached=UNREAD):
-        plaintext = self._plaintext(header)
+    def _authenticate(self, plaintext: str, cached):
         resolved = self.resolve(plaintext, cached)
         now = timezone.now()
         if resolved.revoked_at is not None:

@@ -12,9 +12,9 @@ let a guesser go on). The address is `config.client_address.client_ip`; IPv6 cli
 
 Cost: none of its own per authenticated request: the count is read in the round trip that reads
 the key's cache entry (`accounts.authentication.BearerKeyAuthentication`: one ``MGET``), before
-the key is looked at; plus one pipelined INCR + TTL round trip on the failure path only. Redis unreachable: the throttle lets requests through
-(authentication still works from the database) and the outage is logged by
-`config.redis_outage`.
+the key is looked at; plus one pipelined INCR + TTL round trip on the failure path only. Redis
+unreachable: the throttle lets requests through (authentication still works from the database)
+and the outage is logged by `config.redis_outage`.
 """
 from __future__ import annotations
 
