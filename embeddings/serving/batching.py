@@ -254,8 +254,7 @@ class MicroBatcher:
             metrics.BATCH_QUEUE_WAIT.labels(self.name).observe(item.future.wait_s)
         passes = []
         try:
-            wide_kw = {"wide": True} if wide else {}  # engines without a wide session are not asked
-            vectors = self.engine.encode(rows, on_pass=lambda *args: passes.append(args), **wide_kw)
+            vectors = self.engine.encode(rows, on_pass=lambda *args: passes.append(args), wide=wide)
         except Exception as exc:  # noqa: BLE001 - every waiter must hear of it
             logger.exception("batch failed model=%s items=%d inputs=%d", self.name, len(batch), len(rows))
             if len(batch) == 1:

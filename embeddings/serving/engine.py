@@ -275,8 +275,8 @@ class Engine:
             ``wide`` and ``wide_slot`` is free: an API process with one lone request uses every core
             for it. No second session when it is 0, when ``torch_threads`` is 0 (the libraries'
             default is every core already) or when it is not more than ``torch_threads``.
-        wide_slot: the host's `HostSlot` a wide call must hold, or the path of its file (opened only
-            when the second session loads); None: a wide call always runs wide.
+        wide_slot: the path of the host's `HostSlot` file a wide call must hold (opened when the
+            second session loads, as the attribute ``wide_slot``); None: a wide call always runs wide.
 
     Raises `ValueError` for an unknown backend, `ImportError` for ``"onnx"`` without onnxruntime;
     `encode` raises `IndexError` for a token id outside the vocabulary on either backend.
@@ -296,7 +296,7 @@ class Engine:
     def __init__(self, path: str, *, device: str = "auto", batch_tokens: int = 0, torch_threads: int = 0,
                  backend: str = "torch", cache_dir: str | os.PathLike | None = None,
                  pass_overhead_tokens: float | None = None, wide_threads: int = 0,
-                 wide_slot: HostSlot | str | os.PathLike | None = None):
+                 wide_slot: str | os.PathLike | None = None):
         import torch
         from sentence_transformers import SentenceTransformer
 
@@ -321,8 +321,7 @@ class Engine:
         self.input_names = tokenizer.input_names
         self._torch = torch
         self.backend = resolve_backend(backend, self.device)
-        self._session = self._wide_session = None
-        self.wide_slot = wide_slot if isinstance(wide_slot, HostSlot) else None
+        self._session = self._wide_session = self.wide_slot = None
         if self.backend == "onnx":
             import onnxruntime
 
@@ -343,8 +342,7 @@ class Engine:
             self._session = session(torch_threads)
             if wide_threads and torch_threads and wide_threads > torch_threads:
                 self._wide_session = session(wide_threads)
-                if wide_slot is not None and not isinstance(wide_slot, HostSlot):
-                    self.wide_slot = HostSlot(wide_slot)
+                self.wide_slot = HostSlot(wide_slot) if wide_slot is not None else None
             self._session_inputs = names
             self._mean_pool = pools_by_mean(list(self.model)[1:])
             self._vocab_rows = int(self.model[0].auto_model.config.vocab_size)

@@ -212,11 +212,11 @@ def test_a_wide_call_runs_on_all_cores_only_while_it_holds_the_host_slot(referen
     import fcntl
     import os
 
-    from embeddings.serving.engine import Engine, HostSlot
+    from embeddings.serving.engine import Engine
 
     slot_path = tmp_path / "run" / "wide.lock"
     engine = Engine(PATH, device="cpu", backend="onnx", cache_dir=tmp_path, torch_threads=1, wide_threads=2,
-                    wide_slot=HostSlot(slot_path), pass_overhead_tokens=8)
+                    wide_slot=slot_path, pass_overhead_tokens=8)
     assert engine.has_wide
     unused = tmp_path / "unused" / "wide.lock"
     assert not Engine(PATH, device="cpu", backend="onnx", cache_dir=tmp_path, torch_threads=2, wide_threads=2,

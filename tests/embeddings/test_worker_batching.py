@@ -83,7 +83,7 @@ def test_an_idle_batcher_runs_a_lone_encode_in_the_callers_thread(engine, tokeni
     threads = []
     original = engine.encode
 
-    def encode_and_note(rows, on_pass=None):
+    def encode_and_note(rows, on_pass=None, wide=False):
         threads.append(threading.current_thread())
         if len(threads) == 1:  # while the caller runs its own batch, another request arrives
             queued.append(batcher.submit(tokenize(["submitted meanwhile"])))
@@ -131,7 +131,7 @@ def test_a_batcher_that_waits_for_others_runs_encode_on_its_thread(engine, token
     batcher = MicroBatcher(engine, max_wait_ms=5)
     seen = []
     original = engine.encode
-    engine.encode = lambda rows, on_pass=None: (seen.append(threading.current_thread()), original(rows))[1]
+    engine.encode = lambda rows, on_pass=None, wide=False: (seen.append(threading.current_thread()), original(rows))[1]
     try:
         batcher.encode(tokenize(["one"]))
     finally:
