@@ -27,15 +27,21 @@ def percentiles(samples_ms: list[float]) -> dict[str, float]:
     return {"p50": statistics.median(ordered), "p90": pick(0.9), "p99": pick(0.99)}
 
 
-def time_api(base: str, key: str, n: int, encoding_format: str) -> list[float]:
+def time_api(base: str, key: str, n: int, encoding_format: str | None) -> list[float]:
+    """Latencies (ms) of ``n`` sequential one-sentence requests after 20 of warm-up, over one
+    keep-alive connection; ``encoding_format`` None: ``GET /healthz`` instead (the HTTP server,
+    the thread pool and Django's middleware, no view work)."""
     host, port = base.removeprefix("http://").split(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=30)
-    body = json.dumps({"model": "all-MiniLM-L6-v2", "input": SENTENCE, "encoding_format": encoding_format})
+    method, path, body = "GET", "/healthz", None
+    if encoding_format:
+        method, path = "POST", "/v1/embeddings"
+        body = json.dumps({"model": "all-MiniLM-L6-v2", "input": SENTENCE, "encoding_format": encoding_format})
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
     samples = []
     for i in range(n + 20):
         started = time.perf_counter()
-        conn.request("POST", "/v1/embeddings", body=body, headers=headers)
+        conn.request(method, path, body=body, headers=headers)
         response = conn.getresponse()
         payload = response.read()
         elapsed = (time.perf_counter() - started) * 1000
@@ -78,6 +84,8 @@ def main() -> None:
     print(f"model encode (in-process, torch threads={server_threads}, as each API worker): "
           + "  ".join(f"{k}={v:.2f} ms" for k, v in encode.items()))
     with api_server() as (base, key):
+        health = percentiles(time_api(base, key, args.requests, None))
+        print("GET /healthz (the server's floor): " + "  ".join(f"{k}={v:.2f} ms" for k, v in health.items()))
         for fmt in ("float", "base64"):
             api = percentiles(time_api(base, key, args.requests, fmt))
             print(f"API /v1/embeddings ({fmt}, as `make serve`): "

@@ -1,16 +1,16 @@
 """ASGI entry point: the web role's application (``config.asgi:application``, served by
 granian, see `config.web`).
 
-Django's WSGI handler run on a fixed pool of threads (a2wsgi's ``WSGIMiddleware``), behind
-`RequestGate`, which runs before Django sees a request:
+Django's WSGI handler run on a fixed pool of threads, behind `RequestGate`, which runs before
+Django sees a request:
 
 * a body longer than its route allows (`config.middleware.body_limit`, bytes, from
   ``Content-Length``) is answered 413 at once, unread (the envelope under ``/v1``);
 * every body is read here, whole, before the request may take a thread: up to that limit (413
   past it, for a chunked body too), in memory up to ``SPOOL_MEMORY_BYTES`` and spooled to disk
-  past it, as Django spools bodies; Django then reads it from there with its ``Content-Length``
-  set (a chunked body has none, and Django REST framework reads such a body as empty). A slow
-  client therefore holds no thread;
+  past it, as Django spools bodies; Django then reads it from there (``wsgi.input``) with its
+  ``Content-Length`` set (a chunked body has none, and Django REST framework reads such a body as
+  empty). A slow client therefore holds no thread;
 * at most ``WEB_THREADS`` requests per process are in Django at once (more wait, their bodies
   read). ``/healthz``, ``/readyz`` and ``/metrics`` skip that gate and have threads of their own
   (`UNGATED_THREADS`), so a busy process still answers its probes and its scrapes;
@@ -24,6 +24,8 @@ request in a thread of its own, made for it, so no database connection outlives 
 this pool each thread keeps its connection (``CONN_MAX_AGE``, checked before reuse): no connection
 set up and no PostgreSQL backend started per request, ~6 ms of a small request's latency and a
 quarter more small requests per second on 2 cores (``bench/vs_infinity.py``).
+
+The pool (`config.wsgi_pool.WSGIPool`) hands a request to a thread and back once.
 """
 from __future__ import annotations
 
@@ -34,7 +36,6 @@ import os
 import tempfile
 import time
 
-from a2wsgi import WSGIMiddleware
 from django.core.wsgi import get_wsgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
@@ -43,14 +44,13 @@ django_wsgi_application = get_wsgi_application()
 from config.errors import error_body  # noqa: E402  (after Django is set up)
 from config.logs import RequestLogContext, log_context_end, log_context_start  # noqa: E402
 from config.middleware import API_PREFIX, body_limit, body_too_large_message, new_request_id  # noqa: E402
+from config.wsgi_pool import WSGIPool  # noqa: E402
 
 access_logger = logging.getLogger("config.access")
 
 # A chunked body is kept in memory up to this many bytes, on disk past it (Django's
 # FILE_UPLOAD_MAX_MEMORY_SIZE default), so concurrent large chunked uploads cannot exhaust memory.
 SPOOL_MEMORY_BYTES = 2_621_440
-# Bytes per message when a spooled body is handed on to Django.
-REPLAY_CHUNK_BYTES = 65_536
 # Probes answered whatever the load (they take no slot of the gate).
 UNGATED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 # Threads of the pool beyond the gate's slots: the ungated paths' own.
@@ -86,17 +86,18 @@ async def _too_large(scope, send, limit: int, length: int | None) -> None:
 
 
 class RequestGate:
-    """ASGI middleware: body limits per route, bodies read whole before the application sees them,
-    and ``threads`` requests per process in the application at once (see the module docstring)."""
+    """ASGI application: body limits per route, bodies read whole before `WSGIPool` runs ``app``
+    (a WSGI application) on one of ``threads`` + `UNGATED_THREADS` threads, at most ``threads``
+    requests in it at once outside the ungated paths (see the module docstring)."""
 
     def __init__(self, app, threads: int):
-        self.app = app
+        self.pool = WSGIPool(app, threads + UNGATED_THREADS)
         self.threads = threads
         self._slots: asyncio.Semaphore | None = None  # made in the server's event loop
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
+        if scope["type"] != "http":  # no websockets (granian runs with --no-ws), no lifespan (asginl)
+            return None
         started, status = time.perf_counter(), 0
         context = RequestLogContext()
         token = log_context_start(context)
@@ -144,38 +145,21 @@ class RequestGate:
         spool.seek(0)
         headers = [(n, v) for n, v in scope["headers"] if n not in (b"transfer-encoding", b"content-length")]
         scope = {**scope, "headers": [*headers, (b"content-length", str(size).encode())]}
-        replay = self._replay(spool, size, receive)
+        if scope["path"] in UNGATED_PATHS:
+            return await self.pool(scope, spool, send)
         try:
-            if scope["path"] in UNGATED_PATHS:
-                return await self.app(scope, replay, send)
-            async with self._slots:
-                return await self.app(scope, replay, send)
+            await self._slots.acquire()
+        except BaseException:
+            spool.close()
+            raise
+        try:
+            return await self.pool(scope, spool, send)
         finally:
-            spool.close()  # a body the application left unread
-
-    @staticmethod
-    def _replay(spool, size: int, receive):
-        """A ``receive`` that returns the spooled body (an open file at offset 0, ``size`` bytes)
-        in `REPLAY_CHUNK_BYTES` messages, closes it, then waits on the connection's ``receive``."""
-        sent = 0
-
-        async def replay():
-            nonlocal sent
-            if spool.closed:
-                return await receive()
-            chunk = spool.read(REPLAY_CHUNK_BYTES)
-            sent += len(chunk)
-            more = bool(chunk) and sent < size
-            if not more:
-                spool.close()
-            return {"type": "http.request", "body": chunk, "more_body": more}
-
-        return replay
+            self._slots.release()
 
 
 WEB_THREADS = int(os.environ.get("WEB_THREADS") or 32)
-application = RequestGate(WSGIMiddleware(django_wsgi_application, workers=WEB_THREADS + UNGATED_THREADS),
-                          threads=WEB_THREADS)
+application = RequestGate(django_wsgi_application, threads=WEB_THREADS)
 
 from config.web import warm_up  # noqa: E402
 

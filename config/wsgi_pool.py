@@ -1,0 +1,102 @@
+"""`WSGIPool`: a WSGI application served to an ASGI server from a fixed pool of threads, for
+requests whose body has been read whole (`config.asgi` reads it).
+
+Why not a2wsgi's ``WSGIMiddleware`` (whose ``build_environ`` this uses): that middleware hands
+every message between its thread and the event loop with a wait for the other side (the body
+read, the response's start, each part, its end), five or more thread wake-ups per request on a
+request path whose own work is a few ms; here a request is one hand-off to a thread and one back.
+``bench/latency.py`` times the served path (``GET /healthz``: the server, the pool and Django's
+middleware alone).
+"""
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from concurrent.futures import ThreadPoolExecutor
+
+from a2wsgi.wsgi import build_environ
+
+
+class WSGIPool:
+    """A WSGI application (``app``) run on ``threads`` threads that live as long as the process,
+    for requests whose body has been read whole (see the module docstring for why not a2wsgi's
+    ``WSGIMiddleware``).
+
+    ``await pool(scope, body, send)``: ``body`` is an open binary file at offset 0 holding the
+    whole body (``wsgi.input``; the pool closes it once the application returns); the response
+    goes to the ASGI ``send``. The application runs in one of the threads with the caller's
+    context variables (the request's log context), and so does the reading of its response: up
+    to `BUFFER_BYTES` (or to its end) in that same call, then in parts of up to `BUFFER_BYTES`
+    (bytes), a hand-off each, the next part read only once the last is sent (a large download is
+    never held in memory whole). The iterable is closed in a thread
+    (PEP 3333) whatever happens, the client gone included. An exception the application raises
+    before its response starts propagates (granian answers 500); Django answers its own errors."""
+
+    # Response bytes read from the application per hand-off. Django's responses but files are
+    # one part, so they are answered with one hand-off whatever their size.
+    BUFFER_BYTES = 1_048_576
+
+    def __init__(self, app, threads: int):
+        self.app = app
+        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="WSGI")
+
+    async def __call__(self, scope, body, send) -> None:
+        loop = asyncio.get_running_loop()
+        context = contextvars.copy_context()
+        status, headers, parts, rest = await loop.run_in_executor(self.executor, context.run, self._start, scope, body)
+        try:
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            while rest is not None:
+                await send({"type": "http.response.body", "body": b"".join(parts), "more_body": True})
+                parts, rest = await loop.run_in_executor(self.executor, context.run, self._read, rest)
+            await send({"type": "http.response.body", "body": b"".join(parts)})
+        finally:
+            if rest is not None:
+                await loop.run_in_executor(self.executor, context.run, _close, rest[1])
+
+    def _start(self, scope, body):
+        """In a pool thread: run the application; its status, headers, first parts and the rest
+        (``(iterator, iterable)``, or None when read to its end and closed)."""
+        response = []
+
+        def start_response(status, headers, exc_info=None):
+            # PEP 3333: a second call must carry exc_info; it replaces the first (nothing is sent
+            # before the application returns).
+            if response and not exc_info:
+                raise RuntimeError("start_response called twice without exc_info")
+            response[:] = [int(status.split(" ", 1)[0]),
+                           [(name.strip().lower().encode("latin1"), value.strip().encode("latin1"))
+                            for name, value in headers]]
+            return written.append
+
+        written: list[bytes] = []
+        try:
+            iterable = self.app(build_environ(scope, body), start_response)
+        finally:
+            body.close()  # here, not by the caller: its await may end (cancelled) before this thread
+        try:
+            parts, rest = self._read((iter(iterable), iterable), written)
+        except BaseException:
+            _close(iterable)
+            raise
+        return response[0], response[1], parts, rest
+
+    def _read(self, rest, parts: list[bytes] | None = None):
+        """In a pool thread: the next parts of a response, up to `BUFFER_BYTES`, and the rest (None
+        once the iterable is read to its end and closed)."""
+        iterator, iterable = rest
+        parts = [] if parts is None else parts
+        size = sum(map(len, parts))
+        for part in iterator:
+            parts.append(part)
+            size += len(part)
+            if size >= self.BUFFER_BYTES:
+                return parts, rest
+        _close(iterable)
+        return parts, None
+
+
+def _close(iterable) -> None:
+    close = getattr(iterable, "close", None)
+    if close is not None:
+        close()
