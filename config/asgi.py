@@ -42,7 +42,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 django_wsgi_application = get_wsgi_application()
 
 from config.errors import error_body  # noqa: E402  (after Django is set up)
-from config.logs import RequestLogContext, log_context_end, log_context_start  # noqa: E402
+from config.logs import RequestLogContext, log_context_end, log_context_start, log_context_var  # noqa: E402
 from config.middleware import API_PREFIX, body_limit, body_too_large_message, new_request_id  # noqa: E402
 from config.wsgi_pool import WSGIPool  # noqa: E402
 
@@ -112,12 +112,12 @@ class RequestGate:
             await send(message)
 
         try:
-            return await self._gated(scope, receive, observed_send)
+            return await self._gated(scope, receive, observed_send, ((log_context_var, context),))
         finally:
             access_log(scope, status, started)
             log_context_end(token)
 
-    async def _gated(self, scope, receive, send):
+    async def _gated(self, scope, receive, send, context: tuple):
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.threads)
         limit = body_limit(scope["path"])
@@ -146,14 +146,14 @@ class RequestGate:
         headers = [(n, v) for n, v in scope["headers"] if n not in (b"transfer-encoding", b"content-length")]
         scope = {**scope, "headers": [*headers, (b"content-length", str(size).encode())]}
         if scope["path"] in UNGATED_PATHS:
-            return await self.pool(scope, spool, send)
+            return await self.pool(scope, spool, send, context)
         try:
             await self._slots.acquire()
         except BaseException:
             spool.close()
             raise
         try:
-            return await self.pool(scope, spool, send)
+            return await self.pool(scope, spool, send, context)
         finally:
             self._slots.release()
 

@@ -116,6 +116,8 @@ class RequestLogContext:
 
 _log_context: contextvars.ContextVar[RequestLogContext | None] = contextvars.ContextVar(
     "request_log_context", default=None)
+# The variable itself, for code that sets it in another thread (`config.wsgi_pool.WSGIPool`).
+log_context_var = _log_context
 
 
 def log_context() -> RequestLogContext | None:

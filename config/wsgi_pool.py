@@ -11,7 +11,6 @@ middleware alone).
 from __future__ import annotations
 
 import asyncio
-import contextvars
 from concurrent.futures import ThreadPoolExecutor
 
 from a2wsgi.wsgi import build_environ
@@ -22,11 +21,13 @@ class WSGIPool:
     for requests whose body has been read whole (see the module docstring for why not a2wsgi's
     ``WSGIMiddleware``).
 
-    ``await pool(scope, body, send)``: ``body`` is an open binary file at offset 0 holding the
-    whole body (``wsgi.input``; the pool closes it once the application returns); the response
-    goes to the ASGI ``send``. The application runs in one of the threads with the caller's
-    context variables (the request's log context), and so does the reading of its response: up
-    to `BUFFER_BYTES` (or to its end) in that same call, then in parts of up to `BUFFER_BYTES`
+    ``await pool(scope, body, send, context=((var, value), ...))``: ``body`` is an open binary file
+    at offset 0 holding the whole body (``wsgi.input``; the pool closes it once the application
+    returns); the response goes to the ASGI ``send``. The application runs in one of the threads,
+    in that thread's own context (as under any WSGI server: what Django keeps per thread in
+    context variables, its caches' clients for one, lasts from request to request) with the
+    variables of ``context`` set for the call (the request's log context), and so does the reading
+    of its response: up to `BUFFER_BYTES` (or to its end) in that same call, then in parts of up to `BUFFER_BYTES`
     (bytes), a hand-off each, the next part read only once the last is sent (a large download is
     never held in memory whole). The iterable is closed in a thread
     (PEP 3333) whatever happens, the client gone included. An exception the application raises
@@ -40,19 +41,22 @@ class WSGIPool:
         self.app = app
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="WSGI")
 
-    async def __call__(self, scope, body, send) -> None:
+    async def __call__(self, scope, body, send, context: tuple = ()) -> None:
         loop = asyncio.get_running_loop()
-        context = contextvars.copy_context()
-        status, headers, parts, rest = await loop.run_in_executor(self.executor, context.run, self._start, scope, body)
+
+        def in_thread(function, *args):
+            return loop.run_in_executor(self.executor, _with_context, context, function, *args)
+
+        status, headers, parts, rest = await in_thread(self._start, scope, body)
         try:
             await send({"type": "http.response.start", "status": status, "headers": headers})
             while rest is not None:
                 await send({"type": "http.response.body", "body": b"".join(parts), "more_body": True})
-                parts, rest = await loop.run_in_executor(self.executor, context.run, self._read, rest)
+                parts, rest = await in_thread(self._read, rest)
             await send({"type": "http.response.body", "body": b"".join(parts)})
         finally:
             if rest is not None:
-                await loop.run_in_executor(self.executor, context.run, _close, rest[1])
+                await in_thread(_close, rest[1])
 
     def _start(self, scope, body):
         """In a pool thread: run the application; its status, headers, first parts and the rest
@@ -94,6 +98,16 @@ class WSGIPool:
                 return parts, rest
         _close(iterable)
         return parts, None
+
+
+def _with_context(context: tuple, function, *args):
+    """``function(*args)`` with each ``(variable, value)`` of ``context`` set, then reset."""
+    tokens = [(variable, variable.set(value)) for variable, value in context]
+    try:
+        return function(*args)
+    finally:
+        for variable, token in reversed(tokens):
+            variable.reset(token)
 
 
 def _close(iterable) -> None:

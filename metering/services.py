@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import psycopg
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, InterfaceError, OperationalError, transaction
 
 from config.errors import AuthenticationError
 from config.metrics import USAGE_RECORDS, phase
@@ -52,12 +52,31 @@ def _insert(fields: dict) -> UsageRecord:
     meters outside any transaction); nested, the check would come at the outer commit.
 
     Outside a transaction (the API: autocommit) the INSERT is sent alone and is its own transaction,
-    checked and committed in one round trip instead of three (``BEGIN``, ``INSERT``, ``COMMIT``);
-    inside one it runs in a savepoint, so a duplicate leaves the caller's transaction usable."""
-    if not transaction.get_connection().in_atomic_block:
+    checked and committed in one round trip instead of three (``BEGIN``, ``INSERT``, ``COMMIT``),
+    and it is its own connection health check: Django's (``CONN_HEALTH_CHECKS``, a ``SELECT 1``
+    round trip before a reused connection's first statement in a request) is skipped, and an
+    INSERT that fails on a dead connection (PostgreSQL restarted, the connection cut) is sent
+    again once on a new one, where a record it did write before the connection died is found by
+    its ``request_id`` instead. Inside a transaction it runs in a savepoint, so a duplicate leaves
+    the caller's transaction usable."""
+    connection = transaction.get_connection()
+    if connection.in_atomic_block:
+        with transaction.atomic():
+            return UsageRecord.objects.create(**fields)
+    checked = connection.health_check_done or connection.connection is None
+    connection.health_check_done = True
+    try:
         return UsageRecord.objects.create(**fields)
-    with transaction.atomic():
+    except (OperationalError, InterfaceError):
+        if checked:  # a new or already checked connection: the failure is not a stale one's
+            raise
+        connection.close()
+    try:
         return UsageRecord.objects.create(**fields)
+    except IntegrityError as exc:
+        if not isinstance(exc.__cause__, psycopg.errors.UniqueViolation):
+            raise
+        return UsageRecord.objects.get(request_id=fields["request_id"])
 
 
 def usage_records_create_many(*, records: list[UsageRecord]) -> None:

@@ -67,3 +67,86 @@ def test_outside_a_transaction_a_record_is_one_statement(project, default_model)
     with pytest.raises(IntegrityError):
         usage_record_create(**kwargs)
     assert UsageRecord.objects.filter(request_id="req_one").count() == 1
+
+
+def _record_kwargs(project, default_model, request_id: str) -> dict:
+    return dict(request_id=request_id, organization_id=project.organization_id, project_id=project.pk,
+                api_key_id=None, model_id=default_model.pk, input_count=1, prompt_tokens=3, total_tokens=3,
+                latency_ms=5)
+
+
+def _new_request_on_a_kept_connection() -> None:
+    """What the start of a request does to a kept connection: its health check is due again."""
+    connection.ensure_connection()
+    assert connection.health_check_enabled  # settings: CONN_HEALTH_CHECKS
+    connection.health_check_done = False
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_insert_is_the_connections_health_check(project, default_model, monkeypatch):
+    """No ``SELECT 1`` round trip before the INSERT on a kept connection: the INSERT checks it."""
+    _new_request_on_a_kept_connection()
+    pings = []
+    monkeypatch.setattr(connection, "is_usable", lambda: pings.append(1) or True)
+    usage_record_create(**_record_kwargs(project, default_model, "req_unpinged"))
+    assert pings == []
+    assert UsageRecord.objects.filter(request_id="req_unpinged").count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_dead_kept_connection_is_replaced_and_the_record_written_once(project, default_model):
+    """PostgreSQL ended the kept connection (a restart, an idle timeout): the INSERT fails on it and
+    is sent again on a new one; one record, no error."""
+    import psycopg
+
+    _new_request_on_a_kept_connection()
+    backend = connection.connection.info.backend_pid
+    params = connection.get_connection_params()
+    with psycopg.connect(**{k: v for k, v in params.items() if k != "cursor_factory"}, autocommit=True) as other:
+        other.execute("SELECT pg_terminate_backend(%s)", [backend])
+    usage_record_create(**_record_kwargs(project, default_model, "req_after_cut"))
+    assert connection.connection.info.backend_pid != backend
+    assert UsageRecord.objects.filter(request_id="req_after_cut").count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_record_written_before_its_connection_died_is_not_written_twice(project, default_model, monkeypatch):
+    """The INSERT committed but its answer was lost with the connection: the second try finds the
+    record by its request id (unique) instead of failing or billing twice."""
+    from django.db import OperationalError
+
+    _new_request_on_a_kept_connection()
+    real_create = UsageRecord.objects.create
+    tries = []
+
+    def create_then_lose_the_answer(**fields):
+        tries.append(fields["request_id"])
+        record = real_create(**fields)
+        if len(tries) == 1:
+            raise OperationalError("server closed the connection unexpectedly")
+        return record
+
+    monkeypatch.setattr(UsageRecord.objects, "create", create_then_lose_the_answer)
+    record = usage_record_create(**_record_kwargs(project, default_model, "req_lost_answer"))
+    assert tries == ["req_lost_answer", "req_lost_answer"]
+    assert record.request_id == "req_lost_answer"
+    assert UsageRecord.objects.filter(request_id="req_lost_answer").count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failure_on_a_checked_connection_is_not_retried(project, default_model, monkeypatch):
+    """Only a kept connection's first statement of a request may be a stale one's failure."""
+    from django.db import OperationalError
+
+    connection.ensure_connection()
+    connection.health_check_done = True  # already used in this request
+    calls = []
+
+    def failing(**fields):
+        calls.append(1)
+        raise OperationalError("the database is down")
+
+    monkeypatch.setattr(UsageRecord.objects, "create", failing)
+    with pytest.raises(OperationalError):
+        usage_record_create(**_record_kwargs(project, default_model, "req_down"))
+    assert calls == [1]

@@ -36,17 +36,18 @@ class Iterable:
         self.closed_in = threading.current_thread().name
 
 
-def serve(app, scope_, body: bytes, send=None) -> list[dict]:
+def serve(app, scope_, body: bytes, send=None, requests: int = 1) -> list[dict]:
+    """The messages sent for ``requests`` requests served one after another by one pool."""
     sent = []
 
     async def default_send(message):
         sent.append(message)
 
     async def run():
-        request_id.set("req_1")
-        pool = WSGIPool(app, threads=2)
+        pool = WSGIPool(app, threads=1)
         try:
-            await pool(scope_, io.BytesIO(body), send or default_send)
+            for n in range(requests):
+                await pool(scope_, io.BytesIO(body), send or default_send, ((request_id, f"req_{n + 1}"),))
         finally:
             pool.executor.shutdown()
 
@@ -73,6 +74,34 @@ def test_a_response_of_one_part_is_one_start_and_one_body_message_and_the_app_se
                     "client": "10.0.0.1", "request_id": "req_1", "thread": seen["thread"]}
     assert seen["thread"].startswith("WSGI")
     assert iterable.closed_in.startswith("WSGI")
+
+
+def test_the_thread_keeps_its_own_context_from_request_to_request_and_the_given_variables_only_for_one():
+    kept = contextvars.ContextVar("kept")  # as Django keeps its caches' clients per thread
+    seen = []
+
+    def app(environ, start_response):
+        seen.append((request_id.get(), kept.get(None)))
+        kept.set(len(seen))
+        start_response("200 OK", [])
+        return [b""]
+
+    async def run():
+        pool = WSGIPool(app, threads=1)
+        try:
+            for n in (1, 2):
+                await pool(scope(), io.BytesIO(b""), _ignore, ((request_id, f"req_{n}"),))
+            after = await asyncio.get_running_loop().run_in_executor(pool.executor, request_id.get)
+        finally:
+            pool.executor.shutdown()
+        return after
+
+    assert asyncio.run(run()) == ""  # reset once the request is done
+    assert seen == [("req_1", None), ("req_2", 1)]
+
+
+async def _ignore(message):
+    pass
 
 
 def test_a_streamed_response_arrives_whole_in_parts_of_the_buffer_and_is_closed():
