@@ -328,20 +328,27 @@ class Engine:
             names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in self.input_names]
             exported = onnx_export(self.model, self.path, names, cache_dir or Path(tempfile.gettempdir()) / "embeddings-onnx")
 
-            def session(threads: int):
+            def session(threads: int, spin: bool = False):
                 options = onnxruntime.SessionOptions()
                 if threads:
                     options.intra_op_num_threads = threads
                 # Idle intra-op threads sleep instead of spinning: spinning ones take the cores the
                 # process's other threads (Celery's, the request threads) and the host's other
                 # processes need between passes (a worker on 2 cores served ~17% more texts/s at
-                # C=32, K=16: bench/vs_infinity.py).
-                options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+                # C=32, K=16: bench/vs_infinity.py). ``spin``: they spin inside a run and stop when
+                # it returns (force_spinning_stop). Without it each of a pass's ~100 parallel
+                # sections wakes a sleeping thread; on a host whose other cores idle between
+                # requests that cost a one-text pass on 2 threads ~7.2 ms instead of ~5.5 ms, no
+                # faster than one thread (~7.8 ms); spinning without the stop went on burning a core
+                # for ~45 ms after each run (bench/wide_pass.py).
+                options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+                if spin:
+                    options.add_session_config_entry("session.force_spinning_stop", "1")
                 return onnxruntime.InferenceSession(str(exported), options, providers=["CPUExecutionProvider"])
 
             self._session = session(torch_threads)
             if wide_threads and torch_threads and wide_threads > torch_threads:
-                self._wide_session = session(wide_threads)
+                self._wide_session = session(wide_threads, spin=True)
                 self.wide_slot = HostSlot(wide_slot) if wide_slot is not None else None
             self._session_inputs = names
             self._mean_pool = pools_by_mean(list(self.model)[1:])

@@ -222,6 +222,12 @@ def test_a_wide_call_runs_on_all_cores_only_while_it_holds_the_host_slot(referen
     assert not Engine(PATH, device="cpu", backend="onnx", cache_dir=tmp_path, torch_threads=2, wide_threads=2,
                       wide_slot=unused, pass_overhead_tokens=8).has_wide  # no more threads than its own
     assert not unused.exists()  # and no slot file opened for it
+    # The wide session's threads spin inside a run and stop when it returns (bench/wide_pass.py);
+    # the process's own never spin (they share the cores with the other processes).
+    entry = lambda session, name: session.get_session_options().get_session_config_entry(name)  # noqa: E731
+    assert entry(engine._wide_session, "session.intra_op.allow_spinning") == "1"
+    assert entry(engine._wide_session, "session.force_spinning_stop") == "1"
+    assert entry(engine._session, "session.intra_op.allow_spinning") == "0"
     engine._session, engine._wide_session = _CountingSession(engine._session), _CountingSession(engine._wide_session)
     texts = ["the quick brown fox", "jumps over the lazy dog today"]
     ids = get_tokenizer(PATH).tokenize(texts)
