@@ -30,7 +30,8 @@ class WSGIPool:
     of its response: up to `BUFFER_BYTES` (or to its end) in that same call, then in parts of up to `BUFFER_BYTES`
     (bytes), a hand-off each, the next part read only once the last is sent (a large download is
     never held in memory whole). The iterable is closed in a thread
-    (PEP 3333) whatever happens, the client gone included. An exception the application raises
+    (PEP 3333) whatever happens: the client gone, or the call cancelled while a thread runs the
+    application (closed once that thread is done with it). An exception the application raises
     before its response starts propagates (granian answers 500); Django answers its own errors."""
 
     # Response bytes read from the application per hand-off. Django's responses but files are
@@ -43,20 +44,25 @@ class WSGIPool:
 
     async def __call__(self, scope, body, send, context: tuple = ()) -> None:
         loop = asyncio.get_running_loop()
+        pending = rest = None  # the pool call last made; the response's part not read yet
 
         def in_thread(function, *args):
-            return loop.run_in_executor(self.executor, _with_context, context, function, *args)
+            nonlocal pending
+            pending = self.executor.submit(_with_context, context, function, *args)
+            return asyncio.wrap_future(pending, loop=loop)
 
-        status, headers, parts, rest = await in_thread(self._start, scope, body)
         try:
+            status, headers, parts, rest = await in_thread(self._start, scope, body)
             await send({"type": "http.response.start", "status": status, "headers": headers})
             while rest is not None:
                 await send({"type": "http.response.body", "body": b"".join(parts), "more_body": True})
                 parts, rest = await in_thread(self._read, rest)
             await send({"type": "http.response.body", "body": b"".join(parts)})
         finally:
-            if rest is not None:
-                await in_thread(_close, rest[1])
+            if pending is not None and not pending.done():  # cancelled while a thread runs it
+                pending.add_done_callback(_close_the_rest)
+            elif rest is not None:  # the client went away mid-response
+                self.executor.submit(_close, rest[1])
 
     def _start(self, scope, body):
         """In a pool thread: run the application; its status, headers, first parts and the rest
@@ -79,25 +85,36 @@ class WSGIPool:
         finally:
             body.close()  # here, not by the caller: its await may end (cancelled) before this thread
         try:
-            parts, rest = self._read((iter(iterable), iterable), written)
+            iterator = iter(iterable)
         except BaseException:
             _close(iterable)
             raise
+        parts, rest = self._read((iterator, iterable), written)
         return response[0], response[1], parts, rest
 
     def _read(self, rest, parts: list[bytes] | None = None):
         """In a pool thread: the next parts of a response, up to `BUFFER_BYTES`, and the rest (None
-        once the iterable is read to its end and closed)."""
+        once the iterable is read to its end, or fails, and is closed)."""
         iterator, iterable = rest
         parts = [] if parts is None else parts
         size = sum(map(len, parts))
-        for part in iterator:
-            parts.append(part)
-            size += len(part)
-            if size >= self.BUFFER_BYTES:
-                return parts, rest
+        try:
+            for part in iterator:
+                parts.append(part)
+                size += len(part)
+                if size >= self.BUFFER_BYTES:
+                    return parts, rest
+        except BaseException:
+            _close(iterable)
+            raise
         _close(iterable)
         return parts, None
+
+
+def _close_the_rest(done) -> None:
+    """Done-callback of a pool call whose caller was cancelled: close what it left open."""
+    if not done.cancelled() and done.exception() is None and done.result()[-1] is not None:
+        _close(done.result()[-1][1])
 
 
 def _with_context(context: tuple, function, *args):

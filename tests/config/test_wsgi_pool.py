@@ -172,3 +172,28 @@ def test_write_before_the_iterable_and_a_replaced_start_are_honoured():
     sent = serve(app, scope(), b"")
     assert sent[0] == {"type": "http.response.start", "status": 500, "headers": [(b"b", b"2")]}
     assert sent[1]["body"] == b"first then"
+
+
+def test_a_call_cancelled_while_the_application_runs_closes_its_response_once_the_thread_is_done():
+    started, release = threading.Event(), threading.Event()
+    iterable = Iterable([b"x" * WSGIPool.BUFFER_BYTES] * 3)  # more than one part: left open by the call
+
+    def app(environ, start_response):
+        started.set()
+        release.wait(10)
+        start_response("200 OK", [])
+        return iterable
+
+    async def run():
+        pool = WSGIPool(app, threads=1)
+        call = asyncio.ensure_future(pool(scope(), io.BytesIO(b""), _ignore))
+        await asyncio.get_running_loop().run_in_executor(None, started.wait, 10)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        assert iterable.closed_in is None  # the thread still runs the application
+        release.set()
+        pool.executor.shutdown(wait=True)
+
+    asyncio.run(run())
+    assert iterable.closed_in and iterable.closed_in.startswith("WSGI")
