@@ -15,7 +15,9 @@ function that does it:
 * ``tokenize``: `embeddings.services.tokenize_inputs`;
 * ``admit``: `admission_precheck` + `admission_reserve` (the one Lua call that reserves);
 * ``encode``: `embeddings.services.encode_inputs` (the process's micro-batcher, inline);
-* ``meter``: `metering.services.usage_record_create` (one INSERT, autocommit);
+* ``meter``: `metering.services.usage_record_create` (one INSERT, autocommit), or, for a lone
+  request (these are), the wait for that INSERT made on the process's metering thread while the
+  request encoded (`metering.services.usage_record_written`; ``EMBEDDINGS_METER_ALONGSIDE``);
 * (the reservation's settle, the second Lua call, runs on the process's settle thread after the
   response: `limits.admission.Reservation`, so it is no phase of the request);
 * ``db_connect``: opening database connections, wherever a phase opened one (inside the above);
@@ -80,6 +82,7 @@ def instrument(timers: Timers) -> None:
 
     import embeddings.services as services
     import embeddings.views as views
+    import metering.services as metering_services
     from accounts.authentication import APIKeyAuthentication
 
     timers.wrap(APIKeyAuthentication, "authenticate", "auth")
@@ -89,6 +92,7 @@ def instrument(timers: Timers) -> None:
     timers.wrap(services, "admission_reserve", "admit")
     timers.wrap(services, "encode_inputs", "encode")
     timers.wrap(services, "usage_record_create", "meter")
+    timers.wrap(metering_services, "usage_record_written", "meter")  # a lone request's: while it encodes
     timers.wrap(DatabaseWrapper, "connect", "db_connect")
 
 

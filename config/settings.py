@@ -162,6 +162,10 @@ CELERY_TIMEZONE = "UTC"
 # shares forward passes with other requests and leaves the API's CPU free. On GPU workers the
 # case for dispatching is stronger still (an API host's CPU is far slower than the GPU).
 EMBEDDINGS_INLINE_MAX_TOKENS = env.int("EMBEDDINGS_INLINE_MAX_TOKENS", default=128)
+# A lone request encoded in the API process has its usage record written on the process's metering
+# thread while it encodes (metering.services.usage_record_written_alongside): the write's ~2 ms
+# (a round trip and a commit, most of it waiting) overlaps the encode. Off: written after it.
+EMBEDDINGS_METER_ALONGSIDE = env.bool("EMBEDDINGS_METER_ALONGSIDE", default=True)
 # Requests of up to this many tokens are also encoded in the API process while it is busy (another
 # of its requests encoding now or within the last second; a lone request still gets a worker's
 # every core); -1: the engine's padded tokens per forward pass on CPU (2,048), 0 on CUDA (large

@@ -9,6 +9,7 @@ OpenAI's envelope, status and ``Retry-After`` (`config.errors.openai_exception_h
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import gc
 import logging
@@ -23,7 +24,7 @@ from django.conf import settings
 from django.db import transaction
 
 from limits.admission import admission_precheck, admission_reserve
-from metering.services import usage_record_create
+from metering.services import usage_record_create, usage_record_written_alongside
 
 from config.errors import NotFoundError
 from config.exceptions import InvalidInput, ModelNotAllowed
@@ -68,7 +69,8 @@ def embeddings_create(*, key, body: EmbeddingsRequest, request_id: str, started_
     against every quota and rate limit at once (``on_admitted`` receives the reservation, whose
     ``headers`` are the ``x-ratelimit-*`` to send, whatever happens next); 4. encode, inline or
     on the workers; 5. meter one usage record (``started_at``: ``time.perf_counter()`` at
-    arrival, for the latency). A failure after admission refunds the reservation.
+    arrival, for the latency), after the encode or, for a lone small request, while it encodes
+    (`meters_alongside`). A failure after admission refunds the reservation (and bills nothing).
 
     Raises: `config.errors.NotFoundError` (unknown model); `config.exceptions.ModelNotAllowed` (a
     model outside the key's allowlists, before any tokenization); `config.exceptions.InvalidInput`
@@ -91,14 +93,19 @@ def embeddings_create(*, key, body: EmbeddingsRequest, request_id: str, started_
     with reservation:  # an exception from here on refunds the reservation (and propagates)
         if on_admitted is not None:
             on_admitted(reservation)
-        with phase("encode"):
-            vectors = encode_inputs(model=model, token_ids=tokenized.token_ids, dimensions=body.dimensions,
-                                    service_tier=service_tier, request_id=request_id)
-        usage_record_create(  # the "metering" phase (metering.services)
-            request_id=request_id, organization_id=key.organization_id, project_id=key.project_id,
-            api_key_id=key.key_id, model_id=model.pk, input_count=len(tokenized.token_ids),
-            prompt_tokens=tokenized.total_tokens, total_tokens=tokenized.total_tokens, user=body.user,
-            service_tier=service_tier, latency_ms=int((time.perf_counter() - started_at) * 1000))
+        record = dict(request_id=request_id, organization_id=key.organization_id, project_id=key.project_id,
+                      api_key_id=key.key_id, model_id=model.pk, input_count=len(tokenized.token_ids),
+                      prompt_tokens=tokenized.total_tokens, total_tokens=tokenized.total_tokens, user=body.user,
+                      service_tier=service_tier)
+        metering = (usage_record_written_alongside(started_at=started_at, **record)
+                    if meters_alongside(tokenized.total_tokens) else contextlib.nullcontext())
+        with metering:
+            with phase("encode"):
+                vectors = encode_inputs(model=model, token_ids=tokenized.token_ids, dimensions=body.dimensions,
+                                        service_tier=service_tier, request_id=request_id)
+        if isinstance(metering, contextlib.nullcontext):
+            usage_record_create(  # the "metering" phase (metering.services)
+                **record, latency_ms=int((time.perf_counter() - started_at) * 1000))
     return EmbeddingsResult(vectors=vectors, model=model, total_tokens=tokenized.total_tokens,
                             service_tier=service_tier)
 
@@ -292,8 +299,22 @@ class _InFlight:
             if self.count > 0:  # it overlapped another until now: busy a while longer
                 self._busy_until = now + BUSY_SECONDS
 
+    def idle(self) -> bool:
+        """Whether a request entering now would find the process not busy."""
+        return self.count == 0 and time.monotonic() >= self._busy_until
+
 
 _encoding = _InFlight()
+
+
+def meters_alongside(total_tokens: int) -> bool:
+    """Whether a request of ``total_tokens`` has its usage record written while it encodes
+    (`metering.services.usage_record_written_alongside`) rather than after: with
+    ``EMBEDDINGS_METER_ALONGSIDE`` on, for a request encoded in this process (at most
+    ``EMBEDDINGS_INLINE_MAX_TOKENS``) while no other of its requests is (`_InFlight.idle`; under
+    load the writes stay on the requests' own threads and connections), in autocommit."""
+    return (settings.EMBEDDINGS_METER_ALONGSIDE and total_tokens <= settings.EMBEDDINGS_INLINE_MAX_TOKENS
+            and _encoding.idle() and not transaction.get_connection().in_atomic_block)
 
 
 def inline_busy_max_tokens(model: EmbeddingModel) -> int:

@@ -11,7 +11,10 @@ class UsageRecord(models.Model):
     ``request_id`` is unique, so a retried write (or a redelivered task) can never
     bill twice. Token counts are the tokens the model processed, special tokens
     included, as reported in the response's ``usage``. ``latency_ms`` runs from the
-    request's arrival to the response being built (milliseconds).
+    request's arrival to its record being written (milliseconds): after its encode, or, for a
+    small request alone in its API process, whose record is written while it encodes
+    (``EMBEDDINGS_METER_ALONGSIDE``), before it (the request's own latency is the
+    ``config.access`` line's ``duration_ms`` and the Prometheus phase histograms).
     """
 
     request_id = models.CharField(max_length=64, unique=True)

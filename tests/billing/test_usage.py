@@ -150,3 +150,76 @@ def test_a_failure_on_a_checked_connection_is_not_retried(project, default_model
     with pytest.raises(OperationalError):
         usage_record_create(**_record_kwargs(project, default_model, "req_down"))
     assert calls == [1]
+
+
+def _spy_on_record_writes(monkeypatch) -> list[str]:
+    """The threads `usage_record_create` runs in, in order."""
+    import threading
+
+    import metering.services
+
+    threads = []
+    real = metering.services.usage_record_create
+
+    def spy(**fields):
+        threads.append(threading.current_thread().name)
+        return real(**fields)
+
+    monkeypatch.setattr(metering.services, "usage_record_create", spy)
+    monkeypatch.setattr("embeddings.services.usage_record_create", spy)
+    return threads
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_lone_requests_record_is_written_on_the_metering_thread_while_it_encodes(client, monkeypatch):
+    """In autocommit (the API), a lone small request's record is written alongside its encode,
+    on the process's metering thread; it is there, exact, once the response is."""
+    threads = _spy_on_record_writes(monkeypatch)
+    response = post_embeddings(client, {"model": MODEL, "input": "metered while encoding"})
+    assert response.status_code == 200, response.content
+    assert len(threads) == 1 and threads[0].startswith("metering"), threads
+    record = UsageRecord.objects.get(request_id=response["x-request-id"])
+    assert record.total_tokens == response.json()["usage"]["total_tokens"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_request_whose_encode_fails_after_its_record_was_written_alongside_is_not_billed(client, monkeypatch):
+    """The record written alongside is deleted before the error is answered: nothing billed."""
+    import threading
+
+    from config.exceptions import WorkersUnavailable
+
+    threads = _spy_on_record_writes(monkeypatch)
+    written = threading.Event()
+    real_create = UsageRecord.objects.create
+
+    def create_and_signal(**fields):
+        record = real_create(**fields)
+        written.set()
+        return record
+
+    monkeypatch.setattr(UsageRecord.objects, "create", create_and_signal)
+
+    def failing_encode(**kwargs):
+        assert written.wait(10)  # the record is committed before the encode fails
+        raise WorkersUnavailable(queue="embeddings", retry_after_s=1)
+
+    monkeypatch.setattr("embeddings.services.encode_inputs", failing_encode)
+    response = post_embeddings(client, {"model": MODEL, "input": "fails after its record"})
+    assert response.status_code == 503, response.content
+    assert threads and threads[0].startswith("metering")
+    assert not UsageRecord.objects.filter(request_id=response["x-request-id"]).exists()
+    assert UsageRecord.objects.count() == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_with_meter_alongside_off_the_record_is_written_after_the_encode_on_the_request_thread(
+        client, monkeypatch, settings):
+    import threading
+
+    settings.EMBEDDINGS_METER_ALONGSIDE = False
+    threads = _spy_on_record_writes(monkeypatch)
+    response = post_embeddings(client, {"model": MODEL, "input": "metered after encoding"})
+    assert response.status_code == 200
+    assert threads == [threading.current_thread().name]
+    assert UsageRecord.objects.filter(request_id=response["x-request-id"]).count() == 1
