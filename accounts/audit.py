@@ -55,10 +55,13 @@ class AuditActorMiddleware:
         self.get_response = get_response
 
     def __call__(self, request):
-        token = _request.set(request)
+        # A request starts with no organization being deleted: one whose delete failed halfway
+        # (its post_delete never ran) must not stay muted in this thread's later requests.
+        token, deleting = _request.set(request), _deleting.set(frozenset())
         try:
             return self.get_response(request)
         finally:
+            _deleting.reset(deleting)
             _request.reset(token)
 
 

@@ -28,8 +28,9 @@ Environment (defaults in brackets):
 
 No control socket, no pid file: two instances on one host (other ports) share nothing but the
 database, Redis, the metrics directory and the server's log configuration (the same file for all).
-Database connections: one per thread of the pool (`config.asgi`), kept for ``CONN_MAX_AGE`` seconds
-[60] and checked before reuse; at most ``WEB_CONCURRENCY`` x (``WEB_THREADS`` + 4) per host. (A
+Database connections: one per thread of the pool (`config.asgi`) and one for the process's metering
+thread (`metering.services`), kept for ``CONN_MAX_AGE`` seconds [60] and checked before reuse; at
+most ``WEB_CONCURRENCY`` x (``WEB_THREADS`` + 5) per host. (A
 psycopg_pool pool under Django's ASGI handler saved as much, but with it a stopping granian process
 that had served requests ignored its SIGTERM in 3 of 3 tries.)
 """

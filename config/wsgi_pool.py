@@ -23,16 +23,18 @@ class WSGIPool:
 
     ``await pool(scope, body, send, context=((var, value), ...))``: ``body`` is an open binary file
     at offset 0 holding the whole body (``wsgi.input``; the pool closes it once the application
-    returns); the response goes to the ASGI ``send``. The application runs in one of the threads,
-    in that thread's own context (as under any WSGI server: what Django keeps per thread in
-    context variables, its caches' clients for one, lasts from request to request) with the
-    variables of ``context`` set for the call (the request's log context), and so does the reading
-    of its response: up to `BUFFER_BYTES` (or to its end) in that same call, then in parts of up to `BUFFER_BYTES`
-    (bytes), a hand-off each, the next part read only once the last is sent (a large download is
-    never held in memory whole). The iterable is closed in a thread
-    (PEP 3333) whatever happens: the client gone, or the call cancelled while a thread runs the
-    application (closed once that thread is done with it). An exception the application raises
-    before its response starts propagates (granian answers 500); Django answers its own errors."""
+    returns, or when the call ends before a thread ran it); the response goes to the ASGI
+    ``send``. The application runs in one of the threads, in that thread's own context (as under
+    any WSGI server: what Django keeps per thread in context variables, its caches' clients for
+    one, lasts from request to request) with the variables of ``context`` set for the call (the
+    request's log context), and so does the reading of its response: up to `BUFFER_BYTES` (or to
+    its end) in that same call, then in parts of up to `BUFFER_BYTES` (bytes), a hand-off each,
+    the next part read only once the last is sent (a large download is never held in memory
+    whole; its later parts, and its close, may be read in other threads of the pool: only files
+    stream). The iterable is closed once, in a thread (PEP 3333), whatever happens: the client
+    gone, or the call cancelled while a thread runs the application (closed once that thread is
+    done with it). An exception the application raises before its response starts propagates
+    (granian answers 500); Django answers its own errors."""
 
     # Response bytes read from the application per hand-off. Django's responses but files are
     # one part, so they are answered with one hand-off whatever their size.
@@ -44,7 +46,7 @@ class WSGIPool:
 
     async def __call__(self, scope, body, send, context: tuple = ()) -> None:
         loop = asyncio.get_running_loop()
-        pending = rest = None  # the pool call last made; the response's part not read yet
+        pending = reading = rest = None  # the pool call last made; the rest it reads; the rest to read
 
         def in_thread(function, *args):
             nonlocal pending
@@ -56,13 +58,28 @@ class WSGIPool:
             await send({"type": "http.response.start", "status": status, "headers": headers})
             while rest is not None:
                 await send({"type": "http.response.body", "body": b"".join(parts), "more_body": True})
-                parts, rest = await in_thread(self._read, rest)
+                reading, rest = rest, None  # the call owns it now: it closes it if it fails
+                parts, rest = await in_thread(self._read, reading)
+                reading = None
             await send({"type": "http.response.body", "body": b"".join(parts)})
         finally:
-            if pending is not None and not pending.done():  # cancelled while a thread runs it
-                pending.add_done_callback(_close_the_rest)
+            if pending is None or pending.cancelled():  # the application never ran
+                body.close()
+                if reading is not None:
+                    self.executor.submit(_close, reading[1])
+            elif not pending.done():  # cancelled while a thread runs the call: close after it
+                pending.add_done_callback(self._close_the_rest)
             elif rest is not None:  # the client went away mid-response
                 self.executor.submit(_close, rest[1])
+
+    def _close_the_rest(self, done) -> None:
+        """Done-callback of a pool call whose caller was cancelled: close what it left open, in a
+        pool thread (the callback may run in the event loop's)."""
+        if not done.cancelled() and done.exception() is None and done.result()[-1] is not None:
+            try:
+                self.executor.submit(_close, done.result()[-1][1])
+            except RuntimeError:  # the pool is shutting down: here, then
+                _close(done.result()[-1][1])
 
     def _start(self, scope, body):
         """In a pool thread: run the application; its status, headers, first parts and the rest
@@ -109,12 +126,6 @@ class WSGIPool:
             raise
         _close(iterable)
         return parts, None
-
-
-def _close_the_rest(done) -> None:
-    """Done-callback of a pool call whose caller was cancelled: close what it left open."""
-    if not done.cancelled() and done.exception() is None and done.result()[-1] is not None:
-        _close(done.result()[-1][1])
 
 
 def _with_context(context: tuple, function, *args):

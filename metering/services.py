@@ -69,8 +69,8 @@ def _insert(fields: dict) -> UsageRecord:
     round trip before a reused connection's first statement in a request) is skipped, and an
     INSERT that fails on a dead connection (PostgreSQL restarted, the connection cut) is sent
     again once on a new one, where a record it did write before the connection died is found by
-    its ``request_id`` instead. Inside a transaction it runs in a savepoint, so a duplicate leaves
-    the caller's transaction usable."""
+    its ``request_id`` instead (returned, not an ``IntegrityError``). Inside a transaction it runs
+    in a savepoint, so a duplicate leaves the caller's transaction usable."""
     connection = transaction.get_connection()
     if connection.in_atomic_block:
         with transaction.atomic():
@@ -80,7 +80,9 @@ def _insert(fields: dict) -> UsageRecord:
     try:
         return UsageRecord.objects.create(**fields)
     except (OperationalError, InterfaceError):
-        if checked:  # a new or already checked connection: the failure is not a stale one's
+        # Only a kept connection's first statement of a request may have met a stale connection,
+        # and only a connection that no longer works is one (not a timeout, not a deadlock).
+        if checked or connection.is_usable():
             raise
         connection.close()
     try:
@@ -116,7 +118,12 @@ def usage_record_written_alongside(*, started_at: float, **fields):
     ``time.perf_counter()``) to the write, its encode not included.
     """
     fields["latency_ms"] = int((time.perf_counter() - started_at) * 1000)
-    write = _alongside.submit(_write_on_the_metering_thread, fields)
+    try:
+        write = _alongside.submit(_write_on_the_metering_thread, fields)
+    except RuntimeError:  # the interpreter is shutting down: the thread takes no more work
+        yield
+        usage_record_create(**{**fields, "latency_ms": int((time.perf_counter() - started_at) * 1000)})
+        return
     try:
         yield
     except BaseException:
@@ -138,7 +145,10 @@ def _write_on_the_metering_thread(fields: dict) -> UsageRecord:
 
 
 def _discard(write, request_id: str) -> None:
-    """Delete the record ``write`` wrote (if it did) on the metering thread, waiting for both."""
+    """Delete the record ``write`` wrote (if it did) on the metering thread, waiting for both (a
+    write not started yet is cancelled instead)."""
+    if write.cancel():
+        return
     try:
         write.result()
     except Exception:  # nothing was written: the request's own error is the one to raise

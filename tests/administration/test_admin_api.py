@@ -337,3 +337,17 @@ def test_deleting_a_project_is_logged_with_its_cascade_and_an_organization_takes
     organization.delete()
     connection.check_constraints()  # no entry was written for the organization being deleted
     assert not AuditLog.objects.exists()
+
+
+def test_a_request_starts_with_no_organization_muted_in_the_audit_log():
+    """A pool thread keeps its context between requests: an organization whose delete failed
+    halfway (its post_delete never ran) is not left muted for that thread's later requests."""
+    from accounts import audit
+
+    audit.organization_delete_begins(42)  # a delete that never ended, in this thread
+    seen = []
+    middleware = audit.AuditActorMiddleware(lambda request: seen.append(audit._deleting.get()))
+    middleware(object())
+    assert seen == [frozenset()]
+    assert audit._deleting.get() == frozenset({42})  # the middleware restores what it found
+    audit.organization_delete_ends(42)

@@ -123,6 +123,7 @@ def test_a_record_written_before_its_connection_died_is_not_written_twice(projec
         tries.append(fields["request_id"])
         record = real_create(**fields)
         if len(tries) == 1:
+            connection.connection.close()  # the connection dies before the answer arrives
             raise OperationalError("server closed the connection unexpectedly")
         return record
 
@@ -223,3 +224,21 @@ def test_with_meter_alongside_off_the_record_is_written_after_the_encode_on_the_
     assert response.status_code == 200
     assert threads == [threading.current_thread().name]
     assert UsageRecord.objects.filter(request_id=response["x-request-id"]).count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failure_on_a_kept_connection_that_still_works_is_not_retried(project, default_model, monkeypatch):
+    """A statement timeout or a deadlock is no stale connection: raised, not sent again."""
+    from django.db import OperationalError
+
+    _new_request_on_a_kept_connection()
+    calls = []
+
+    def timing_out(**fields):
+        calls.append(1)
+        raise OperationalError("canceling statement due to statement timeout")
+
+    monkeypatch.setattr(UsageRecord.objects, "create", timing_out)
+    with pytest.raises(OperationalError):
+        usage_record_create(**_record_kwargs(project, default_model, "req_timeout"))
+    assert calls == [1]

@@ -27,13 +27,14 @@ class Iterable:
     """A WSGI response iterable that records its close and the thread that closed it."""
 
     def __init__(self, parts):
-        self.parts, self.closed_in = parts, None
+        self.parts, self.closed_in, self.closes = parts, None, 0
 
     def __iter__(self):
         return iter(self.parts)
 
     def close(self):
         self.closed_in = threading.current_thread().name
+        self.closes += 1
 
 
 def serve(app, scope_, body: bytes, send=None, requests: int = 1) -> list[dict]:
@@ -155,7 +156,22 @@ def test_an_application_error_propagates_and_a_failing_iterable_is_closed():
 
     with pytest.raises(ValueError, match="bad part"):
         serve(app, scope(), b"")
-    assert iterable.closed_in.startswith("WSGI")
+    assert iterable.closed_in.startswith("WSGI") and iterable.closes == 1
+
+    class FailingLater(Iterable):  # a later part fails: closed once, by the call that read it
+        def __iter__(self):
+            yield b"x" * WSGIPool.BUFFER_BYTES
+            raise ValueError("bad later part")
+
+    later = FailingLater([])
+
+    def streaming_app(environ, start_response):
+        start_response("200 OK", [])
+        return later
+
+    with pytest.raises(ValueError, match="bad later part"):
+        serve(streaming_app, scope(), b"")
+    assert later.closes == 1
 
 
 def test_write_before_the_iterable_and_a_replaced_start_are_honoured():
@@ -196,4 +212,30 @@ def test_a_call_cancelled_while_the_application_runs_closes_its_response_once_th
         pool.executor.shutdown(wait=True)
 
     asyncio.run(run())
-    assert iterable.closed_in and iterable.closed_in.startswith("WSGI")
+    assert iterable.closed_in and iterable.closed_in.startswith("WSGI") and iterable.closes == 1
+
+
+def test_a_call_cancelled_before_a_thread_ran_it_closes_the_body():
+    release = threading.Event()
+    body = io.BytesIO(b"unread")
+
+    def blocking_app(environ, start_response):
+        release.wait(10)
+        start_response("200 OK", [])
+        return [b""]
+
+    async def run():
+        pool = WSGIPool(blocking_app, threads=1)
+        first = asyncio.ensure_future(pool(scope(), io.BytesIO(b""), _ignore))  # takes the one thread
+        await asyncio.sleep(0.05)
+        queued = asyncio.ensure_future(pool(scope(), body, _ignore))
+        await asyncio.sleep(0.05)
+        queued.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await queued
+        release.set()
+        await first
+        pool.executor.shutdown(wait=True)
+
+    asyncio.run(run())
+    assert body.closed
