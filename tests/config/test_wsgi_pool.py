@@ -17,6 +17,15 @@ from config.wsgi_pool import WSGIPool
 request_id = contextvars.ContextVar("request_id", default="")
 
 
+def run_loop(coroutine_function):
+    """``asyncio.run(coroutine_function())`` in a thread of its own (the suite's browser tests
+    leave an event loop running in the main thread); its result, or its exception raised here."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as runner:
+        return runner.submit(lambda: asyncio.run(coroutine_function())).result()
+
+
 def scope(path: str = "/v1/embeddings", body: bytes = b"") -> dict:
     return {"type": "http", "method": "POST", "path": path, "query_string": b"a=1", "http_version": "1.1",
             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
@@ -52,7 +61,7 @@ def serve(app, scope_, body: bytes, send=None, requests: int = 1) -> list[dict]:
         finally:
             pool.executor.shutdown()
 
-    asyncio.run(run())
+    run_loop(run)
     return sent
 
 
@@ -97,7 +106,7 @@ def test_the_thread_keeps_its_own_context_from_request_to_request_and_the_given_
             pool.executor.shutdown()
         return after
 
-    assert asyncio.run(run()) == ""  # reset once the request is done
+    assert run_loop(run) == ""  # reset once the request is done
     assert seen == [("req_1", None), ("req_2", 1)]
 
 
@@ -211,7 +220,7 @@ def test_a_call_cancelled_while_the_application_runs_closes_its_response_once_th
         release.set()
         pool.executor.shutdown(wait=True)
 
-    asyncio.run(run())
+    run_loop(run)
     assert iterable.closed_in and iterable.closed_in.startswith("WSGI") and iterable.closes == 1
 
 
@@ -237,5 +246,5 @@ def test_a_call_cancelled_before_a_thread_ran_it_closes_the_body():
         await first
         pool.executor.shutdown(wait=True)
 
-    asyncio.run(run())
+    run_loop(run)
     assert body.closed

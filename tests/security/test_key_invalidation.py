@@ -193,9 +193,51 @@ def test_key_deleted_mid_request_is_served_and_billed_to_its_project(client, cre
 
 
 @pytest.mark.django_db(transaction=True)
-def test_project_deleted_mid_request_is_401_and_billed_nowhere(client, created_key, project, monkeypatch):
+def test_project_deleted_mid_request_is_401_and_billed_nowhere(client, created_key, project, monkeypatch, settings):
+    """The record written after the encode (a request of a busy process; here forced) meets the
+    project gone."""
+    settings.EMBEDDINGS_METER_ALONGSIDE = False
     _delete_during_encoding(monkeypatch, lambda: Project.objects.filter(pk=project.pk).delete())
     response = post_embeddings(client, BODY)
     error = assert_error(response, 401, param=None, code="invalid_api_key")
     assert "deleted while the request was served" in error["message"]
     assert not UsageRecord.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_project_is_not_deleted_while_its_lone_requests_record_exists(client, created_key, project, monkeypatch):
+    """A lone request's record is written while it encodes: a delete of its project from another
+    request meanwhile is refused (usage records protect their project, as after any metered
+    request), and the request is served and billed once."""
+    import threading
+    import time
+
+    from django.db import connections
+    from django.db.models import ProtectedError
+
+    outcome = []
+
+    def delete_from_another_thread():
+        def run():
+            try:
+                deadline = time.monotonic() + 10
+                while not UsageRecord.objects.exists():  # written alongside the encode
+                    assert time.monotonic() < deadline
+                    time.sleep(0.01)
+                Project.objects.filter(pk=project.pk).delete()
+                outcome.append("deleted")
+            except ProtectedError:
+                outcome.append("protected")
+            finally:
+                connections.close_all()
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        thread.join()
+
+    _delete_during_encoding(monkeypatch, delete_from_another_thread)
+    response = post_embeddings(client, BODY)
+    assert response.status_code == 200, response.content
+    assert outcome == ["protected"]
+    record = UsageRecord.objects.get()
+    assert (record.project_id, record.total_tokens) == (project.pk, response.json()["usage"]["total_tokens"])
