@@ -97,13 +97,13 @@ def embeddings_create(*, key, body: EmbeddingsRequest, request_id: str, started_
                       api_key_id=key.key_id, model_id=model.pk, input_count=len(tokenized.token_ids),
                       prompt_tokens=tokenized.total_tokens, total_tokens=tokenized.total_tokens, user=body.user,
                       service_tier=service_tier)
-        metering = (usage_record_written_alongside(started_at=started_at, **record)
-                    if meters_alongside(tokenized.total_tokens) else contextlib.nullcontext())
-        with metering:
+        alongside = meters_alongside(tokenized.total_tokens)
+        with (usage_record_written_alongside(started_at=started_at, **record) if alongside
+              else contextlib.nullcontext()):
             with phase("encode"):
                 vectors = encode_inputs(model=model, token_ids=tokenized.token_ids, dimensions=body.dimensions,
                                         service_tier=service_tier, request_id=request_id)
-        if isinstance(metering, contextlib.nullcontext):
+        if not alongside:
             usage_record_create(  # the "metering" phase (metering.services)
                 **record, latency_ms=int((time.perf_counter() - started_at) * 1000))
     return EmbeddingsResult(vectors=vectors, model=model, total_tokens=tokenized.total_tokens,

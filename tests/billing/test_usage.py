@@ -134,25 +134,6 @@ def test_a_record_written_before_its_connection_died_is_not_written_twice(projec
     assert UsageRecord.objects.filter(request_id="req_lost_answer").count() == 1
 
 
-@pytest.mark.django_db(transaction=True)
-def test_a_failure_on_a_checked_connection_is_not_retried(project, default_model, monkeypatch):
-    """Only a kept connection's first statement of a request may be a stale one's failure."""
-    from django.db import OperationalError
-
-    connection.ensure_connection()
-    connection.health_check_done = True  # already used in this request
-    calls = []
-
-    def failing(**fields):
-        calls.append(1)
-        raise OperationalError("the database is down")
-
-    monkeypatch.setattr(UsageRecord.objects, "create", failing)
-    with pytest.raises(OperationalError):
-        usage_record_create(**_record_kwargs(project, default_model, "req_down"))
-    assert calls == [1]
-
-
 def _spy_on_record_writes(monkeypatch) -> list[str]:
     """The threads `usage_record_create` runs in, in order."""
     import threading
@@ -226,19 +207,30 @@ def test_with_meter_alongside_off_the_record_is_written_after_the_encode_on_the_
     assert UsageRecord.objects.filter(request_id=response["x-request-id"]).count() == 1
 
 
+def _connection_used_in_this_request() -> None:
+    connection.ensure_connection()
+    connection.health_check_done = True
+
+
 @pytest.mark.django_db(transaction=True)
-def test_a_failure_on_a_kept_connection_that_still_works_is_not_retried(project, default_model, monkeypatch):
-    """A statement timeout or a deadlock is no stale connection: raised, not sent again."""
+@pytest.mark.parametrize("connection_state, error", [
+    # only a kept connection's first statement of a request may be a stale one's failure
+    (_connection_used_in_this_request, "the database is down"),
+    # a statement timeout or a deadlock on a working connection is no stale connection
+    (_new_request_on_a_kept_connection, "canceling statement due to statement timeout"),
+], ids=["checked-connection", "kept-connection-that-works"])
+def test_a_failure_that_is_no_stale_connections_is_raised_not_retried(project, default_model, monkeypatch,
+                                                                      connection_state, error):
     from django.db import OperationalError
 
-    _new_request_on_a_kept_connection()
+    connection_state()
     calls = []
 
-    def timing_out(**fields):
+    def failing(**fields):
         calls.append(1)
-        raise OperationalError("canceling statement due to statement timeout")
+        raise OperationalError(error)
 
-    monkeypatch.setattr(UsageRecord.objects, "create", timing_out)
+    monkeypatch.setattr(UsageRecord.objects, "create", failing)
     with pytest.raises(OperationalError):
-        usage_record_create(**_record_kwargs(project, default_model, "req_timeout"))
+        usage_record_create(**_record_kwargs(project, default_model, "req_failing"))
     assert calls == [1]

@@ -46,6 +46,15 @@ class Iterable:
         self.closes += 1
 
 
+def answering(iterable, headers=()):
+    """A WSGI application that answers 200 with ``headers`` and ``iterable``."""
+    def app(environ, start_response):
+        start_response("200 OK", list(headers))
+        return iterable
+
+    return app
+
+
 def serve(app, scope_, body: bytes, send=None, requests: int = 1) -> list[dict]:
     """The messages sent for ``requests`` requests served one after another by one pool."""
     sent = []
@@ -118,11 +127,7 @@ def test_a_streamed_response_arrives_whole_in_parts_of_the_buffer_and_is_closed(
     part = bytes(range(256)) * 256  # 64 KiB
     iterable = Iterable([part] * 40)  # 2.5 MiB
 
-    def app(environ, start_response):
-        start_response("200 OK", [("Content-Type", "application/octet-stream")])
-        return iterable
-
-    sent = serve(app, scope(), b"")
+    sent = serve(answering(iterable, [("Content-Type", "application/octet-stream")]), scope(), b"")
     bodies = [m for m in sent if m["type"] == "http.response.body"]
     assert b"".join(m["body"] for m in bodies) == part * 40
     assert [len(m["body"]) for m in bodies] == [WSGIPool.BUFFER_BYTES, WSGIPool.BUFFER_BYTES, 512 * 1024]
@@ -132,17 +137,12 @@ def test_a_streamed_response_arrives_whole_in_parts_of_the_buffer_and_is_closed(
 
 def test_a_client_gone_mid_stream_still_closes_the_iterable():
     iterable = Iterable([b"x" * WSGIPool.BUFFER_BYTES] * 5)
-
-    def app(environ, start_response):
-        start_response("200 OK", [])
-        return iterable
-
     async def send(message):
         if message["type"] == "http.response.body":
             raise OSError("client gone")
 
     with pytest.raises(OSError, match="client gone"):
-        serve(app, scope(), b"", send=send)
+        serve(answering(iterable), scope(), b"", send=send)
     assert iterable.closed_in.startswith("WSGI")
 
 
@@ -158,13 +158,8 @@ def test_an_application_error_propagates_and_a_failing_iterable_is_closed():
             raise ValueError("bad part")
 
     iterable = Failing([])
-
-    def app(environ, start_response):
-        start_response("200 OK", [])
-        return iterable
-
     with pytest.raises(ValueError, match="bad part"):
-        serve(app, scope(), b"")
+        serve(answering(iterable), scope(), b"")
     assert iterable.closed_in.startswith("WSGI") and iterable.closes == 1
 
     class FailingLater(Iterable):  # a later part fails: closed once, by the call that read it
@@ -173,13 +168,8 @@ def test_an_application_error_propagates_and_a_failing_iterable_is_closed():
             raise ValueError("bad later part")
 
     later = FailingLater([])
-
-    def streaming_app(environ, start_response):
-        start_response("200 OK", [])
-        return later
-
     with pytest.raises(ValueError, match="bad later part"):
-        serve(streaming_app, scope(), b"")
+        serve(answering(later), scope(), b"")
     assert later.closes == 1
 
 
