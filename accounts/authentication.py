@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 from django.conf import settings
 from django.core.cache import cache
@@ -14,7 +15,7 @@ from config.errors import AuthenticationError, PermissionDeniedError
 from .models import AdminAPIKey, APIKey
 from .selectors import UNREAD, ResolvedAdminKey, ResolvedKey, admin_api_key_resolve, api_key_resolve
 from .services import admin_api_key_cache_key, api_key_cache_key, hash_key
-from .throttling import auth_failure_record, auth_failures_cache_name, auth_failures_check
+from .throttling import auth_failure_record, auth_failures_cache_key, auth_failures_cache_name, auth_failures_check
 
 # Longest plausible key; anything longer is refused before hashing.
 MAX_KEY_LENGTH = 256
@@ -60,7 +61,10 @@ class BearerKeyAuthentication(BaseAuthentication):
 
     def authenticate(self, request):
         """The address's failures and the key's cache entry are read in one round trip
-        (``cache.get_many``), then the throttle is checked (429 before any lookup), then the key."""
+        (``cache.get_many``), then the throttle is checked (429 before any lookup), then the key.
+        ``self.entry_stored``: the bytes the key's cache entry is stored as after this (None when
+        the cache cannot say), for `APIKeyAuthentication`'s memory of keys."""
+        self.entry_stored = None
         header = get_authorization_header(request).split()
         if not header:
             return None
@@ -71,15 +75,24 @@ class BearerKeyAuthentication(BaseAuthentication):
         except AuthenticationError as exc:
             malformed = exc  # raised below, once the throttle has had its say
         names = [auth_failures_cache_name(address), *([self.cache_key(plaintext)] if plaintext else [])]
-        fetched = cache.get_many(names)  # a Redis that is down reads as nothing (IGNORE_EXCEPTIONS)
-        auth_failures_check(address=address, count=int(fetched.get(names[0]) or 0))  # 429 past the limit
+        get_many_stored = getattr(cache, "get_many_stored", None)
+        if get_many_stored is not None:  # a Redis that is down reads as nothing (IGNORE_EXCEPTIONS)
+            fetched = get_many_stored(names)
+        else:  # another cache backend: values only
+            fetched = {name: (value, None) for name, value in cache.get_many(names).items()}
+        auth_failures_check(address=address, count=int(fetched.get(names[0], (0,))[0] or 0))  # 429 past the limit
         try:
             if malformed is not None:
                 raise malformed
-            return self._authenticate(plaintext, cached=fetched.get(names[-1]))
+            cached, stored = fetched.get(names[-1], (None, None))
+            result = self._authenticate(plaintext, cached=cached)
         except AuthenticationError:
             auth_failure_record(address=address)
             raise
+        if get_many_stored is not None:
+            # read as stored, or just written by the lookup (`accounts.selectors._cached_resolve`)
+            self.entry_stored = stored if cached is not None else cache.stored_bytes(result[0])
+        return result
 
     def _plaintext(self, header: list[bytes]) -> str:
         """The key of an ``Authorization`` header split in words; `AuthenticationError` for another
@@ -136,6 +149,56 @@ class APIKeyAuthentication(BearerKeyAuthentication):
     model = APIKey
     used_cache_prefix = "apikey:used"
 
+    def __init__(self, *, remember: bool = False):
+        self.remember = remember
+
+    def authenticate(self, request):
+        """As `BearerKeyAuthentication.authenticate`; with ``remember`` (``POST /v1/embeddings``,
+        whose requests are all admitted), a key resolved in the last ``API_KEY_CACHE_SECONDS`` is
+        taken from this process's memory, with no round trip, and ``request.key_confirmation`` (a
+        `KeyConfirmation`) is what the admission round trip then checks (issue 12: key resolution
+        from a process-local cache whose validity is checked inside the single admission round
+        trip); it is None otherwise.
+
+        Nothing is weaker than a round trip: every change that invalidates a key deletes its cache
+        entry (`accounts.services.api_key_cache_invalidate`), so a revoked, expired, archived or
+        re-scoped key, and a client address over its failure limit, fail the confirmation; the view
+        (`embeddings.views.EmbeddingsView`) then authenticates the request with a round trip
+        (`key_confirm`: 401, 429, or the key as it is now) and serves it again. A request refused
+        before admission (400, 403, 404) is confirmed the same way before it is answered, so its
+        answer is the one a round trip would have given. A key not remembered, or remembered too
+        long ago, and keys that cannot be remembered (`_remembering`): the round trip."""
+        request.key_confirmation = None
+        if not (self.remember and _remembering()):
+            return super().authenticate(request)
+        header = get_authorization_header(request).split()
+        remembered = name = None
+        if len(header) == 2 and header[0].lower() in self.keywords and len(header[1]) <= MAX_KEY_LENGTH:
+            try:
+                name = self.cache_key(header[1].decode("ascii"))
+            except UnicodeDecodeError:
+                pass
+            else:
+                remembered = _remembered.get(name)
+        now = time.monotonic()
+        if remembered is not None and remembered.until > now:
+            resolved = remembered.resolved
+            if resolved.expires_at is None or resolved.expires_at > timezone.now():
+                request.key_confirmation = KeyConfirmation(
+                    entry_key=str(cache.make_key(name)), entry=remembered.entry,
+                    failures_key=auth_failures_cache_key(client_ip(request)),
+                    failures_limit=settings.API_AUTH_FAILURE_LIMIT)
+                self._note_used(resolved.key_id, resolved.key_public_id, timezone.now())
+                return resolved, resolved
+        if name is not None:
+            _remembered.pop(name, None)
+        result = super().authenticate(request)
+        if result is not None and self.entry_stored is not None:
+            if len(_remembered) >= _REMEMBERED_MAX_KEYS:
+                _remembered.clear()
+            _remembered[name] = _Remembered(result[0], self.entry_stored, now + settings.API_KEY_CACHE_SECONDS)
+        return result
+
     def cache_key(self, plaintext: str) -> str:
         return api_key_cache_key(hash_key(plaintext))
 
@@ -152,6 +215,63 @@ class APIKeyAuthentication(BearerKeyAuthentication):
     def check(self, resolved: ResolvedKey, plaintext: str) -> None:
         if resolved.project_archived_at is not None:
             raise AuthenticationError(f"The project of API key {mask_key(plaintext)} has been archived.")
+
+
+@dataclass(frozen=True)
+class KeyConfirmation:
+    """What confirms a key `APIKeyAuthentication` took from its process's memory, checked
+    atomically in the request's admission round trip (`limits.admission.admission_reserve`): the
+    key's cache entry must still be stored as ``entry`` (bytes) under ``entry_key``, and the
+    client address's failed authentications under ``failures_key`` must be fewer than
+    ``failures_limit`` (Redis keys with the cache's prefix)."""
+
+    entry_key: str
+    entry: bytes
+    failures_key: str
+    failures_limit: int
+
+
+@dataclass(frozen=True)
+class _Remembered:
+    resolved: ResolvedKey
+    entry: bytes  # its cache entry's bytes when this process read or wrote it
+    until: float  # time.monotonic() s
+
+
+# Cache key name -> a project key this process authenticated from the cache or the database.
+_remembered: dict[str, _Remembered] = {}
+_REMEMBERED_MAX_KEYS = 10_000  # bound on this process's memory of them
+
+
+def _remembering() -> bool:
+    """Whether keys may be remembered: resolved keys are cached (``API_KEY_CACHE_SECONDS`` > 0) in the
+    Redis the admission store runs on (``ADMISSION_REDIS_URL`` is the cache's one ``LOCATION``),
+    through a cache that can tell how an entry is stored (`config.cache.RedisCache`)."""
+    location = settings.CACHES["default"].get("LOCATION")
+    return (settings.API_KEY_CACHE_SECONDS > 0 and isinstance(location, str)
+            and location == settings.ADMISSION_REDIS_URL and hasattr(cache, "get_many_stored"))
+
+
+def key_confirm(request) -> bool:
+    """Authenticate ``request`` (a DRF request `APIKeyAuthentication` served from memory,
+    not yet confirmed) as `APIKeyAuthentication` does: its errors (401 ``invalid_api_key``, 429
+    ``too_many_failed_authentications``, 403) are raised. Sets ``request.user``/``request.auth``
+    to the key as it is now and clears ``request.key_confirmation``; whether the key changed
+    (another `ResolvedKey`: what the request was checked against is out of date)."""
+    request.key_confirmation = None
+    authenticator = APIKeyAuthentication(remember=True)
+    _remembered.pop(authenticator.cache_key(_bearer(request)), None)
+    resolved, _ = authenticator.authenticate(request)
+    request.key_confirmation = None  # a round trip confirmed it
+    changed = resolved != request.auth
+    if changed:
+        request.user, request.auth = resolved, resolved
+    return changed
+
+
+def _bearer(request) -> str:
+    """The key of a request `APIKeyAuthentication` authenticated from memory."""
+    return get_authorization_header(request).split()[1].decode("ascii")
 
 
 class AdminAPIKeyAuthentication(BearerKeyAuthentication):

@@ -12,7 +12,9 @@ let a guesser go on). The address is `config.client_address.client_ip`; IPv6 cli
 
 Cost: none of its own per authenticated request: the count is read in the round trip that reads
 the key's cache entry (`accounts.authentication.BearerKeyAuthentication`: one ``MGET``), before
-the key is looked at; plus one pipelined INCR + TTL round trip on the failure path only. Redis
+the key is looked at, or, for a key an embeddings request takes from its process's memory, in the
+admission round trip that confirms it (`accounts.authentication.KeyConfirmation`), before
+anything is reserved; plus one pipelined INCR + TTL round trip on the failure path only. Redis
 unreachable: the throttle lets requests through (authentication still works from the database)
 and the outage is logged by `config.redis_outage`.
 """

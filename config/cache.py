@@ -9,6 +9,7 @@ outage is logged once when it starts and once when it ends, with counts.
 from __future__ import annotations
 
 from django_redis.cache import RedisCache as DjangoRedisCache
+from django_redis.client.default import _main_exceptions
 from django_redis.exceptions import ConnectionInterrupted
 
 from .redis_outage import OutageLog, redis_outage_for
@@ -56,3 +57,26 @@ class RedisCache(DjangoRedisCache):
             server = self._server if isinstance(self._server, str) else self._server[0]
             self._reporting = _ReportingClient(super().client, redis_outage_for(server.split(",")[0]))
         return self._reporting
+
+    def get_many_stored(self, names) -> dict[str, tuple[object, bytes]]:
+        """``get_many`` (one ``MGET``) that also returns what each value is stored as:
+        ``{name: (value, stored bytes)}`` for the ``names`` found. The bytes are what a Lua script
+        compares to learn whether an entry is still the one read (`accounts.authentication`).
+        Redis unreachable: ``{}`` with ``IGNORE_EXCEPTIONS`` (a miss, as ``get_many``), else the
+        Redis error; reported to the server's outage log either way."""
+        client = self.client
+        stored_as = {client.make_key(name): name for name in names}
+        try:
+            values = client.get_client(write=False).mget(*stored_as)
+        except _main_exceptions as exc:
+            client._outage.failed("cache", exc)
+            if self._ignore_exceptions:
+                return {}
+            raise
+        client._outage.succeeded()
+        return {stored_as[key]: (client.decode(value), value)
+                for key, value in zip(stored_as, values) if value is not None}
+
+    def stored_bytes(self, value) -> bytes:
+        """The bytes ``value`` is stored as by ``set`` (django-redis' serializer and compressor)."""
+        return self.client.encode(value)

@@ -60,7 +60,8 @@ class EmbeddingsResult:
 
 
 def embeddings_create(*, key, body: EmbeddingsRequest, request_id: str, started_at: float,
-                      on_admitted: Callable[[object], None] | None = None) -> EmbeddingsResult:
+                      on_admitted: Callable[[object], None] | None = None,
+                      key_confirmation=None) -> EmbeddingsResult:
     """Serve one embeddings request for the API key ``key`` (an `accounts.selectors.ResolvedKey`).
 
     1. resolve the model, check that the key may use it (its project's and its own allowlists) and
@@ -71,6 +72,8 @@ def embeddings_create(*, key, body: EmbeddingsRequest, request_id: str, started_
     on the workers; 5. meter one usage record (``started_at``: ``time.perf_counter()`` at
     arrival, for the latency), after the encode or, for a lone small request, while it encodes
     (`meters_alongside`). A failure after admission refunds the reservation (and bills nothing).
+    ``key_confirmation``: the `accounts.authentication.KeyConfirmation` of a key taken from the
+    process's memory, checked in admission's round trip (`limits.admission.KeyUnconfirmed`).
 
     Raises: `config.errors.NotFoundError` (unknown model); `config.exceptions.ModelNotAllowed` (a
     model outside the key's allowlists, before any tokenization); `config.exceptions.InvalidInput`
@@ -89,7 +92,7 @@ def embeddings_create(*, key, body: EmbeddingsRequest, request_id: str, started_
         tokenized = tokenize_inputs(request=body, model=model)
     with phase("admission"):
         reservation = admission_reserve(key=key, tokens=tokenized.total_tokens, service_tier=service_tier,
-                                        model=model.name)
+                                        model=model.name, key_confirmation=key_confirmation)
     with reservation:  # an exception from here on refunds the reservation (and propagates)
         if on_admitted is not None:
             on_admitted(reservation)

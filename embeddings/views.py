@@ -13,6 +13,8 @@ from drf_spectacular.utils import extend_schema
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts.authentication import APIKeyAuthentication, key_confirm
+from limits.admission import KeyUnconfirmed
 from limits.api import RateLimitHeadersMixin
 from config.errors import NotFoundError, PermissionDeniedError
 from config.logs import log_context_update
@@ -87,7 +89,17 @@ def embeddings_request(request) -> EmbeddingsRequest:
 
 
 class EmbeddingsView(RateLimitHeadersMixin, APIView):
-    """``POST /v1/embeddings``: OpenAI's embeddings endpoint (DRF authenticated the key first)."""
+    """``POST /v1/embeddings``: OpenAI's embeddings endpoint (DRF authenticated the key first).
+
+    The key may come from the process's memory (`APIKeyAuthentication` with ``remember``), confirmed by
+    the admission round trip. Whatever stops a request before its admission confirmed the key (the
+    confirmation failing, or a refusal: 400, 403, 404) makes the view authenticate the request
+    with a round trip first (`accounts.authentication.key_confirm`): its 401 or 429 is the answer
+    then; a key that changed but is still valid is served again, once, as it is now; else the
+    refusal stands."""
+
+    def get_authenticators(self):
+        return [APIKeyAuthentication(remember=True)]
 
     def perform_authentication(self, request):
         with phase("auth"):
@@ -100,12 +112,25 @@ class EmbeddingsView(RateLimitHeadersMixin, APIView):
         description="OpenAI-compatible: returns one embedding per input, in input order.",
     )
     def post(self, request):
+        try:
+            return self._post(request)
+        except Exception as exc:
+            if getattr(request, "key_confirmation", None) is None or getattr(request, "reservation", None):
+                raise  # a key authenticated with a round trip, or confirmed by its admission
+            with phase("auth"):
+                changed = key_confirm(request)  # raises the 401/429 the request gets instead
+            if not (changed or isinstance(exc, KeyUnconfirmed)):
+                raise
+        return self._post(request)
+
+    def _post(self, request):
         with phase("validation"):
             body = embeddings_request(request)
         log_context_update(model=body.model)
         result = services.embeddings_create(key=request.auth, body=body, request_id=request.request_id,
                                             started_at=request.started_at,
-                                            on_admitted=partial(setattr, request, "reservation"))
+                                            on_admitted=partial(setattr, request, "reservation"),
+                                            key_confirmation=getattr(request, "key_confirmation", None))
         embeddings_served(model=result.model.name, service_tier=result.service_tier, inputs=len(result.vectors),
                           tokens=result.total_tokens)
         return Response(services.embeddings_response(result=result, encoding_format=body.encoding_format))

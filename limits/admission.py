@@ -37,6 +37,11 @@ sets a new *limits version* in the store, and each reservation passes the versio
 were read under: the script refuses (``stale``) when it is not current, so a change applies to
 the very next request in every process without a cache lookup per request.
 
+The same call confirms a key its process took from memory (``confirm-reserve``;
+`accounts.authentication.APIKeyAuthentication` with ``remember``): nothing is reserved, and
+`KeyUnconfirmed` raised, unless the key's cache entry is still the one the process read and its
+client address is under its failed-authentication limit.
+
 Redis down: ``ADMISSION_REDIS_DOWN_POLICY`` = ``closed`` (default: 503 with
 ``Retry-After``) or ``open`` (admit without limits, log a warning). Never a 500.
 """
@@ -223,12 +228,24 @@ def _rebuild_missing(backend, checks: list[Check], month_start: datetime, month_
                 logger.info("Rebuilt monthly counter %s from the usage tables: %s tokens", check.key, used)
 
 
-def admission_reserve(*, key, tokens: int, service_tier: str, model: str = "") -> Reservation:
+class KeyUnconfirmed(Exception):
+    """`admission_reserve` could not confirm the key it was given as taken from a process's memory
+    (its ``key_confirmation``): the key changed, its client address is over its failed-authentication
+    limit, or the store is unreachable. Nothing was reserved; the caller authenticates the request
+    with a round trip and tries again (`embeddings.views.EmbeddingsView`)."""
+
+
+def admission_reserve(*, key, tokens: int, service_tier: str, model: str = "",
+                      key_confirmation=None) -> Reservation:
     """Reserve ``tokens`` (the request's exact token count) and one request against every limit
     that applies to ``key`` (an `accounts.selectors.ResolvedKey`) and ``model`` (the canonical name
     of the requested model: its project's limits for that model apply too), atomically.
 
+    ``key_confirmation``: an `accounts.authentication.KeyConfirmation` when ``key`` was taken from
+    the process's memory; the same round trip then checks it first (raises `KeyUnconfirmed`).
+
     Raises:
+        KeyUnconfirmed: ``key_confirmation`` failed, or the store is down while one was given.
         RateLimitError: 429 ``insufficient_quota`` (monthly quota; type ``insufficient_quota``)
             or ``rate_limit_exceeded`` (RPM: type ``requests``; TPM: type ``tokens``), with
             ``Retry-After`` (seconds) / ``retry-after-ms`` and the ``x-ratelimit-*`` headers.
@@ -246,7 +263,15 @@ def admission_reserve(*, key, tokens: int, service_tier: str, model: str = "") -
                                             month_start=month_start)
             checks = monthly + buckets
             keys = [c.key for c in checks] + ([limits_version_key()] if version else [])
-            result = backend.run("reserve", keys, len(monthly), _args(checks, [""] * len(checks)), version)
+            args = _args(checks, [""] * len(checks))
+            op = "reserve"
+            if key_confirmation is not None:
+                op = "confirm-reserve"
+                keys += [key_confirmation.entry_key, key_confirmation.failures_key]
+                args += [key_confirmation.entry, key_confirmation.failures_limit]
+            result = backend.run(op, keys, len(monthly), args, version)
+            if result[0] == "unconfirmed":
+                raise KeyUnconfirmed()
             if result[0] == "stale":  # limits changed since this process read them
                 _limits_cache.reset(result[1])
             elif result[0] == "missing":
@@ -256,6 +281,8 @@ def admission_reserve(*, key, tokens: int, service_tier: str, model: str = "") -
         else:
             raise AdmissionUnavailable("limits or monthly counters kept changing")
     except AdmissionUnavailable as exc:
+        if key_confirmation is not None:  # no store to confirm the key: authenticate it first
+            raise KeyUnconfirmed() from exc
         monthly, buckets = build_checks(applied=limits_for_key(key=key, model=model), tokens=tokens,
                                         service_tier=service_tier, month_start=month_start)
         if settings.ADMISSION_REDIS_DOWN_POLICY == "open":

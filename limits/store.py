@@ -23,7 +23,7 @@ MAX_REBUILD_ROUNDS = 5
 ADMISSION_LUA = r"""
 -- KEYS: the monthly counter hashes first (ARGV[2] of them), then the token-bucket hashes,
 -- then (reserve with a limits version, and version/bump) the limits-version key.
--- ARGV[1] op: reserve | refund | settle | init | reconcile | version | bump
+-- ARGV[1] op: reserve | confirm-reserve | refund | settle | init | reconcile | version | bump
 -- ARGV[2] number of monthly keys, ARGV[3] bucket period (ms), ARGV[4] the limits version the
 -- caller's cached limits belong to ('' = limits read from the database now: no check);
 -- then 3 values per key: limit (-1 = none), cost (or db sum), extra (generation / expiry ms / s0).
@@ -34,6 +34,19 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 local function arg(i, j) return ARGV[4 + (i - 1) * 3 + j] end
 local nk = #KEYS
+
+if op == 'confirm-reserve' then
+  -- A reserve for a key its process authenticated from memory: the last two KEYS are the key's
+  -- cache entry and its client address's failed-authentication counter, the last two ARGV the
+  -- entry's bytes as that process knows them and the failure limit. An entry deleted (every
+  -- change to a key deletes it) or rewritten, or an address at its limit: nothing is reserved.
+  local failures = tonumber(redis.call('GET', KEYS[nk]) or '0') or 0
+  if failures >= tonumber(ARGV[#ARGV]) or redis.call('GET', KEYS[nk - 1]) ~= ARGV[#ARGV - 1] then
+    return {'unconfirmed'}
+  end
+  op = 'reserve'
+  nk = nk - 2
+end
 
 if op == 'version' or op == 'bump' or (op == 'reserve' and ARGV[4] ~= '') then
   -- Limits are cached per process under this version; any change sets a new one, so a

@@ -33,11 +33,13 @@ def _fresh_caches():
     """Each test starts with an empty Redis cache and this process's model list forgotten.
     Worker heartbeats survive the flush: they are facts about processes outside the test (a
     worker that serves a module's tests), and the API refuses work when none is alive."""
+    from accounts.authentication import _remembered
     from embeddings.selectors import embedding_models_cache_clear
     from limits.admission import _rpm_full_until
 
     _clear_keeping_heartbeats()
     _rpm_full_until.clear()  # what this process knew of the flushed RPM buckets
+    _remembered.clear()  # the keys this process resolved (their cache entries are flushed)
     embedding_models_cache_clear()
     yield
     embedding_models_cache_clear()
