@@ -118,6 +118,21 @@ class RawJSONField(serializers.JSONField):
     def to_internal_value(self, data):
         return data
 
+    def __deepcopy__(self, memo):
+        """DRF's copy (a serializer copies its declared fields for each instance: each request)
+        without copying ``schema``, a constant nested dict: ~40% of the request serializer's
+        instantiation on 2 cores."""
+        schema = self._kwargs.pop("schema", None)
+        try:
+            field = super().__deepcopy__(memo)
+        finally:
+            if schema is not None:
+                self._kwargs["schema"] = schema
+        if schema is not None:
+            field._kwargs["schema"] = schema
+            set_override(field, "field", schema)
+        return field
+
 
 _TOKEN_IDS = {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1}
 
