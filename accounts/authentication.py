@@ -62,8 +62,8 @@ class BearerKeyAuthentication(BaseAuthentication):
     def authenticate(self, request):
         """The address's failures and the key's cache entry are read in one round trip
         (``cache.get_many``), then the throttle is checked (429 before any lookup), then the key.
-        ``self.entry_stored``: the bytes the key's cache entry is stored as after this (None when
-        the cache cannot say), for `APIKeyAuthentication`'s memory of keys."""
+        ``self.entry_stored``: the bytes of the key's cache entry as read (None when it was not read
+        from the cache), for `APIKeyAuthentication`'s memory of keys."""
         self.entry_stored = None
         header = get_authorization_header(request).split()
         if not header:
@@ -89,9 +89,7 @@ class BearerKeyAuthentication(BaseAuthentication):
         except AuthenticationError:
             auth_failure_record(address=address)
             raise
-        if get_many_stored is not None:
-            # read as stored, or just written by the lookup (`accounts.selectors._cached_resolve`)
-            self.entry_stored = stored if cached is not None else cache.stored_bytes(result[0])
+        self.entry_stored = stored  # None unless read from the cache
         return result
 
     def _plaintext(self, header: list[bytes]) -> str:
@@ -154,50 +152,63 @@ class APIKeyAuthentication(BearerKeyAuthentication):
 
     def authenticate(self, request):
         """As `BearerKeyAuthentication.authenticate`; with ``remember`` (``POST /v1/embeddings``,
-        whose requests are all admitted), a key resolved in the last ``API_KEY_CACHE_SECONDS`` is
-        taken from this process's memory, with no round trip, and ``request.key_confirmation`` (a
-        `KeyConfirmation`) is what the admission round trip then checks (issue 12: key resolution
-        from a process-local cache whose validity is checked inside the single admission round
-        trip); it is None otherwise.
+        whose requests are all admitted), a key this process read from the cache in the last
+        ``API_KEY_CACHE_SECONDS`` is taken from its memory, with no round trip, and
+        ``request.key_confirmation`` (a `KeyConfirmation`) is what the admission round trip then
+        checks (issue 12: key resolution from a process-local cache whose validity is checked
+        inside the single admission round trip); it is None otherwise.
 
         Nothing is weaker than a round trip: every change that invalidates a key deletes its cache
-        entry (`accounts.services.api_key_cache_invalidate`), so a revoked, expired, archived or
-        re-scoped key, and a client address over its failure limit, fail the confirmation; the view
-        (`embeddings.views.EmbeddingsView`) then authenticates the request with a round trip
-        (`key_confirm`: 401, 429, or the key as it is now) and serves it again. A request refused
-        before admission (400, 403, 404) is confirmed the same way before it is answered, so its
-        answer is the one a round trip would have given. A key not remembered, or remembered too
-        long ago, and keys that cannot be remembered (`_remembering`): the round trip."""
+        entry (`accounts.services.api_key_cache_invalidate`; a new lookup writes it anew), so a
+        revoked, expired, archived or re-scoped key, and a client address at its failure limit,
+        fail the confirmation; the view (`embeddings.views.EmbeddingsView`) then authenticates the
+        request with a round trip (`key_confirm`: 401, 429, or the key as it is now). A request
+        refused before admission (400, 403, 404) is confirmed the same way before it is answered.
+        The round trip instead: for a key not remembered or remembered too long ago, a method other
+        than POST, a request due to write the key's ``last_used_at``, and where keys cannot be
+        remembered (`_remembering`). Only a key read from the cache is remembered (a lookup's
+        write may not have reached Redis)."""
         request.key_confirmation = None
-        if not (self.remember and _remembering()):
+        if not (self.remember and request.method == "POST" and _remembering()):
             return super().authenticate(request)
         header = get_authorization_header(request).split()
-        remembered = name = None
+        name = None
         if len(header) == 2 and header[0].lower() in self.keywords and len(header[1]) <= MAX_KEY_LENGTH:
             try:
                 name = self.cache_key(header[1].decode("ascii"))
             except UnicodeDecodeError:
                 pass
-            else:
-                remembered = _remembered.get(name)
+        remembered = _remembered.get(name) if name is not None else None
         now = time.monotonic()
-        if remembered is not None and remembered.until > now:
+        if remembered is not None and remembered.until > now and not self._used_due(remembered.resolved, now):
             resolved = remembered.resolved
             if resolved.expires_at is None or resolved.expires_at > timezone.now():
                 request.key_confirmation = KeyConfirmation(
                     entry_key=str(cache.make_key(name)), entry=remembered.entry,
                     failures_key=auth_failures_cache_key(client_ip(request)),
                     failures_limit=settings.API_AUTH_FAILURE_LIMIT)
-                self._note_used(resolved.key_id, resolved.key_public_id, timezone.now())
                 return resolved, resolved
+        return self.round_trip(request, name)
+
+    def round_trip(self, request, name: str | None):
+        """`BearerKeyAuthentication.authenticate` (raises its errors), remembering the key under
+        ``name`` (its cache key name) when it was read from the cache, forgetting it otherwise."""
+        now = time.monotonic()
         if name is not None:
             _remembered.pop(name, None)
-        result = super().authenticate(request)
-        if result is not None and self.entry_stored is not None:
+        result = BearerKeyAuthentication.authenticate(self, request)
+        if name is not None and result is not None and self.entry_stored is not None:
             if len(_remembered) >= _REMEMBERED_MAX_KEYS:
                 _remembered.clear()
             _remembered[name] = _Remembered(result[0], self.entry_stored, now + settings.API_KEY_CACHE_SECONDS)
         return result
+
+    @staticmethod
+    def _used_due(resolved, now: float) -> bool:
+        """Whether this process would ask Redis whether to write ``resolved``'s ``last_used_at``
+        (`_note_used`): then the request takes the round trip, so only a confirmed key is noted."""
+        tried = _used_tried.get(resolved.key_public_id)
+        return tried is None or now - tried >= settings.API_KEY_LAST_USED_WRITE_SECONDS
 
     def cache_key(self, plaintext: str) -> str:
         return api_key_cache_key(hash_key(plaintext))
@@ -252,26 +263,26 @@ def _remembering() -> bool:
             and location == settings.ADMISSION_REDIS_URL and hasattr(cache, "get_many_stored"))
 
 
+class KeyChanged(Exception):
+    """A request's key, taken from memory, turned out changed but valid when confirmed with a round
+    trip (`key_confirm`): what the request was checked against is out of date, so it is served again
+    from the start with the key as it is now (`embeddings.views.EmbeddingsView`)."""
+
+
 def key_confirm(request) -> bool:
-    """Authenticate ``request`` (a DRF request `APIKeyAuthentication` served from memory,
-    not yet confirmed) as `APIKeyAuthentication` does: its errors (401 ``invalid_api_key``, 429
-    ``too_many_failed_authentications``, 403) are raised. Sets ``request.user``/``request.auth``
-    to the key as it is now and clears ``request.key_confirmation``; whether the key changed
+    """Authenticate ``request`` (a DRF request whose key `APIKeyAuthentication` took from memory)
+    with the round trip, as `APIKeyAuthentication` does: its errors (401 ``invalid_api_key``, 429
+    ``too_many_failed_authentications``) are raised. Sets ``request.user``/``request.auth`` to the
+    key as it is now and clears ``request.key_confirmation``; returns whether the key changed
     (another `ResolvedKey`: what the request was checked against is out of date)."""
     request.key_confirmation = None
     authenticator = APIKeyAuthentication(remember=True)
-    _remembered.pop(authenticator.cache_key(_bearer(request)), None)
-    resolved, _ = authenticator.authenticate(request)
-    request.key_confirmation = None  # a round trip confirmed it
+    header = get_authorization_header(request).split()
+    resolved, _ = authenticator.round_trip(request, authenticator.cache_key(header[1].decode("ascii")))
     changed = resolved != request.auth
     if changed:
         request.user, request.auth = resolved, resolved
     return changed
-
-
-def _bearer(request) -> str:
-    """The key of a request `APIKeyAuthentication` authenticated from memory."""
-    return get_authorization_header(request).split()[1].decode("ascii")
 
 
 class AdminAPIKeyAuthentication(BearerKeyAuthentication):

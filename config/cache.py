@@ -76,7 +76,3 @@ class RedisCache(DjangoRedisCache):
         client._outage.succeeded()
         return {stored_as[key]: (client.decode(value), value)
                 for key, value in zip(stored_as, values) if value is not None}
-
-    def stored_bytes(self, value) -> bytes:
-        """The bytes ``value`` is stored as by ``set`` (django-redis' serializer and compressor)."""
-        return self.client.encode(value)

@@ -150,6 +150,15 @@ def phases_start() -> tuple[PhaseTimer, contextvars.Token]:
     return timer, _phases.set(timer)
 
 
+def phases_rerun() -> None:
+    """The request being served runs again from the start (`embeddings.views.EmbeddingsView`: its
+    key changed): a phase that raised in the first run no longer counts as failed; the seconds of
+    both runs stay counted (they were spent)."""
+    timer = _phases.get()
+    if timer is not None:
+        timer.failed = None
+
+
 def phases_end(token: contextvars.Token) -> None:
     _phases.reset(token)
 

@@ -23,7 +23,7 @@ import numpy as np
 from django.conf import settings
 from django.db import transaction
 
-from limits.admission import admission_precheck, admission_reserve
+from limits.admission import KeyUnconfirmed, admission_precheck, admission_reserve
 from metering.services import usage_record_create, usage_record_written_alongside
 
 from config.errors import NotFoundError
@@ -61,7 +61,7 @@ class EmbeddingsResult:
 
 def embeddings_create(*, key, body: EmbeddingsRequest, request_id: str, started_at: float,
                       on_admitted: Callable[[object], None] | None = None,
-                      key_confirmation=None) -> EmbeddingsResult:
+                      key_confirmation=None, key_reconfirm: Callable[[], None] | None = None) -> EmbeddingsResult:
     """Serve one embeddings request for the API key ``key`` (an `accounts.selectors.ResolvedKey`).
 
     1. resolve the model, check that the key may use it (its project's and its own allowlists) and
@@ -73,7 +73,9 @@ def embeddings_create(*, key, body: EmbeddingsRequest, request_id: str, started_
     arrival, for the latency), after the encode or, for a lone small request, while it encodes
     (`meters_alongside`). A failure after admission refunds the reservation (and bills nothing).
     ``key_confirmation``: the `accounts.authentication.KeyConfirmation` of a key taken from the
-    process's memory, checked in admission's round trip (`limits.admission.KeyUnconfirmed`).
+    process's memory, checked in admission's round trip; when it fails
+    (`limits.admission.KeyUnconfirmed`), ``key_reconfirm()`` authenticates the key with a round trip
+    (raising what the request gets instead) and admission runs again without it.
 
     Raises: `config.errors.NotFoundError` (unknown model); `config.exceptions.ModelNotAllowed` (a
     model outside the key's allowlists, before any tokenization); `config.exceptions.InvalidInput`
@@ -91,8 +93,15 @@ def embeddings_create(*, key, body: EmbeddingsRequest, request_id: str, started_
     with phase("tokenization"):
         tokenized = tokenize_inputs(request=body, model=model)
     with phase("admission"):
-        reservation = admission_reserve(key=key, tokens=tokenized.total_tokens, service_tier=service_tier,
-                                        model=model.name, key_confirmation=key_confirmation)
+        try:
+            reservation = admission_reserve(key=key, tokens=tokenized.total_tokens, service_tier=service_tier,
+                                            model=model.name, key_confirmation=key_confirmation)
+        except KeyUnconfirmed:
+            if key_reconfirm is None:
+                raise
+            key_reconfirm()
+            reservation = admission_reserve(key=key, tokens=tokenized.total_tokens, service_tier=service_tier,
+                                            model=model.name)
     with reservation:  # an exception from here on refunds the reservation (and propagates)
         if on_admitted is not None:
             on_admitted(reservation)

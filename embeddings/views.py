@@ -10,15 +10,15 @@ import re
 from functools import partial
 
 from drf_spectacular.utils import extend_schema
+from rest_framework.exceptions import ParseError, UnsupportedMediaType
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.authentication import APIKeyAuthentication, key_confirm
-from limits.admission import KeyUnconfirmed
+from accounts.authentication import APIKeyAuthentication, KeyChanged, key_confirm
 from limits.api import RateLimitHeadersMixin
 from config.errors import NotFoundError, PermissionDeniedError
 from config.logs import log_context_update
-from config.metrics import embeddings_served, phase
+from config.metrics import embeddings_served, phase, phases_rerun
 from config.schema import error_responses
 
 from . import services
@@ -95,8 +95,10 @@ class EmbeddingsView(RateLimitHeadersMixin, APIView):
     the admission round trip. Whatever stops a request before its admission confirmed the key (the
     confirmation failing, or a refusal: 400, 403, 404) makes the view authenticate the request
     with a round trip first (`accounts.authentication.key_confirm`): its 401 or 429 is the answer
-    then; a key that changed but is still valid is served again, once, as it is now; else the
-    refusal stands."""
+    then; a key that changed but is still valid has the request served again, once, from the
+    start, as the key is now (a body that could not be parsed excepted: refused whatever the key);
+    an unchanged key has admission run again (the confirmation failing: its cache entry had
+    expired) or the refusal stand."""
 
     def get_authenticators(self):
         return [APIKeyAuthentication(remember=True)]
@@ -114,14 +116,24 @@ class EmbeddingsView(RateLimitHeadersMixin, APIView):
     def post(self, request):
         try:
             return self._post(request)
+        except KeyChanged:
+            pass
         except Exception as exc:
             if getattr(request, "key_confirmation", None) is None or getattr(request, "reservation", None):
                 raise  # a key authenticated with a round trip, or confirmed by its admission
             with phase("auth"):
                 changed = key_confirm(request)  # raises the 401/429 the request gets instead
-            if not (changed or isinstance(exc, KeyUnconfirmed)):
-                raise
+            if not changed or isinstance(exc, (ParseError, UnsupportedMediaType)):
+                raise  # (a body that could not be read is refused whatever the key)
+        phases_rerun()
         return self._post(request)
+
+    @staticmethod
+    def _reconfirm(request) -> None:
+        """Admission could not confirm the key taken from memory: authenticate it with a round trip
+        (its 401/429 raised), and have the request served again if the key changed."""
+        if key_confirm(request):
+            raise KeyChanged()
 
     def _post(self, request):
         with phase("validation"):
@@ -130,7 +142,8 @@ class EmbeddingsView(RateLimitHeadersMixin, APIView):
         result = services.embeddings_create(key=request.auth, body=body, request_id=request.request_id,
                                             started_at=request.started_at,
                                             on_admitted=partial(setattr, request, "reservation"),
-                                            key_confirmation=getattr(request, "key_confirmation", None))
+                                            key_confirmation=getattr(request, "key_confirmation", None),
+                                            key_reconfirm=partial(self._reconfirm, request))
         embeddings_served(model=result.model.name, service_tier=result.service_tier, inputs=len(result.vectors),
                           tokens=result.total_tokens)
         return Response(services.embeddings_response(result=result, encoding_format=body.encoding_format))

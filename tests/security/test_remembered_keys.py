@@ -41,9 +41,11 @@ def cache_reads(monkeypatch) -> list:
 
 @pytest.fixture
 def remembered(client, cache_reads):
-    """``client``'s key, remembered by this process: a first request read it from the cache."""
-    assert post_embeddings(client, BODY).status_code == 200
-    assert len(cache_reads) == 1
+    """``client``'s key, remembered by this process: a first request looked it up and wrote its cache
+    entry, a second read it from the cache (only a key read from the cache is remembered)."""
+    for reads in (1, 2):
+        assert post_embeddings(client, BODY).status_code == 200
+        assert len(cache_reads) == reads
     cache_reads.clear()
     return client
 
@@ -62,22 +64,42 @@ def test_a_remembered_key_is_served_without_a_cache_read(remembered, cache_reads
         assert response.status_code == 200, response.content
         assert response["x-ratelimit-limit-requests"]
     assert cache_reads == []
-    assert UsageRecord.objects.count() == 4
+    assert UsageRecord.objects.count() == 5
 
 
 def test_a_revoked_key_is_refused_on_the_next_request(remembered, created_key):
     api_key_revoke(api_key=created_key.api_key)
     error = assert_error(post_embeddings(remembered, BODY), 401, param=None, code="invalid_api_key")
     assert "revoked" in error["message"]
-    assert UsageRecord.objects.count() == 1
+    assert UsageRecord.objects.count() == 2
 
 
-def test_a_refusal_before_admission_is_the_one_a_round_trip_gives(remembered, created_key):
-    """An invalid body sent with a key revoked since it was remembered: 401, not 400."""
+def test_a_cache_entry_rewritten_since_it_was_remembered_does_not_confirm(remembered, created_key):
+    """The entry is there again, written by another request's lookup after the revocation: what
+    the admission call compares is its content, not its presence."""
+    from django.core.cache import cache
+
     api_key_revoke(api_key=created_key.api_key)
-    assert_error(post_embeddings(remembered, {**BODY, "input": ""}), 401, param=None, code="invalid_api_key")
-    assert_error(post_embeddings(remembered, {**BODY, "model": "no-such-model"}), 401, param=None,
-                 code="invalid_api_key")
+    models = APIClient()
+    models.credentials(HTTP_AUTHORIZATION=f"Bearer {created_key.plaintext}")
+    assert models.get("/v1/models").status_code == 401
+    assert cache.get(api_key_cache_key(hash_key(created_key.plaintext))).revoked_at is not None
+    assert_error(post_embeddings(remembered, BODY), 401, param=None, code="invalid_api_key")
+    assert UsageRecord.objects.count() == 2
+
+
+@pytest.mark.parametrize("body", [{**BODY, "input": ""}, {**BODY, "model": "no-such-model"},
+                                  {**BODY, "dimensions": 5}])
+def test_a_refusal_before_admission_is_the_one_a_round_trip_gives(remembered, created_key, body):
+    """A refused body (400, 404) sent with a key revoked since it was remembered: 401."""
+    api_key_revoke(api_key=created_key.api_key)
+    assert_error(post_embeddings(remembered, body), 401, param=None, code="invalid_api_key")
+
+
+def test_other_methods_take_the_round_trip(remembered, created_key):
+    api_key_revoke(api_key=created_key.api_key)
+    for method in ("get", "put", "options"):
+        assert_error(getattr(remembered, method)("/v1/embeddings"), 401, param=None, code="invalid_api_key")
 
 
 def test_a_refusal_of_an_unchanged_key_stands(remembered, cache_reads):
@@ -95,16 +117,16 @@ def test_an_allowlist_change_applies_on_the_next_request_both_ways(remembered, p
     # the key changed but is valid: the request is served as the key is now
     assert post_embeddings(remembered, BODY).status_code == 200
     assert len(cache_reads) == 1
-    assert UsageRecord.objects.count() == 2
+    assert UsageRecord.objects.count() == 3
 
 
-def test_an_address_over_its_failure_limit_gets_429_with_a_remembered_key(remembered):
+@pytest.mark.parametrize("body", [BODY, {**BODY, "input": ""}, {**BODY, "model": "no-such-model"}])
+def test_an_address_over_its_failure_limit_gets_429_with_a_remembered_key(remembered, body):
     guess_keys(LIMIT)
-    for body in (BODY, {**BODY, "input": ""}):
-        error = assert_error(post_embeddings(remembered, body), 429, param=None,
-                             code="too_many_failed_authentications", type="requests")
-        assert "Too many failed authentication attempts" in error["message"]
-    assert UsageRecord.objects.count() == 1
+    error = assert_error(post_embeddings(remembered, body), 429, param=None,
+                         code="too_many_failed_authentications", type="requests")
+    assert "Too many failed authentication attempts" in error["message"]
+    assert UsageRecord.objects.count() == 2
     other = APIClient()
     other.credentials(HTTP_AUTHORIZATION=remembered._credentials["HTTP_AUTHORIZATION"])
     assert post_embeddings(other, BODY, REMOTE_ADDR="198.51.100.7").status_code == 200
@@ -122,10 +144,11 @@ def test_an_expired_cache_entry_is_read_again_and_the_request_served(remembered,
     assert response.status_code == 200, response.content
     assert len(cache_reads) == 1
     assert cache.get(name) is not None
-    assert UsageRecord.objects.count() == 2
-    cache_reads.clear()
-    assert post_embeddings(remembered, BODY).status_code == 200
-    assert cache_reads == []
+    assert UsageRecord.objects.count() == 3
+    for reads in (1, 0):  # read from the cache once more, then from memory
+        cache_reads.clear()
+        assert post_embeddings(remembered, BODY).status_code == 200
+        assert len(cache_reads) == reads
 
 
 def test_models_list_is_not_served_from_memory(remembered, created_key, cache_reads):
@@ -134,3 +157,18 @@ def test_models_list_is_not_served_from_memory(remembered, created_key, cache_re
     api.credentials(HTTP_AUTHORIZATION=f"Bearer {created_key.plaintext}")
     assert api.get("/v1/models").status_code == 200
     assert len(cache_reads) == 1
+
+
+@pytest.mark.parametrize("policy, status, records", [("closed", 503, 2), ("open", 200, 3)])
+def test_admission_store_down_with_a_remembered_key(remembered, settings, monkeypatch, policy, status, records):
+    """Nothing can confirm the key: it is authenticated with the round trip (the cache still
+    answers), then the store-down policy applies as to any request."""
+    from limits.store import AdmissionUnavailable, RedisBackend
+
+    def down(self, *args, **kwargs):
+        raise AdmissionUnavailable("connection refused")
+
+    monkeypatch.setattr(RedisBackend, "run", down)
+    settings.ADMISSION_REDIS_DOWN_POLICY = policy
+    assert post_embeddings(remembered, BODY).status_code == status
+    assert UsageRecord.objects.count() == records
