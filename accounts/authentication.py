@@ -23,6 +23,13 @@ MAX_KEY_LENGTH = 256
 _used_tried: dict[str, float] = {}
 
 
+def _used_tried_lately(public_id: str, at: float) -> bool:
+    """Whether this process asked Redis whether to write the ``last_used_at`` of the key ``public_id``
+    less than ``API_KEY_LAST_USED_WRITE_SECONDS`` before ``at`` (``time.monotonic()`` s)."""
+    tried = _used_tried.get(public_id)
+    return tried is not None and at - tried < settings.API_KEY_LAST_USED_WRITE_SECONDS
+
+
 def mask_key(plaintext: str) -> str:
     """What an error message may echo of a key: ``sk-proj-****abcd`` (never the secret)."""
     if len(plaintext) < 12:
@@ -121,13 +128,11 @@ class BearerKeyAuthentication(BaseAuthentication):
         """Write ``last_used_at`` at most once per ``API_KEY_LAST_USED_WRITE_SECONDS`` per key across
         every process (a Redis ``SET NX`` with that expiry decides which request writes it); a process
         that tried within that interval does not ask Redis again (one round trip fewer per request)."""
-        interval = settings.API_KEY_LAST_USED_WRITE_SECONDS
         at = time.monotonic()
-        tried = _used_tried.get(public_id)
-        if tried is not None and at - tried < interval:
+        if _used_tried_lately(public_id, at):
             return
         _used_tried[public_id] = at
-        if cache.add(f"{self.used_cache_prefix}:{key_id}", 1, timeout=interval):
+        if cache.add(f"{self.used_cache_prefix}:{key_id}", 1, timeout=settings.API_KEY_LAST_USED_WRITE_SECONDS):
             self.model.objects.filter(pk=key_id).update(last_used_at=now)
 
     def authenticate_header(self, request) -> str:
@@ -180,7 +185,9 @@ class APIKeyAuthentication(BearerKeyAuthentication):
                 pass
         remembered = _remembered.get(name) if name is not None else None
         now = time.monotonic()
-        if remembered is not None and remembered.until > now and not self._used_due(remembered.resolved, now):
+        # a request due to note the key as used takes the round trip: only a confirmed key is noted
+        if (remembered is not None and remembered.until > now
+                and _used_tried_lately(remembered.resolved.key_public_id, now)):
             resolved = remembered.resolved
             if resolved.expires_at is None or resolved.expires_at > timezone.now():
                 request.key_confirmation = KeyConfirmation(
@@ -202,13 +209,6 @@ class APIKeyAuthentication(BearerKeyAuthentication):
                 _remembered.clear()
             _remembered[name] = _Remembered(result[0], self.entry_stored, now + settings.API_KEY_CACHE_SECONDS)
         return result
-
-    @staticmethod
-    def _used_due(resolved, now: float) -> bool:
-        """Whether this process would ask Redis whether to write ``resolved``'s ``last_used_at``
-        (`_note_used`): then the request takes the round trip, so only a confirmed key is noted."""
-        tried = _used_tried.get(resolved.key_public_id)
-        return tried is None or now - tried >= settings.API_KEY_LAST_USED_WRITE_SECONDS
 
     def cache_key(self, plaintext: str) -> str:
         return api_key_cache_key(hash_key(plaintext))

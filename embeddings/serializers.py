@@ -6,6 +6,7 @@ Rules follow the OpenAI embeddings API reference.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 from drf_spectacular.drainage import set_override
@@ -119,19 +120,13 @@ class RawJSONField(serializers.JSONField):
         return data
 
     def __deepcopy__(self, memo):
-        """DRF's copy (a serializer copies its declared fields for each instance: each request)
-        without copying ``schema``, a constant nested dict: ~40% of the request serializer's
-        instantiation on 2 cores."""
-        schema = self._kwargs.pop("schema", None)
-        try:
-            field = super().__deepcopy__(memo)
-        finally:
-            if schema is not None:
-                self._kwargs["schema"] = schema
-        if schema is not None:
-            field._kwargs["schema"] = schema
-            set_override(field, "field", schema)
-        return field
+        """DRF's `Field.__deepcopy__` (a serializer copies its declared fields for each instance: each
+        request) with ``schema`` passed as it is, as DRF passes ``validators`` and ``regex``: it is a
+        constant nested dict, ~40% of the request serializer's instantiation on 2 cores. The field
+        copied is not changed (declared fields are shared by concurrent requests)."""
+        kwargs = {key: value if key in ("schema", "validators", "regex") else copy.deepcopy(value, memo)
+                  for key, value in self._kwargs.items()}
+        return self.__class__(*copy.deepcopy(self._args, memo), **kwargs)
 
 
 _TOKEN_IDS = {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1}

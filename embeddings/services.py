@@ -93,15 +93,15 @@ def embeddings_create(*, key, body: EmbeddingsRequest, request_id: str, started_
     with phase("tokenization"):
         tokenized = tokenize_inputs(request=body, model=model)
     with phase("admission"):
+        reserve = functools.partial(admission_reserve, key=key, tokens=tokenized.total_tokens,
+                                    service_tier=service_tier, model=model.name)
         try:
-            reservation = admission_reserve(key=key, tokens=tokenized.total_tokens, service_tier=service_tier,
-                                            model=model.name, key_confirmation=key_confirmation)
+            reservation = reserve(key_confirmation=key_confirmation)
         except KeyUnconfirmed:
             if key_reconfirm is None:
                 raise
             key_reconfirm()
-            reservation = admission_reserve(key=key, tokens=tokenized.total_tokens, service_tier=service_tier,
-                                            model=model.name)
+            reservation = reserve()
     with reservation:  # an exception from here on refunds the reservation (and propagates)
         if on_admitted is not None:
             on_admitted(reservation)
