@@ -17,8 +17,13 @@ What runs, in one sitting on one GPU:
   C / processes threads, and each thread sends requests of K inputs back to back through the
   API's own dispatch (`embeddings.dispatch.encode_dispatched`: chunking, queue check, Celery
   send, result wait, base64 transport) and builds the ``encoding_format=base64`` response data
-  (`embeddings.services.embedding_data`). Figures: tokens/s of finished requests, p50/p99, and the
-  worker's busy share (seconds of forward passes, from its Prometheus series, over the window).
+  (`embeddings.services.embedding_data`). Figures: tokens/s of finished requests, p50/p99, the
+  worker's busy share (seconds its engine spent running micro-batches over the window, from its
+  Prometheus series; 100% = never waiting for work), the forward passes' share of the window, and the
+  GPU's own utilization (NVML: % of time a kernel ran, sampled every 0.25 s).
+
+Settings pass through the environment to the worker, e.g. ``EMBEDDINGS_BATCH_TOKENS=65536`` (padded
+tokens per forward pass) to compare pass sizes.
 
 Not in the measured path: HTTP, authentication, admission and metering (each a CPU cost of the
 API processes, not of the GPU worker; ``bench/vs_infinity.py`` measures the whole platform).
@@ -147,26 +152,45 @@ def _client_process(args) -> dict:
     return out
 
 
-def forward_seconds(metrics_dir: str) -> float:
-    """Seconds of forward passes the worker ran so far (``embeddings_engine_forward_seconds_total``, summed
-    over the multiprocess files)."""
+def engine_seconds(metrics_dir: str) -> dict[str, float]:
+    """The worker's engine time so far, in seconds, summed over the multiprocess files: ``batch``
+    (``embeddings_batch_seconds_total``: running micro-batches, the engine's occupancy) and
+    ``forward`` (``embeddings_engine_forward_seconds_total``: the forward passes inside them)."""
     from prometheus_client import CollectorRegistry
     from prometheus_client.multiprocess import MultiProcessCollector
 
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=metrics_dir)
-    total = 0.0
+    names = {"embeddings_batch_seconds_total": "batch", "embeddings_engine_forward_seconds_total": "forward"}
+    total = {"batch": 0.0, "forward": 0.0}
     for family in registry.collect():
         for sample in family.samples:
-            if sample.name == "embeddings_engine_forward_seconds_total":
-                total += sample.value
+            if sample.name in names:
+                total[names[sample.name]] += sample.value
     return total
+
+
+def gpu_utilization(stop_at: float, into: list[int], start_at: float, period: float = 0.25) -> None:
+    """Sample the GPU's utilization (% of time a kernel ran, NVML through ``torch.cuda.utilization``)
+    every ``period`` s between ``start_at`` and ``stop_at`` (Unix time) into ``into``; nothing where
+    NVML is missing."""
+    import torch
+
+    time.sleep(max(0.0, start_at - time.time()))
+    while time.time() < stop_at:
+        try:
+            into.append(int(torch.cuda.utilization()))
+        except Exception:  # noqa: BLE001 - no NVML: the figure is left out
+            return
+        time.sleep(period)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=15.0, help="seconds per measured cell")
     parser.add_argument("--warmup", type=float, default=4.0)
+    parser.add_argument("--raw-duration", type=float, default=0.0,
+                        help="seconds of the raw K-text encode (default: --duration)")
     parser.add_argument("--inputs", type=int, default=16, help="K: inputs per request")
     parser.add_argument("--clients", default="16,64", help="C: concurrent requests, comma-separated")
     parser.add_argument("--processes", type=int, default=4, help="stand-in API processes")
@@ -191,7 +215,7 @@ def main() -> None:
     print(f"device: {torch.cuda.get_device_name(0) if args.device.startswith('cuda') else 'cpu'}; torch {torch.__version__}; corpus {len(texts)} texts, "
           f"mean {statistics.mean(tokens_of):.1f} tokens", flush=True)
 
-    raw = raw_figures(model_path, texts, tokens_of, args.inputs, args.duration, args.device)
+    raw = raw_figures(model_path, texts, tokens_of, args.inputs, args.raw_duration or args.duration, args.device)
     print(f"raw {'fp16' if args.device.startswith('cuda') else 'fp32'}, K={args.inputs} per call: {raw['tokens_s']:,.0f} tokens/s ({raw['texts_s']:,.0f} texts/s, "
           f"p50 {raw['p50_ms']:.2f} ms); all {len(texts)} in one call: {raw['limit_tokens_s']:,.0f} tokens/s",
           flush=True)
@@ -237,20 +261,27 @@ def main() -> None:
             processes = min(args.processes, clients)
             start_at = time.time() + args.warmup + 3  # spawned processes import Django first
             stop_at = start_at + args.duration
-            busy_marks = []
+            busy_marks, utilization = [], []
 
-            def mark_busy():  # the worker's forward seconds at the window's start and end
+            def mark_busy():  # the worker's engine seconds at the window's start and end
                 for at in (start_at, stop_at):
                     time.sleep(max(0.0, at - time.time()))
-                    busy_marks.append(forward_seconds(str(metrics_dir)))
+                    busy_marks.append(engine_seconds(str(metrics_dir)))
 
             marker = threading.Thread(target=mark_busy)
             marker.start()
+            sampler = None
+            if args.device.startswith("cuda"):
+                sampler = threading.Thread(target=gpu_utilization, args=(stop_at, utilization, start_at))
+                sampler.start()
             with context.Pool(processes) as pool:
                 results = pool.map(_client_process, [
                     (model_path, token_ids, args.inputs, per_process, start_at, stop_at, p) for p in range(processes)])
             marker.join()
-            busy = (busy_marks[1] - busy_marks[0]) / args.duration
+            if sampler is not None:
+                sampler.join()
+            busy = (busy_marks[1]["batch"] - busy_marks[0]["batch"]) / args.duration
+            forward = (busy_marks[1]["forward"] - busy_marks[0]["forward"]) / args.duration
             latencies = sorted(x for r in results for x in r["latencies"])
             tokens = sum(r["tokens"] for r in results)
             requests = sum(r["requests"] for r in results)
@@ -265,11 +296,13 @@ def main() -> None:
                    "texts_s": requests * args.inputs / args.duration,
                    "p50_ms": latencies[len(latencies) // 2] * 1000 if latencies else float("nan"),
                    "p99_ms": latencies[int(len(latencies) * 0.99)] * 1000 if latencies else float("nan"),
-                   "busy": busy, "min_cosine": min(cosines) if cosines else float("nan")}
+                   "busy": busy, "forward": forward,
+                   "gpu": statistics.mean(utilization) if utilization else float("nan"), "min_cosine": min(cosines) if cosines else float("nan")}
             rows.append(row)
             print(f"worker C={row['clients']} ({processes} processes), K={args.inputs}, base64: "
                   f"{row['tokens_s']:,.0f} tokens/s ({row['texts_s']:,.0f} texts/s), p50 {row['p50_ms']:.1f} ms, "
-                  f"p99 {row['p99_ms']:.1f} ms, worker busy {row['busy']:.0%}, "
+                  f"p99 {row['p99_ms']:.1f} ms, worker busy {row['busy']:.0%} (forward passes {row['forward']:.0%}; "
+                  f"GPU utilization {row['gpu']:.0f}%), "
                   f"{row['tokens_s'] / raw['tokens_s']:.2f}x raw K={args.inputs}; min cosine vs fp32 CPU "
                   f"{row['min_cosine']:.6f} ({len(cosines)} rows)", flush=True)
     finally:

@@ -295,6 +295,7 @@ class MicroBatcher:
         metrics.BATCH_INPUTS.labels(name).observe(record.inputs)
         metrics.BATCH_PADDED_TOKENS.labels(name).observe(padded)
         metrics.BATCH_PADDING_EFFICIENCY.labels(name).observe(record.tokens / padded if padded else 1.0)
+        metrics.BATCH_SECONDS.labels(name).inc(record.ms / 1000)
         metrics.FORWARD_PASSES.labels(name).inc(len(passes))
         metrics.ENGINE_TOKENS.labels(name).inc(record.tokens)
         metrics.ENGINE_PADDED_TOKENS.labels(name).inc(padded)

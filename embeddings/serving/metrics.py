@@ -8,6 +8,9 @@ mode (``PROMETHEUS_MULTIPROC_DIR``) every process of a host adds to the same ser
 * ``embeddings_batch_padding_efficiency``: real / padded tokens of each batch (1.0 = no padding);
 * ``embeddings_batch_queue_wait_seconds``: per submission, from `MicroBatcher.submit` to the start of
   the batch that ran it;
+* ``embeddings_batch_seconds_total``: seconds the engine spent running micro-batches (its forward
+  passes plus sorting, planning and scattering rows): its rate is the engine's saturation, 1.0 per
+  batcher when it never waits for work;
 * ``embeddings_engine_forward_passes_total``, ``embeddings_engine_tokens_total`` (real),
   ``embeddings_engine_padded_tokens_total``, ``embeddings_engine_forward_seconds_total``;
   ``embeddings_engine_tokens_per_second``: real tokens per second of the latest batch;
@@ -29,6 +32,8 @@ BATCH_QUEUE_WAIT = Histogram("embeddings_batch_queue_wait_seconds", "Seconds fro
                              "the micro-batch that ran it.", ["model"],
                              buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                                       5.0, 10.0, 30.0))
+BATCH_SECONDS = Counter("embeddings_batch_seconds_total", "Seconds spent running micro-batches (forward passes "
+                        "and the work around them); rate 1.0 per batcher = never idle.", ["model"])
 FORWARD_PASSES = Counter("embeddings_engine_forward_passes_total", "Forward passes run.", ["model"])
 ENGINE_TOKENS = Counter("embeddings_engine_tokens_total", "Real (unpadded) tokens run through the model.",
                         ["model"])

@@ -126,6 +126,9 @@ def test_requests_tokens_admission_and_phases_are_counted(client, created_key, p
         assert delta(before, after, "embeddings_request_phase_seconds_count", phase=name) == count, name
     assert delta(before, after, "embeddings_engine_tokens_total", model=MODEL) >= tokens
     assert delta(before, after, "embeddings_batch_inputs_count", model=MODEL) >= 1
+    # The engine's time in batches covers its forward passes (and the sorting and planning around them).
+    busy = delta(before, after, "embeddings_batch_seconds_total", model=MODEL)
+    assert busy >= delta(before, after, "embeddings_engine_forward_seconds_total", model=MODEL) > 0
     # Other /v1 routes by their route, unknown paths as one label.
     client.get("/v1/models")
     client.get("/v1/no-such-thing")
