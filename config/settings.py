@@ -364,7 +364,7 @@ API_KEY_LAST_USED_WRITE_SECONDS = env.int("API_KEY_LAST_USED_WRITE_SECONDS", def
 # Request bodies above this many bytes get 413 (2048 inputs x 256 tokens fit many times over).
 EMBEDDINGS_MAX_BODY_BYTES = env.int("EMBEDDINGS_MAX_BODY_BYTES", default=32 * 1024 * 1024)
 # Forward passes (inline and in workers) are cut to at most this many padded tokens each;
-# 0: by device (CPU 2,048, CUDA 16,384: embeddings.serving.engine.DEFAULT_PASS_TOKENS, bench/pass_tokens.py).
+# 0: by device (CPU 2,048, CUDA 65,536: embeddings.serving.engine.DEFAULT_PASS_TOKENS, bench/pass_tokens.py).
 EMBEDDINGS_BATCH_TOKENS = env.int("EMBEDDINGS_BATCH_TOKENS", default=0)
 # torch intra-op threads per process; 0 keeps torch's default (the core count).
 EMBEDDINGS_TORCH_THREADS = env.int("EMBEDDINGS_TORCH_THREADS", default=0)

@@ -190,9 +190,12 @@ def _export(model, source: Path, input_names: list[str], target: Path) -> None:
 # Padded tokens per forward pass by device kind, when none is configured (``batch_tokens=0``). On
 # CPU, passes of ~2,048 padded tokens (e.g. 48 rows of 40 tokens) ran 1.2-1.45x the texts/s of
 # 16,384-token passes for calls of 64-512 texts (all-MiniLM-L6-v2, ONNX Runtime, 2 threads:
-# ``bench/pass_tokens.py``), and keep a pass short enough for small requests to get in between; a
-# GPU wants the largest pass its memory takes.
-DEFAULT_PASS_TOKENS = {"cpu": 2048, "cuda": 16384}
+# ``bench/pass_tokens.py``), and keep a pass short enough for small requests to get in between. On
+# CUDA a pass's time is the host's kernel launches, not the GPU's arithmetic (an H200 ran kernels ~3%
+# of the time under a saturated worker): 65,536-token passes served 1.13-1.18x the tokens/s of
+# 16,384-token ones at K=16, C=64-256 (``bench/gpu_worker.py``); for all-MiniLM-L6-v2 such a pass
+# holds ~0.5 GB of activations, and a larger model on a smaller card lowers EMBEDDINGS_BATCH_TOKENS.
+DEFAULT_PASS_TOKENS = {"cpu": 2048, "cuda": 65536}
 
 
 def default_pass_tokens(device: str) -> int:
@@ -261,7 +264,7 @@ class Engine:
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``. On CUDA the weights
             run in fp16; outputs are always float32.
         batch_tokens: the most padded tokens (rows x longest row) per forward pass; 0: the
-            device's `default_pass_tokens` (CPU 2,048, CUDA 16,384).
+            device's `default_pass_tokens` (CPU 2,048, CUDA 65,536).
         torch_threads: torch intra-op threads for this process (``torch.set_num_threads``),
             set once when the engine loads, and ONNX Runtime's intra-op threads; 0 keeps the
             libraries' default (the core count).

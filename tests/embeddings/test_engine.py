@@ -102,12 +102,12 @@ def test_renormalize():
 
 
 def test_pass_size_defaults_by_device_and_onnx_threads_do_not_spin(tmp_path):
-    """Forward passes of ~2,048 padded tokens on CPU (16,384 on CUDA) unless configured, and ONNX
+    """Forward passes of ~2,048 padded tokens on CPU (65,536 on CUDA) unless configured, and ONNX
     Runtime's idle intra-op threads sleep rather than spin (bench/pass_tokens.py, bench/vs_infinity.py)."""
     from embeddings.serving.engine import DEFAULT_PASS_TOKENS, Engine, default_pass_tokens
 
     assert default_pass_tokens("cpu") == DEFAULT_PASS_TOKENS["cpu"] == 2048
-    assert default_pass_tokens("cuda:1") == DEFAULT_PASS_TOKENS["cuda"] == 16384
+    assert default_pass_tokens("cuda:1") == DEFAULT_PASS_TOKENS["cuda"] == 65536
     engine = Engine(PATH, device="cpu", backend="onnx", cache_dir=tmp_path, torch_threads=2)
     assert engine.batch_tokens == 2048
     options = engine._session.get_session_options()
