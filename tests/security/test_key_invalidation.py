@@ -184,12 +184,62 @@ def _delete_during_encoding(monkeypatch, delete):
 def test_key_deleted_mid_request_is_served_and_billed_to_its_project(client, created_key, project, monkeypatch,
                                                                      settings):
     """The record written after the encode (a request of a busy process; here forced) meets the key
-    gone. (Written alongside, the record may be committed between the delete's look for the key's
-    records and its commit: the delete then fails on the foreign key, the request is unaffected.)"""
+    gone, and is written without it."""
     settings.EMBEDDINGS_METER_ALONGSIDE = False
     _delete_during_encoding(monkeypatch, lambda: APIKey.objects.filter(pk=created_key.api_key.pk).delete())
     response = post_embeddings(client, BODY)
     assert response.status_code == 200, response.content
+    record = UsageRecord.objects.get()
+    assert (record.api_key_id, record.project_id, record.total_tokens) == (None, project.pk,
+                                                                           response.json()["usage"]["total_tokens"])
+    monkeypatch.undo()
+    assert_error(post_embeddings(client, BODY), 401, param=None, code="invalid_api_key")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_key_deleted_as_its_record_is_written_alongside(client, created_key, project, monkeypatch):
+    """A lone request's record, written while it encodes, committed after the key delete nulled the
+    key's records but before it deleted the key (the two statements Django's ``SET_NULL`` sends;
+    here the record is held until then): the delete succeeds (the database nulls the record's key:
+    metering.0002), the request is served and billed to its project, and the key is refused next."""
+    import threading
+
+    import embeddings.services
+    import metering.services
+    from django.db.models.sql.subqueries import DeleteQuery
+
+    nulled, recorded, outcome = threading.Event(), threading.Event(), []
+    write, delete_batch, encode = (metering.services._write_on_the_metering_thread, DeleteQuery.delete_batch,
+                                   embeddings.services.encode_inputs)
+
+    def write_once_nulled(fields):
+        assert nulled.wait(30)
+        try:
+            return write(fields)
+        finally:
+            recorded.set()
+
+    def delete_after_the_record(self, pk_list, using):
+        if self.model is APIKey:
+            nulled.set()
+            assert recorded.wait(30)
+        return delete_batch(self, pk_list, using)
+
+    def encode_then_delete(**kwargs):
+        vectors = encode(**kwargs)
+        try:
+            outcome.append(APIKey.objects.filter(pk=created_key.api_key.pk).delete()[0])
+        except Exception as exc:  # noqa: BLE001 - the delete's outcome is what is asserted
+            outcome.append(exc)
+        return vectors
+
+    monkeypatch.setattr(metering.services, "_write_on_the_metering_thread", write_once_nulled)
+    monkeypatch.setattr(DeleteQuery, "delete_batch", delete_after_the_record)
+    monkeypatch.setattr(embeddings.services, "encode_inputs", encode_then_delete)
+    response = post_embeddings(client, BODY)
+    assert response.status_code == 200, response.content
+    assert outcome and not isinstance(outcome[0], Exception), outcome
+    assert not APIKey.objects.filter(pk=created_key.api_key.pk).exists()
     record = UsageRecord.objects.get()
     assert (record.api_key_id, record.project_id, record.total_tokens) == (None, project.pk,
                                                                            response.json()["usage"]["total_tokens"])

@@ -1,0 +1,14 @@
+"""A batch's key is nulled by the database when the key is deleted, so a batch created while its key
+is being deleted cannot fail the delete (`config.migration_operations`)."""
+from django.db import migrations
+
+from config.migration_operations import ForeignKeySetNullInDatabase
+
+
+class Migration(migrations.Migration):
+
+    dependencies = [
+        ("batches", "0001_initial"),
+    ]
+
+    operations = [ForeignKeySetNullInDatabase("batches", "Batch", "api_key")]
