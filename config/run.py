@@ -264,15 +264,53 @@ class PrefixedStream:
         self._partial.clear()
 
 
+# Children each watcher started and whose exit is not logged yet (`_note_spawned`, `_log_exit`).
+_unreaped: dict[str, set[int]] = {}
+
+
+def _note_spawned(watcher, arbiter, hook_name, pid=None, **info) -> bool:
+    """circus ``after_spawn`` hook: remember the new child, so that `_log_unreaped_exits` can tell
+    an exit circus let pass unlogged; always True (the child is kept)."""
+    _unreaped.setdefault(watcher.name, set()).add(pid)
+    return True
+
+
 def _log_exit(watcher, arbiter, hook_name, **info) -> bool:
     """circus ``after_reap`` hook: log every child's exit (circus then restarts it unless stopping)."""
-    code = info.get("exit_code")
-    how = f"signal {-code}" if isinstance(code, int) and code < 0 else f"code {code}"
-    if arbiter._stopping:
-        logger.info("%s (pid %s) exited with %s", watcher.name, info.get("process_pid"), how)
-    else:
-        logger.warning("%s (pid %s) exited with %s; restarting", watcher.name, info.get("process_pid"), how)
+    _unreaped.get(watcher.name, set()).discard(info.get("process_pid"))
+    _log_exit_status(watcher.name, info.get("process_pid"), info.get("exit_code"), arbiter._stopping)
     return True
+
+
+def _log_unreaped_exits(watcher, arbiter, hook_name, **info) -> bool:
+    """circus ``before_spawn`` hook: log the exits circus's own reaping missed, then let it spawn.
+
+    Circus's watcher drops a child it finds dead before the arbiter has reaped it (a child killed
+    between the arbiter's ``waitpid`` and the watcher's check, both each ``check_delay``), and
+    starts another without any ``after_reap`` hook for it. Such a child is still a zombie of this
+    process: it is reaped here, for its exit status, and logged as `_log_exit` logs it."""
+    known = _unreaped.setdefault(watcher.name, set())
+    for pid in sorted(known - set(watcher.processes)):
+        try:
+            reaped, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:  # reaped, and logged, elsewhere
+            known.discard(pid)
+            continue
+        if not reaped:  # still running (being stopped by circus, which reaps and logs it)
+            continue
+        known.discard(pid)
+        code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+        _log_exit_status(watcher.name, pid, code, arbiter._stopping)
+    return True
+
+
+def _log_exit_status(name: str, pid, code, stopping: bool) -> None:
+    """``<name> (pid N) exited with signal S|code C[; restarting]`` (a warning unless stopping)."""
+    how = f"signal {-code}" if isinstance(code, int) and code < 0 else f"code {code}"
+    if stopping:
+        logger.info("%s (pid %s) exited with %s", name, pid, how)
+    else:
+        logger.warning("%s (pid %s) exited with %s; restarting", name, pid, how)
 
 
 def _stop_with_parent() -> None:
@@ -334,7 +372,8 @@ def serve() -> int:
             "max_retry": -1,  # a child that keeps failing keeps being retried (and logged)
             "stdout_stream": {"stream": PrefixedStream(name)},
             "stderr_stream": {"stream": PrefixedStream(name)},
-            "hooks": {"after_reap": (_log_exit, True), "before_signal": (_note_descendants, True)},
+            "hooks": {"after_reap": (_log_exit, True), "after_spawn": (_note_spawned, True),
+                      "before_spawn": (_log_unreaped_exits, True), "before_signal": (_note_descendants, True)},
         } for name in ("web", "worker", "beat")]
         arbiter = get_arbiter(
             watchers, controller=f"ipc://{run}/circus-ctl", pubsub_endpoint=f"ipc://{run}/circus-pub",

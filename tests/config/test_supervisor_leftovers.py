@@ -48,3 +48,43 @@ def test_a_grandchild_left_behind_by_its_exiting_parent_is_ended():
     except psutil.NoSuchProcess:
         pass
     assert "still running after the stop, ending it" in result.stderr  # and it says so
+
+
+def test_a_child_circus_drops_before_reaping_it_is_reaped_and_its_exit_logged(caplog):
+    """Circus's watcher drops a child it finds dead before the arbiter has reaped it (killed between
+    the two checks) and starts another with no ``after_reap`` hook: the spawn's ``before_spawn``
+    hook reaps the zombie and logs its exit as ``after_reap`` does; a child circus is still
+    stopping, and one ``after_reap`` logged, are left alone."""
+    import logging
+    import time
+    from types import SimpleNamespace
+
+    from config import run
+
+    killed, stopping = (subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) for _ in range(2))
+    try:
+        watcher = SimpleNamespace(name="worker", processes={killed.pid: None, stopping.pid: None})
+        arbiter = SimpleNamespace(_stopping=False)
+        for child in (killed, stopping):
+            assert run._note_spawned(watcher, arbiter, "after_spawn", pid=child.pid) is True
+        killed.kill()
+        deadline = time.monotonic() + 10
+        while psutil.Process(killed.pid).status() != psutil.STATUS_ZOMBIE:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        watcher.processes.clear()  # what circus's manage_processes does to a dead child, and kill_process
+        with caplog.at_level(logging.INFO, logger="config.run"):
+            assert run._log_unreaped_exits(watcher, arbiter, "before_spawn") is True
+        assert caplog.text.count("exited with") == 1, caplog.text
+        assert f"worker (pid {killed.pid}) exited with signal 9; restarting" in caplog.text
+        assert not psutil.pid_exists(killed.pid)  # reaped, no zombie left
+        stopping.terminate()
+        stopping.wait(10)  # circus reaps it: its after_reap hook logs the exit, once
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="config.run"):
+            run._log_exit(watcher, arbiter, "after_reap", process_pid=stopping.pid, exit_code=-15)
+            run._log_unreaped_exits(watcher, arbiter, "before_spawn")
+        assert caplog.text.count("exited with") == 1 and f"(pid {stopping.pid}) exited with signal 15" in caplog.text
+    finally:
+        for child in (killed, stopping):
+            child.kill()
