@@ -164,6 +164,40 @@ def test_plan_passes_is_the_least_cost_cut_within_the_budget():
     assert ends[-1] == 5000 and all((e - s) * many[e - 1] <= 2048 for s, e in zip([0, *ends], ends))
 
 
+def _least_cost(lengths, budget, overhead):
+    """The least cost by its definition, row by row: for each end, every start within the budget."""
+    cost = [0.0] + [float("inf")] * len(lengths)
+    for j in range(1, len(lengths) + 1):
+        width = max(lengths[j - 1], 1)
+        for start in range(max(0, j - max(1, budget // width)), j):
+            cost[j] = min(cost[j], cost[start] + overhead + (j - start) * width)
+    return cost[-1]
+
+
+def test_plan_passes_is_the_least_cost_cut_of_many_rows():
+    """Up to PLAN_MAX_ROWS rows, with passes bounded by the budget inside runs of equal lengths, one
+    length only, lengths of all kinds, and a pass overhead from none to a GPU's: the plan costs what
+    the row-by-row definition's least cost is."""
+    import random
+
+    from embeddings.serving.engine import PLAN_MAX_ROWS, plan_passes
+
+    rng = random.Random(11)
+    shapes = [lambda: rng.randint(11, 76), lambda: rng.randint(1, 256), lambda: rng.choice([7, 40, 41, 200]),
+              lambda: 40, lambda: rng.randint(0, 3)]
+    for case in range(60):
+        n = rng.choice([2, 17, 200, 608, PLAN_MAX_ROWS])
+        lengths = sorted(shapes[case % len(shapes)]() for _ in range(n))
+        budget = rng.choice([64, 512, 2048, 16384, 65536])
+        overhead = rng.choice([0.0, 7.5, 22.0, 500.0, float(budget)])
+        ends = plan_passes(lengths, budget, overhead)
+        assert ends[-1] == n and ends == sorted(set(ends))
+        widths = [max(length, 1) for length in lengths]
+        assert all(e - s == 1 or (e - s) * widths[e - 1] <= budget for s, e in zip([0, *ends], ends))
+        assert _plan_cost(widths, ends, overhead) == pytest.approx(_least_cost(lengths, budget, overhead),
+                                                                    rel=1e-12), (n, budget, overhead)
+
+
 def test_plan_passes_cuts_a_spread_of_lengths_that_one_pass_would_pad():
     """16 inputs of 11-63 tokens: one pass pads every row to 63 (42% of it padding); with the fixed
     cost of a pass measured on 1-2 CPU threads (8-22 tokens) they run in several passes of similar
