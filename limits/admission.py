@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -75,13 +76,21 @@ from .store import MAX_REBUILD_ROUNDS, MONTHLY_TTL_GRACE_MS, AdmissionUnavailabl
 # (`Reservation.__exit__`). Its queue is drained when the interpreter exits (concurrent.futures
 # joins its threads at exit); a SIGKILL loses what is still queued.
 _settler = ThreadPoolExecutor(max_workers=1, thread_name_prefix="admission-settle")
+# Settles queued and not yet run. One settle thread serializes what every request thread adds, so
+# while the store answers slowly (each settle waits up to ADMISSION_REDIS_TIMEOUT) the queue could
+# grow without end; past `SETTLE_QUEUE_MAX` a request settles in its own thread instead, after its
+# response is rendered, as requests did before the settle thread (backpressure, memory bounded).
+SETTLE_QUEUE_MAX = 1000
+_settles_queued = 0
+_settles_lock = threading.Lock()
 
 
 @dataclass
 class Reservation:
     """What `admission_reserve` reserved; use as a context manager around encode + meter:
     an exception refunds it (and propagates), a clean exit settles it, on this process's settle
-    thread: the request does not wait for it. A settle only moves the tokens from ``r`` (in
+    thread: the request does not wait for it (unless `SETTLE_QUEUE_MAX` settles are already
+    waiting for that thread: then in the request's thread, after its response is rendered). A settle only moves the tokens from ``r`` (in
     flight) to ``s`` (settled) of the counters it reserved in, so nothing a request is checked
     against waits for it. One lost (an outage, or a SIGKILL with settles still queued) leaves
     ``r`` high: `admission_reconcile` then keeps those tokens on top of the database's sum, so
@@ -125,20 +134,32 @@ class Reservation:
         return self
 
     def _settle_logged(self, backend) -> None:
-        """`settle` on the settle thread, where an error has no caller to reach: it is logged."""
+        """`settle` where an error has no caller to reach (on the settle thread, or in a request's
+        thread past `SETTLE_QUEUE_MAX`): it is logged. Counts the settle off the queue."""
+        global _settles_queued
         try:
             self._finish("settle", backend)
         except Exception:  # noqa: BLE001 - nobody else would hear of it
             logger.exception("Settling a reservation failed")
+        finally:
+            with _settles_lock:
+                _settles_queued -= 1
 
     def __exit__(self, exc_type, exc, tb) -> bool:
+        global _settles_queued
         if exc_type is None:
             if self.reserved and not self.done:
                 backend = admission_backend()  # the store it reserved in, whatever settings say later
+                with _settles_lock:  # counted down by _settle_logged, wherever it runs
+                    behind = _settles_queued >= SETTLE_QUEUE_MAX
+                    _settles_queued += 1
+                if behind:  # the settle thread is that far behind: this one runs here
+                    self._settle_logged(backend)
+                    return False
                 try:
                     _settler.submit(self._settle_logged, backend)
                 except RuntimeError:  # the interpreter is shutting down: no more threads
-                    self._finish("settle", backend)
+                    self._settle_logged(backend)
         else:
             self.refund()
         return False

@@ -285,6 +285,33 @@ def test_a_request_is_answered_before_its_reservation_is_settled(client, project
     assert UsageRecord.objects.count() == 2
 
 
+def test_settles_past_the_queue_bound_run_in_the_request_thread(client, project, monkeypatch):
+    """While the settle thread is SETTLE_QUEUE_MAX settles behind (a slow store), a request settles
+    in its own thread: the queue, and the memory it holds, stay bounded; nothing is lost."""
+    from limits import admission
+
+    assert post_embeddings(client, HELLO).status_code == 200
+    settles_wait()
+    assert admission._settles_queued == 0
+    monkeypatch.setattr(admission, "SETTLE_QUEUE_MAX", 1)
+    hold = threading.Event()
+    _settler.submit(hold.wait, 30)
+    try:
+        before = counter(project_scope(project))
+        assert post_embeddings(client, HELLO).status_code == 200  # queued behind the held thread
+        assert post_embeddings(client, HELLO).status_code == 200  # past the bound: settled at once
+        held = counter(project_scope(project))
+        assert int(held["u"]) == int(before["u"]) + 2 * HELLO_TOKENS
+        assert int(held["r"]) == int(before["r"]) + HELLO_TOKENS  # only the queued one in flight
+        assert int(held["s"]) == int(before["s"]) + HELLO_TOKENS
+    finally:
+        hold.set()
+    settles_wait()
+    after = counter(project_scope(project))
+    assert (int(after["r"]), int(after["s"])) == (int(before["r"]), int(before["s"]) + 2 * HELLO_TOKENS)
+    assert admission._settles_queued == 0 and UsageRecord.objects.count() == 3
+
+
 def test_a_settle_that_fails_on_the_settle_thread_is_logged_and_the_request_stands(client, project, monkeypatch,
                                                                                    caplog):
     from limits import admission
