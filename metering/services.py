@@ -28,7 +28,8 @@ def _foreign_key_violation(exc: IntegrityError) -> bool:
 
 def usage_record_create(*, request_id: str, organization_id: int, project_id: int, api_key_id: int | None,
                         model_id: int, input_count: int, prompt_tokens: int, total_tokens: int,
-                        user: str = "", service_tier: str = "default", latency_ms: int) -> UsageRecord:
+                        user: str = "", service_tier: str = "default", latency_ms: int,
+                        counted: bool = True) -> UsageRecord:
     """Insert the usage record of one successful request (one INSERT, no UPDATE).
 
     A key deleted while its request was served (its row gone, so the foreign key fails) is
@@ -38,7 +39,8 @@ def usage_record_create(*, request_id: str, organization_id: int, project_id: in
     `AuthenticationError` (401), never a 500.
 
     Raises ``django.db.IntegrityError`` when ``request_id`` was already metered. Timed as the
-    request's ``metering`` phase and counted (``embeddings_usage_records_written_total``).
+    request's ``metering`` phase and counted (``embeddings_usage_records_written_total``) unless
+    ``counted`` is False (a record written alongside is counted once its request succeeded).
     """
     fields = dict(request_id=request_id, organization_id=organization_id, project_id=project_id,
                   model_id=model_id, input_count=input_count, prompt_tokens=prompt_tokens,
@@ -52,7 +54,8 @@ def usage_record_create(*, request_id: str, organization_id: int, project_id: in
                     raise
                 missing = exc
             else:
-                USAGE_RECORDS.inc()
+                if counted:
+                    USAGE_RECORDS.inc()
                 return record
     raise AuthenticationError(
         "The API key used for this request was deleted while the request was served.") from missing
@@ -136,12 +139,14 @@ def usage_record_written(write) -> UsageRecord:
     """Wait for the write `usage_record_written_alongside` started (``write``, a future): the
     request's ``metering`` phase, all that metering costs its latency then."""
     with phase("metering"):
-        return write.result()
+        record = write.result()
+    USAGE_RECORDS.inc()
+    return record
 
 
 def _write_on_the_metering_thread(fields: dict) -> UsageRecord:
     thread_connection.close_if_unusable_or_obsolete()  # what a request's start does to its connection
-    return usage_record_create(**fields)
+    return usage_record_create(**fields, counted=False)  # counted when its request succeeds
 
 
 def _discard(write, request_id: str) -> None:

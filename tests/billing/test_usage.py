@@ -5,6 +5,7 @@ import pytest
 from django.db import IntegrityError, connection
 from django.test.utils import CaptureQueriesContext
 
+from config.metrics import USAGE_RECORDS
 from metering.models import UsageRecord
 from metering.services import usage_record_create
 from tests.conftest import post_embeddings
@@ -157,9 +158,11 @@ def test_a_lone_requests_record_is_written_on_the_metering_thread_while_it_encod
     """In autocommit (the API), a lone small request's record is written alongside its encode,
     on the process's metering thread; it is there, exact, once the response is."""
     threads = _spy_on_record_writes(monkeypatch)
+    written_before = USAGE_RECORDS._value.get()
     response = post_embeddings(client, {"model": MODEL, "input": "metered while encoding"})
     assert response.status_code == 200, response.content
     assert len(threads) == 1 and threads[0].startswith("metering"), threads
+    assert USAGE_RECORDS._value.get() == written_before + 1  # counted once, when the request succeeded
     record = UsageRecord.objects.get(request_id=response["x-request-id"])
     assert record.total_tokens == response.json()["usage"]["total_tokens"]
 
@@ -187,11 +190,13 @@ def test_a_request_whose_encode_fails_after_its_record_was_written_alongside_is_
         raise WorkersUnavailable(queue="embeddings", retry_after_s=1)
 
     monkeypatch.setattr("embeddings.services.encode_inputs", failing_encode)
+    written_before = USAGE_RECORDS._value.get()
     response = post_embeddings(client, {"model": MODEL, "input": "fails after its record"})
     assert response.status_code == 503, response.content
     assert threads and threads[0].startswith("metering")
     assert not UsageRecord.objects.filter(request_id=response["x-request-id"]).exists()
     assert UsageRecord.objects.count() == 0
+    assert USAGE_RECORDS._value.get() == written_before  # embeddings_usage_records_written_total
 
 
 @pytest.mark.django_db(transaction=True)
