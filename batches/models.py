@@ -74,6 +74,8 @@ class Batch(models.Model):
     public_id = models.CharField(max_length=40, unique=True, default=_batch_id, editable=False)
     organization = models.ForeignKey("accounts.Organization", on_delete=models.CASCADE, related_name="+")
     project = models.ForeignKey("accounts.Project", on_delete=models.CASCADE, related_name="+")
+    # Also ON DELETE SET NULL in PostgreSQL itself (batches.0002, config.migration_operations): a
+    # migration that recreates this constraint must keep that.
     api_key = models.ForeignKey("accounts.APIKey", null=True, blank=True, on_delete=models.SET_NULL,
                                 related_name="+")
     input_file_id = models.CharField(max_length=40)

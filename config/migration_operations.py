@@ -22,11 +22,21 @@ class ForeignKeySetNullInDatabase(migrations.RunPython):
     """``ON DELETE SET NULL`` on the constraint of ``model_name.field_name`` (in ``app_label``),
     keeping its name and ``DEFERRABLE INITIALLY DEFERRED``; reversed, back to ``NO ACTION``.
     PostgreSQL only (other databases: nothing is done). Raises `LookupError` when the field has no
-    foreign key constraint."""
+    foreign key constraint.
+
+    Without holding a long lock on a live table (the old release keeps serving while the new one
+    migrates): the new constraint is added ``NOT VALID`` beside the old one, which is then dropped
+    (two short ``ALTER``s, no scan), and validated in its own statement, which scans the table under
+    a lock that lets inserts, updates and reads go on; then it takes the old name. Each step is its
+    own transaction (the migration must be ``atomic = False``) and each is skipped when already
+    done, so a migration stopped halfway is completed by running it again. ``lock_timeout``: a step
+    that waits that long for its lock fails instead of queueing every writer behind it."""
+
+    lock_timeout = "10s"
 
     def __init__(self, app_label: str, model_name: str, field_name: str):
         self.target = (app_label, model_name, field_name)
-        super().__init__(self._set_null, self._no_action, hints={"model_name": model_name})
+        super().__init__(self._set_null, self._no_action, atomic=False, hints={"model_name": model_name})
 
     def describe(self) -> str:
         return "ON DELETE SET NULL in the database for %s.%s.%s" % self.target
@@ -46,15 +56,31 @@ class ForeignKeySetNullInDatabase(migrations.RunPython):
         field = model._meta.get_field(field_name)
         table, column = model._meta.db_table, field.column
         target = field.remote_field.model._meta
-        with connection.cursor() as cursor:
-            constraints = connection.introspection.get_constraints(cursor, table)
-        names = [name for name, info in constraints.items() if info["foreign_key"] and info["columns"] == [column]]
-        if not names:
-            raise LookupError(f"no foreign key constraint on {table}.{column}")
         quote = schema_editor.quote_name
-        for name in names:
-            schema_editor.execute(
-                f"ALTER TABLE {quote(table)} DROP CONSTRAINT {quote(name)}, "
-                f"ADD CONSTRAINT {quote(name)} FOREIGN KEY ({quote(column)}) "
-                f"REFERENCES {quote(target.db_table)} ({quote(target.pk.column)}) {action} "
-                f"DEFERRABLE INITIALLY DEFERRED")
+
+        def foreign_keys() -> dict[str, dict]:
+            with connection.cursor() as cursor:
+                constraints = connection.introspection.get_constraints(cursor, table)
+            return {name: info for name, info in constraints.items()
+                    if info["foreign_key"] and info["columns"] == [column]}
+
+        found = foreign_keys()
+        if not found:
+            raise LookupError(f"no foreign key constraint on {table}.{column}")
+        staged = f"{table}_{column}_on_delete"[:63]
+        name = next((n for n in sorted(found) if n != staged), staged)
+        with connection.cursor() as cursor:
+            cursor.execute(f"SET lock_timeout = '{self.lock_timeout}'")
+            try:
+                if staged not in found:
+                    cursor.execute(
+                        f"ALTER TABLE {quote(table)} ADD CONSTRAINT {quote(staged)} FOREIGN KEY ({quote(column)}) "
+                        f"REFERENCES {quote(target.db_table)} ({quote(target.pk.column)}) {action} "
+                        f"DEFERRABLE INITIALLY DEFERRED NOT VALID")
+                for old in sorted(set(found) - {staged}):
+                    cursor.execute(f"ALTER TABLE {quote(table)} DROP CONSTRAINT {quote(old)}")
+                cursor.execute(f"ALTER TABLE {quote(table)} VALIDATE CONSTRAINT {quote(staged)}")
+                if name != staged:
+                    cursor.execute(f"ALTER TABLE {quote(table)} RENAME CONSTRAINT {quote(staged)} TO {quote(name)}")
+            finally:
+                cursor.execute("RESET lock_timeout")

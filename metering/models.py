@@ -20,6 +20,8 @@ class UsageRecord(models.Model):
     request_id = models.CharField(max_length=64, unique=True)
     organization = models.ForeignKey("accounts.Organization", on_delete=models.PROTECT, related_name="+")
     project = models.ForeignKey("accounts.Project", on_delete=models.PROTECT, related_name="+")
+    # Also ON DELETE SET NULL in PostgreSQL itself (metering.0002, config.migration_operations): a
+    # migration that recreates this constraint must keep that.
     api_key = models.ForeignKey("accounts.APIKey", null=True, on_delete=models.SET_NULL, related_name="+")
     model = models.ForeignKey("embeddings.EmbeddingModel", on_delete=models.PROTECT, related_name="+")
     input_count = models.PositiveIntegerField()

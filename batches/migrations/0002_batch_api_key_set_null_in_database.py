@@ -7,6 +7,8 @@ from config.migration_operations import ForeignKeySetNullInDatabase
 
 class Migration(migrations.Migration):
 
+    atomic = False  # each step its own short transaction (ForeignKeySetNullInDatabase)
+
     dependencies = [
         ("batches", "0001_initial"),
     ]

@@ -7,6 +7,8 @@ from config.migration_operations import ForeignKeySetNullInDatabase
 
 class Migration(migrations.Migration):
 
+    atomic = False  # each step its own short transaction (ForeignKeySetNullInDatabase)
+
     dependencies = [
         ("metering", "0001_initial"),
         ("accounts", "0006_service_accounts_allowlists_audit_log"),

@@ -247,6 +247,19 @@ def test_key_deleted_as_its_record_is_written_alongside(client, created_key, pro
     assert_error(post_embeddings(client, BODY), 401, param=None, code="invalid_api_key")
 
 
+def test_the_database_itself_nulls_a_deleted_keys_records_and_batches(db):
+    """The key constraints of usage records and batches are ON DELETE SET NULL in PostgreSQL (a
+    later migration that recreates one must keep it), deferred, and validated."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("""SELECT conrelid::regclass::text, confdeltype, condeferred, convalidated
+                          FROM pg_constraint JOIN pg_attribute ON attrelid = conrelid AND attnum = ANY (conkey)
+                          WHERE contype = 'f' AND attname = 'api_key_id'
+                            AND conrelid::regclass::text IN ('billing_usagerecord', 'batches_batch')""")
+        assert sorted(cursor.fetchall()) == [("batches_batch", "n", True, True), ("billing_usagerecord", "n", True, True)]
+
+
 @pytest.mark.django_db(transaction=True)
 def test_project_deleted_mid_request_is_401_and_billed_nowhere(client, created_key, project, monkeypatch, settings):
     """The record written after the encode (a request of a busy process; here forced) meets the
