@@ -270,7 +270,11 @@ _unreaped: dict[str, set[int]] = {}
 
 def _note_spawned(watcher, arbiter, hook_name, pid=None, **info) -> bool:
     """circus ``after_spawn`` hook: remember the new child, so that `_log_unreaped_exits` can tell
-    an exit circus let pass unlogged; always True (the child is kept)."""
+    an exit circus let pass unlogged; always True (the child is kept). A pid noted under another
+    watcher is stale there (that child was reaped without a hook, e.g. killed by circus itself,
+    and its pid reused): it is forgotten."""
+    for pids in _unreaped.values():
+        pids.discard(pid)
     _unreaped.setdefault(watcher.name, set()).add(pid)
     return True
 

@@ -78,8 +78,8 @@ from .store import MAX_REBUILD_ROUNDS, MONTHLY_TTL_GRACE_MS, AdmissionUnavailabl
 _settler = ThreadPoolExecutor(max_workers=1, thread_name_prefix="admission-settle")
 # Settles queued and not yet run. One settle thread serializes what every request thread adds, so
 # while the store answers slowly (each settle waits up to ADMISSION_REDIS_TIMEOUT) the queue could
-# grow without end; past `SETTLE_QUEUE_MAX` a request settles in its own thread instead, after its
-# response is rendered, as requests did before the settle thread (backpressure, memory bounded).
+# grow without end; past `SETTLE_QUEUE_MAX` a request settles in its own thread instead, before its
+# response is sent (backpressure: it waits for the store, as admission did; memory stays bounded).
 SETTLE_QUEUE_MAX = 1000
 _settles_queued = 0
 _settles_lock = threading.Lock()
@@ -90,7 +90,7 @@ class Reservation:
     """What `admission_reserve` reserved; use as a context manager around encode + meter:
     an exception refunds it (and propagates), a clean exit settles it, on this process's settle
     thread: the request does not wait for it (unless `SETTLE_QUEUE_MAX` settles are already
-    waiting for that thread: then in the request's thread, after its response is rendered). A settle only moves the tokens from ``r`` (in
+    waiting for that thread: then in the request's own thread, before its response is sent). A settle only moves the tokens from ``r`` (in
     flight) to ``s`` (settled) of the counters it reserved in, so nothing a request is checked
     against waits for it. One lost (an outage, or a SIGKILL with settles still queued) leaves
     ``r`` high: `admission_reconcile` then keeps those tokens on top of the database's sum, so

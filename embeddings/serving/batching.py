@@ -257,16 +257,19 @@ class MicroBatcher:
             vectors = self.engine.encode(rows, on_pass=lambda *args: passes.append(args), wide=wide)
         except Exception as exc:  # noqa: BLE001 - every waiter must hear of it
             logger.exception("batch failed model=%s items=%d inputs=%d", self.name, len(batch), len(rows))
-            if len(batch) == 1:
-                batch[0].future.set_exception(exc)
+            try:
+                if len(batch) == 1:
+                    batch[0].future.set_exception(exc)
+                    return
+                # One bad submission must not fail the others that shared its batch: run each alone.
+                for item in batch:
+                    try:
+                        item.future.set_result(self.engine.encode(item.token_ids))
+                    except Exception as item_exc:  # noqa: BLE001
+                        item.future.set_exception(item_exc)
                 return
-            # One bad submission must not fail the others that shared its batch: run each alone.
-            for item in batch:
-                try:
-                    item.future.set_result(self.engine.encode(item.token_ids))
-                except Exception as item_exc:  # noqa: BLE001
-                    item.future.set_exception(item_exc)
-            return
+            finally:  # the engine was busy all the same
+                metrics.BATCH_SECONDS.labels(self.name).inc(time.perf_counter() - started)
         ms = (time.perf_counter() - started) * 1000
         tokens = sum(item.tokens for item in batch)
         start = 0

@@ -253,7 +253,7 @@ def plan_passes(lengths: Sequence[int], budget: int, overhead: float) -> list[in
         run_end = run_start + 1
         while run_end < n and widths[run_end] == width:
             run_end += 1
-        span = max(1, budget // width)  # rows per pass at this width
+        span = max(1, int(budget // width))  # rows per pass at this width
         # Starts before the run: s in [max(0, j - span), run_start], value cost[s] - s * width.
         first = max(0, run_start + 1 - span)
         before = np.minimum.accumulate((cost[first:run_start + 1] - positions[first:run_start + 1] * width)[::-1])
@@ -277,7 +277,7 @@ def plan_passes(lengths: Sequence[int], budget: int, overhead: float) -> list[in
     while j > 0:  # back through the cuts: the start each pass's cost came from
         ends.append(j)
         width = widths[j - 1]
-        low = max(0, j - max(1, budget // width))
+        low = max(0, j - max(1, int(budget // width)))
         j = low + int(np.argmin(cost[low:j] + (j - positions[low:j]) * width))
     return ends[::-1]
 
