@@ -191,7 +191,7 @@ class APIKeyAuthentication(BearerKeyAuthentication):
             resolved = remembered.resolved
             if resolved.expires_at is None or resolved.expires_at > timezone.now():
                 request.key_confirmation = KeyConfirmation(
-                    entry_key=str(cache.make_key(name)), entry=remembered.entry,
+                    name=name, entry_key=str(cache.make_key(name)), entry=remembered.entry,
                     failures_key=auth_failures_cache_key(client_ip(request)),
                     failures_limit=settings.API_AUTH_FAILURE_LIMIT)
                 return resolved, resolved
@@ -234,8 +234,10 @@ class KeyConfirmation:
     atomically in the request's admission round trip (`limits.admission.admission_reserve`): the
     key's cache entry must still be stored as ``entry`` (bytes) under ``entry_key``, and the
     client address's failed authentications under ``failures_key`` must be fewer than
-    ``failures_limit`` (Redis keys with the cache's prefix)."""
+    ``failures_limit`` (Redis keys with the cache's prefix). ``name``: the key's cache name, under
+    which this process remembers it."""
 
+    name: str
     entry_key: str
     entry: bytes
     failures_key: str
@@ -275,10 +277,8 @@ def key_confirm(request) -> bool:
     ``too_many_failed_authentications``) are raised. Sets ``request.user``/``request.auth`` to the
     key as it is now and clears ``request.key_confirmation``; returns whether the key changed
     (another `ResolvedKey`: what the request was checked against is out of date)."""
-    request.key_confirmation = None
-    authenticator = APIKeyAuthentication(remember=True)
-    header = get_authorization_header(request).split()
-    resolved, _ = authenticator.round_trip(request, authenticator.cache_key(header[1].decode("ascii")))
+    name, request.key_confirmation = request.key_confirmation.name, None
+    resolved, _ = APIKeyAuthentication(remember=True).round_trip(request, name)
     changed = resolved != request.auth
     if changed:
         request.user, request.auth = resolved, resolved

@@ -90,9 +90,9 @@ class Reservation:
     """What `admission_reserve` reserved; use as a context manager around encode + meter:
     an exception refunds it (and propagates), a clean exit settles it, on this process's settle
     thread: the request does not wait for it (unless `SETTLE_QUEUE_MAX` settles are already
-    waiting for that thread: then in the request's own thread, before its response is sent). A settle only moves the tokens from ``r`` (in
-    flight) to ``s`` (settled) of the counters it reserved in, so nothing a request is checked
-    against waits for it. One lost (an outage, or a SIGKILL with settles still queued) leaves
+    waiting for that thread: then in the request's own thread, before its response is sent). A
+    settle only moves the tokens from ``r`` (in flight) to ``s`` (settled) of the counters it
+    reserved in, so nothing a request is checked against waits for it. One lost (an outage, or a SIGKILL with settles still queued) leaves
     ``r`` high: `admission_reconcile` then keeps those tokens on top of the database's sum, so
     the counter errs high until the month ends, never low. That is one Redis round trip fewer per
     request (~0.9 ms of a one-text request on 2 cores, ``bench/request_phases.py``).

@@ -241,6 +241,13 @@ class MicroBatcher:
                 self._release()
 
     def _execute(self, batch: list[_Item], wide: bool = False) -> None:
+        started = time.perf_counter()
+        try:
+            self._run_batch(batch, wide)
+        finally:  # the engine's time in batches: failed ones, and their submissions run alone, too
+            metrics.BATCH_SECONDS.labels(self.name).inc(time.perf_counter() - started)
+
+    def _run_batch(self, batch: list[_Item], wide: bool) -> None:
         batch = [item for item in batch if item.future.set_running_or_notify_cancel()]
         if not batch:
             return
@@ -257,19 +264,16 @@ class MicroBatcher:
             vectors = self.engine.encode(rows, on_pass=lambda *args: passes.append(args), wide=wide)
         except Exception as exc:  # noqa: BLE001 - every waiter must hear of it
             logger.exception("batch failed model=%s items=%d inputs=%d", self.name, len(batch), len(rows))
-            try:
-                if len(batch) == 1:
-                    batch[0].future.set_exception(exc)
-                    return
-                # One bad submission must not fail the others that shared its batch: run each alone.
-                for item in batch:
-                    try:
-                        item.future.set_result(self.engine.encode(item.token_ids))
-                    except Exception as item_exc:  # noqa: BLE001
-                        item.future.set_exception(item_exc)
+            if len(batch) == 1:
+                batch[0].future.set_exception(exc)
                 return
-            finally:  # the engine was busy all the same
-                metrics.BATCH_SECONDS.labels(self.name).inc(time.perf_counter() - started)
+            # One bad submission must not fail the others that shared its batch: run each alone.
+            for item in batch:
+                try:
+                    item.future.set_result(self.engine.encode(item.token_ids))
+                except Exception as item_exc:  # noqa: BLE001
+                    item.future.set_exception(item_exc)
+            return
         ms = (time.perf_counter() - started) * 1000
         tokens = sum(item.tokens for item in batch)
         start = 0
@@ -298,7 +302,6 @@ class MicroBatcher:
         metrics.BATCH_INPUTS.labels(name).observe(record.inputs)
         metrics.BATCH_PADDED_TOKENS.labels(name).observe(padded)
         metrics.BATCH_PADDING_EFFICIENCY.labels(name).observe(record.tokens / padded if padded else 1.0)
-        metrics.BATCH_SECONDS.labels(name).inc(record.ms / 1000)
         metrics.FORWARD_PASSES.labels(name).inc(len(passes))
         metrics.ENGINE_TOKENS.labels(name).inc(record.tokens)
         metrics.ENGINE_PADDED_TOKENS.labels(name).inc(padded)
