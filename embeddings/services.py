@@ -152,8 +152,9 @@ class TokenizedInputs:
 # worker's chunk, a registration) is an unsaved `EmbeddingModel(local_path=...)`.
 
 def tokenizer_for(model: EmbeddingModel) -> ModelTokenizer:
-    """The tokenizer of ``model`` (loaded once per process, weights not loaded)."""
-    return get_tokenizer(model.local_path)
+    """The tokenizer of ``model`` (loaded once per process, weights not loaded; kept under
+    ``EMBEDDINGS_EXPORT_DIR`` by the first process that builds it, read from there by the others)."""
+    return get_tokenizer(model.local_path, cache_dir=settings.EMBEDDINGS_EXPORT_DIR)
 
 
 def engine_for(model: EmbeddingModel) -> Engine:

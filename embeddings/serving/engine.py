@@ -12,12 +12,17 @@ CPU when ONNX Runtime is installed (``bench/engine_vs_raw.py --backend`` compare
 the platform's default (``EMBEDDINGS_BACKEND``). The release step registers the models, which
 loads each once and so makes its export before any server or worker starts; a host that finds no
 export makes it once, under a file lock its other processes wait on.
+
+Beside the export, the load that made it keeps a manifest (``<model_stamp>.json``: dimensions,
+context length, pooling, vocabulary size) and the model's tokenizer (`ModelTokenizer`): on CPU, a
+model that is the export plus mean pooling then loads from those three files alone, without
+importing torch or sentence-transformers (~10 s and ~400 MB of each web and worker process's
+start on 2 cores; ``Engine.without_torch``).
 """
 from __future__ import annotations
 
 import collections
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -31,17 +36,24 @@ from pathlib import Path
 import numpy as np
 
 from .registry import ProcessRegistry
-from .tokenization import get_tokenizer
+from .tokenization import get_tokenizer, model_stamp, read_cached, write_cached
 
 logger = logging.getLogger(__name__)
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
 
 
+# Device files of the GPU drivers torch's CUDA (NVIDIA; AMD's ROCm) can use; WSL 2's.
+GPU_DEVICE_FILES = ("/dev/nvidiactl", "/dev/kfd", "/dev/dxg")
+
+
 def resolve_device(device: str = "auto") -> str:
-    """``"auto"`` -> ``"cuda"`` when torch sees a GPU, else ``"cpu"``; other values pass through."""
+    """``"auto"`` -> ``"cuda"`` when torch sees a GPU, else ``"cpu"``; other values pass through.
+    On a host with none of `GPU_DEVICE_FILES` torch could see no GPU: ``"cpu"`` without importing it."""
     if device != "auto":
         return device
+    if not any(os.path.exists(name) for name in GPU_DEVICE_FILES):
+        return "cpu"
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
@@ -153,13 +165,7 @@ def onnx_export(model, source: str | os.PathLike, input_names: list[str], cache_
     ``(batch, seq)`` int64, dynamic; output ``last_hidden_state`` ``(batch, seq, hidden)``. Export
     takes ~4 s for all-MiniLM-L6-v2 on 2 cores.
     """
-    import torch
-
-    source = Path(source)
-    weights = sorted(source.glob("*.safetensors")) + sorted(source.glob("*.bin"))
-    stamp = "|".join([str(source.resolve()), torch.__version__,
-                      *(f"{w.name}:{w.stat().st_size}:{w.stat().st_mtime_ns}" for w in weights)])
-    target = Path(cache_dir) / f"{hashlib.sha256(stamp.encode()).hexdigest()[:32]}.onnx"
+    target = Path(cache_dir) / f"{model_stamp(source)}.onnx"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -320,42 +326,69 @@ class Engine:
         load_seconds: how long loading took (seconds).
         pass_overhead_tokens: see the argument (measured: ~7 tokens on 1 CPU thread, ~22 on 2, for
             all-MiniLM-L6-v2 under ONNX Runtime).
+        without_torch: whether it loaded from its kept export, manifest and tokenizer alone (the
+            ``onnx`` backend on CPU, mean pooling, a full load of the same model files and library
+            versions made them before: `model_stamp`); ``model`` is then None.
+        model: the loaded ``SentenceTransformer`` (None when ``without_torch``).
     """
 
     def __init__(self, path: str, *, device: str = "auto", batch_tokens: int = 0, torch_threads: int = 0,
                  backend: str = "torch", cache_dir: str | os.PathLike | None = None,
                  pass_overhead_tokens: float | None = None, wide_threads: int = 0,
                  wide_slot: str | os.PathLike | None = None):
-        import torch
-        from sentence_transformers import SentenceTransformer
-
-        if torch_threads:
-            torch.set_num_threads(torch_threads)
-
         started = time.perf_counter()
         self.path = str(path)
         self.device = resolve_device(device)
-        self.model = SentenceTransformer(self.path, device=self.device, local_files_only=True)
-        if self.device.startswith("cuda"):
-            self.model.half()
-        self.model.eval()
+        self.backend = resolve_backend(backend, self.device)
         self.batch_tokens = batch_tokens or default_pass_tokens(self.device)
-        dimension_of = getattr(self.model, "get_embedding_dimension", None) or \
-            self.model.get_sentence_embedding_dimension  # sentence-transformers < 6
-        self.dimensions = int(dimension_of())
-        self.max_input_tokens = int(self.model.max_seq_length)
-        self.pools_prompt = all(getattr(module, "include_prompt", True) for module in self.model)
-        tokenizer = get_tokenizer(self.path)
+        cache = Path(cache_dir) if cache_dir is not None else Path(tempfile.gettempdir()) / "embeddings-onnx"
+        tokenizer = get_tokenizer(self.path, cache_dir=cache)
         self.pad_token_id = tokenizer.pad_token_id
         self.input_names = tokenizer.input_names
-        self._torch = torch
-        self.backend = resolve_backend(backend, self.device)
         self._session = self._wide_session = self.wide_slot = None
+        self.model = self._torch = None
+        manifest_path = cache / f"{model_stamp(self.path)}.json"
+        manifest = read_cached(manifest_path) if self.backend == "onnx" and self.device == "cpu" else None
+        self.without_torch = bool(manifest and manifest.get("mean_pool") and manifest_path.with_suffix(".onnx").exists())
+        if self.without_torch:
+            # All the model is the export and numpy's pooling: its figures come from the manifest a
+            # full load wrote (below), so neither torch nor sentence-transformers is imported.
+            self.dimensions = int(manifest["dimensions"])
+            self.max_input_tokens = int(manifest["max_input_tokens"])
+            self.pools_prompt = bool(manifest["pools_prompt"])
+            self._mean_pool = True
+            self._vocab_rows = int(manifest["vocab_rows"])
+            exported = manifest_path.with_suffix(".onnx")
+        else:
+            import torch
+            from sentence_transformers import SentenceTransformer
+
+            if torch_threads:
+                torch.set_num_threads(torch_threads)
+            self.model = SentenceTransformer(self.path, device=self.device, local_files_only=True)
+            if self.device.startswith("cuda"):
+                self.model.half()
+            self.model.eval()
+            dimension_of = getattr(self.model, "get_embedding_dimension", None) or \
+                self.model.get_sentence_embedding_dimension  # sentence-transformers < 6
+            self.dimensions = int(dimension_of())
+            self.max_input_tokens = int(self.model.max_seq_length)
+            self.pools_prompt = all(getattr(module, "include_prompt", True) for module in self.model)
+            self._torch = torch
+            if self.backend == "onnx":
+                self._mean_pool = pools_by_mean(list(self.model)[1:])
+                self._vocab_rows = int(self.model[0].auto_model.config.vocab_size)
         if self.backend == "onnx":
             import onnxruntime
 
             names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in self.input_names]
-            exported = onnx_export(self.model, self.path, names, cache_dir or Path(tempfile.gettempdir()) / "embeddings-onnx")
+            if not self.without_torch:
+                exported = onnx_export(self.model, self.path, names, cache)
+                if self.device == "cpu":
+                    write_cached(manifest_path, {
+                        "dimensions": self.dimensions, "max_input_tokens": self.max_input_tokens,
+                        "pools_prompt": self.pools_prompt, "mean_pool": self._mean_pool,
+                        "vocab_rows": self._vocab_rows})
 
             def session(threads: int, spin: bool = False):
                 options = onnxruntime.SessionOptions()
@@ -380,15 +413,13 @@ class Engine:
                 self._wide_session = session(wide_threads, spin=True)
                 self.wide_slot = HostSlot(wide_slot) if wide_slot is not None else None
             self._session_inputs = names
-            self._mean_pool = pools_by_mean(list(self.model)[1:])
-            self._vocab_rows = int(self.model[0].auto_model.config.vocab_size)
         self.pass_overhead_tokens = (self.calibrate_pass_overhead() if pass_overhead_tokens is None
                                      else float(pass_overhead_tokens))
         self.load_seconds = time.perf_counter() - started
-        logger.info("Loaded model %s on %s (%s, %s) in %.0f ms; a forward pass costs %.0f tokens more than its "
+        logger.info("Loaded model %s on %s (%s, %s) in %.0f ms%s; a forward pass costs %.0f tokens more than its "
                     "padded tokens", self.path, self.device, self.backend,
                     "fp16" if self.device.startswith("cuda") else "fp32", self.load_seconds * 1000,
-                    self.pass_overhead_tokens)
+                    " from its kept export, without torch" if self.without_torch else "", self.pass_overhead_tokens)
 
     def calibrate_pass_overhead(self) -> float:
         """Measure the fixed cost of one forward pass in padded tokens (what `plan_passes` weighs a

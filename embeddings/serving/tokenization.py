@@ -2,18 +2,74 @@
 
 The API process tokenizes every request (exact counts before admission and
 inference) even when it never runs the model (workers do), so this module loads
-only the tokenizer files.
+only the tokenizer files; and, once a process has built a model's tokenizer through
+transformers and kept it in a cache directory (`ModelTokenizer`), the other processes
+read it from there without importing transformers (which imports torch: ~4 s and
+~200 MB of a process's start).
 """
 from __future__ import annotations
 
 import functools
+import hashlib
+import importlib.metadata
+import json
+import logging
 import os
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from .registry import ProcessRegistry
 
+logger = logging.getLogger(__name__)
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+
+# The libraries whose versions what is cached of a model depends on (`model_stamp`): an upgrade of
+# any of them names new cache entries, so nothing built by another version is ever read.
+STAMP_PACKAGES = ("torch", "transformers", "sentence-transformers", "tokenizers", "onnxruntime")
+
+
+def model_stamp(path: str | os.PathLike) -> str:
+    """32 hex digits that name what is cached of the model at ``path`` (`ModelTokenizer`'s tokenizer,
+    the engine's ONNX export and manifest): a digest of its resolved directory, every file under it
+    (relative path, size in bytes, mtime in ns) and the installed versions of `STAMP_PACKAGES` (read
+    from their metadata, nothing imported). A change to any of them names a new entry."""
+    source = Path(path).resolve()
+    parts = [str(source)]
+    for package in STAMP_PACKAGES:
+        try:
+            parts.append(f"{package}=={importlib.metadata.version(package)}")
+        except importlib.metadata.PackageNotFoundError:
+            parts.append(f"{package} absent")
+    for file in sorted(p for p in source.rglob("*") if p.is_file()):
+        stat = file.stat()
+        parts.append(f"{file.relative_to(source)}:{stat.st_size}:{stat.st_mtime_ns}")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
+
+
+def read_cached(target: Path) -> dict | None:
+    """The JSON object kept at ``target`` by `write_cached`, or None when there is none (or it cannot
+    be read: it is then built again)."""
+    try:
+        return json.loads(target.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def write_cached(target: Path, data: dict) -> None:
+    """Keep ``data`` as JSON at ``target``: written to a temporary file beside it and renamed, so a
+    process never reads a partial file. A directory that cannot be written is logged and skipped (the
+    next process builds it again)."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=target.parent, suffix=".tmp",
+                                         delete=False) as handle:
+            json.dump(data, handle)
+        os.replace(handle.name, target)
+    except OSError as exc:
+        logger.warning("Could not keep %s (%s): it is built again by the next process", target, exc)
 
 # `ModelTokenizer.tokenize_within` first tokenizes a window of this many characters per allowed
 # token: plain English runs at ~4-6 characters per WordPiece/BPE token, so nearly every valid
@@ -47,20 +103,52 @@ class ModelTokenizer:
         pad_token_id: id used to pad rows of a batch.
         input_names: the model's input tensors, e.g. ``["input_ids", "token_type_ids", "attention_mask"]``.
         prefix, suffix: special-token ids put around every input (BERT: ``[CLS]``, ``[SEP]``).
+
+    ``cache_dir``: where the tokenizer transformers builds from the model's files is kept, as
+    ``<model_stamp>.tokenizer.json`` (its `tokenizers` serialization, pad id and input names):
+    a process that finds it there builds the same tokenizer from it without importing
+    transformers. None: always through transformers.
     """
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, cache_dir: str | os.PathLike | None = None):
         from tokenizers import Tokenizer
-        from transformers import AutoTokenizer
 
-        hf_tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-        self.tokenizer = Tokenizer.from_str(hf_tokenizer.backend_tokenizer.to_str())
+        self.path = str(path)
+        cached = self._cached(cache_dir) if cache_dir is not None else None
+        spec = read_cached(cached) if cached is not None else None
+        if spec is None:
+            spec = self._spec(path)
+            if cached is not None:
+                write_cached(cached, spec)
+        self._kept_spec = spec
+        self.tokenizer = Tokenizer.from_str(spec["tokenizer"])
         self.tokenizer.no_truncation()
         self.tokenizer.no_padding()
         self.vocab_size = int(self.tokenizer.get_vocab_size(with_added_tokens=True))
-        self.pad_token_id = int(hf_tokenizer.pad_token_id or 0)
-        self.input_names = list(getattr(hf_tokenizer, "model_input_names", ["input_ids", "attention_mask"]))
+        self.pad_token_id = int(spec["pad_token_id"])
+        self.input_names = list(spec["input_names"])
         self.prefix, self.suffix = self._special_tokens()
+
+    def _cached(self, cache_dir: str | os.PathLike) -> Path:
+        return Path(cache_dir) / f"{model_stamp(self.path)}.tokenizer.json"
+
+    def keep(self, cache_dir: str | os.PathLike) -> None:
+        """Keep this tokenizer in ``cache_dir`` too, unless it is there already (a process that built
+        it before it was asked to keep it: a test, a benchmark)."""
+        cached = self._cached(cache_dir)
+        if not cached.exists():
+            write_cached(cached, self._kept_spec)
+
+    @staticmethod
+    def _spec(path: str) -> dict:
+        """The model's tokenizer as transformers builds it from its files: ``{"tokenizer": its
+        `tokenizers` JSON, "pad_token_id", "input_names"}``."""
+        from transformers import AutoTokenizer
+
+        hf_tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        return {"tokenizer": hf_tokenizer.backend_tokenizer.to_str(),
+                "pad_token_id": int(hf_tokenizer.pad_token_id or 0),
+                "input_names": list(getattr(hf_tokenizer, "model_input_names", ["input_ids", "attention_mask"]))}
 
     def _special_tokens(self) -> tuple[list[int], list[int]]:
         with_special = self.tokenizer.encode("a", add_special_tokens=True).ids
@@ -155,9 +243,17 @@ class ModelTokenizer:
 _tokenizers: ProcessRegistry[ModelTokenizer] = ProcessRegistry()
 
 
-def get_tokenizer(path: str) -> ModelTokenizer:
-    """The process-wide `ModelTokenizer` for the model at ``path`` (loaded once)."""
-    return _tokenizers.get(str(path), lambda: ModelTokenizer(str(path)))
+_kept: set[tuple[str, str]] = set()  # (path, cache_dir) where this process made sure it is kept
+
+
+def get_tokenizer(path: str, cache_dir: str | os.PathLike | None = None) -> ModelTokenizer:
+    """The process-wide `ModelTokenizer` for the model at ``path`` (loaded once), kept in
+    ``cache_dir`` when one is given (checked once per process and directory: a set lookup after)."""
+    tokenizer = _tokenizers.get(str(path), lambda: ModelTokenizer(str(path), cache_dir))
+    if cache_dir is not None and (str(path), str(cache_dir)) not in _kept:
+        tokenizer.keep(cache_dir)
+        _kept.add((str(path), str(cache_dir)))
+    return tokenizer
 
 
 # --- OpenAI's token ids --------------------------------------------------------------------------

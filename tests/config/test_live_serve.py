@@ -1,5 +1,6 @@
 """The session's shared ``make serve`` (tests/live.py) answers the official client; on a new
-``VAR_DIR`` its release step made the model's ONNX export, once, before web and worker started."""
+``VAR_DIR`` its release step made the model's ONNX export, once, before web and worker started,
+and they load from it without torch (none of their processes maps libtorch)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,4 +22,10 @@ def test_the_shared_make_serve_embeds_through_the_official_client(live_serve):
     assert len(exports) == 1 and exports[0].get("process") == "migrate", exports
     loads = [r["message"] for r in records if "Loaded model" in r["message"] and r.get("process") in ("web", "worker")]
     assert loads and all("(onnx, fp32)" in line for line in loads), loads  # ONNX Runtime on CPU
+    assert all("without torch" in line for line in loads), loads  # from the kept export, manifest, tokenizer
     assert len(list((Path(live_serve.env["VAR_DIR"]) / "models").glob("*.onnx"))) == 1
+    served = live_serve.platform.children_named("granian") + live_serve.platform.children_named("celery", "worker")
+    assert len(served) >= 3  # granian's main process and its two, the worker
+    for proc in served:
+        maps = Path(f"/proc/{proc.pid}/maps").read_text()
+        assert "libtorch" not in maps and "sentence_transformers" not in maps, proc.cmdline()

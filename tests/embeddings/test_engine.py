@@ -60,8 +60,11 @@ def test_onnx_export_is_made_once_and_reused(tmp_path, caplog):
     with caplog.at_level("INFO", logger="embeddings.serving.engine"):
         Engine(PATH, device="cpu", backend="onnx", cache_dir=tmp_path)
     assert exported.stat().st_mtime_ns == made and "Exported" not in caplog.text
-    # no temporary file left beside it (the lock file stays: removing it would race other lockers)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([exported.name, exported.with_suffix(".lock").name])
+    # no temporary file left beside it (the lock file stays: removing it would race other lockers);
+    # the manifest and the tokenizer a load without torch reads are kept beside it
+    stamp = exported.stem
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        f"{stamp}{suffix}" for suffix in (".onnx", ".lock", ".json", ".tokenizer.json"))
 
 
 def test_processes_that_load_at_once_export_once(tmp_path, monkeypatch):
