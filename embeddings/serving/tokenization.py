@@ -9,6 +9,7 @@ read it from there without importing transformers (which imports torch: ~4 s and
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib.metadata
@@ -29,6 +30,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
 # The libraries whose versions what is cached of a model depends on (`model_stamp`): an upgrade of
 # any of them names new cache entries, so nothing built by another version is ever read.
 STAMP_PACKAGES = ("torch", "transformers", "sentence-transformers", "tokenizers", "onnxruntime")
+# The layout of what this code keeps (the export, the manifest's keys, the tokenizer's): raised when
+# it changes, so files an older layout kept are never read.
+CACHE_FORMAT = 1
 
 
 def model_stamp(path: str | os.PathLike) -> str:
@@ -37,15 +41,20 @@ def model_stamp(path: str | os.PathLike) -> str:
     (relative path, size in bytes, mtime in ns) and the installed versions of `STAMP_PACKAGES` (read
     from their metadata, nothing imported). A change to any of them names a new entry."""
     source = Path(path).resolve()
-    parts = [str(source)]
+    parts = [str(source), f"format {CACHE_FORMAT}"]
     for package in STAMP_PACKAGES:
         try:
             parts.append(f"{package}=={importlib.metadata.version(package)}")
         except importlib.metadata.PackageNotFoundError:
             parts.append(f"{package} absent")
-    for file in sorted(p for p in source.rglob("*") if p.is_file()):
-        stat = file.stat()
-        parts.append(f"{file.relative_to(source)}:{stat.st_size}:{stat.st_mtime_ns}")
+    files = []
+    for folder, _, names in os.walk(source, followlinks=True):  # a linked module folder counts too
+        for name in names:
+            file = Path(folder) / name
+            with contextlib.suppress(OSError):  # a dangling link: no file the model can read
+                stat = file.stat()
+                files.append(f"{file.relative_to(source)}:{stat.st_size}:{stat.st_mtime_ns}")
+    parts.extend(sorted(files))
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
 
 
@@ -62,14 +71,22 @@ def write_cached(target: Path, data: dict) -> None:
     """Keep ``data`` as JSON at ``target``: written to a temporary file beside it and renamed, so a
     process never reads a partial file. A directory that cannot be written is logged and skipped (the
     next process builds it again)."""
+    partial = None
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=target.parent, suffix=".tmp",
                                          delete=False) as handle:
+            partial = handle.name
             json.dump(data, handle)
-        os.replace(handle.name, target)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(partial, 0o666 & ~umask)  # as any file this user writes (mkstemp's are 0600)
+        os.replace(partial, target)
     except OSError as exc:
         logger.warning("Could not keep %s (%s): it is built again by the next process", target, exc)
+        if partial is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(partial)
 
 # `ModelTokenizer.tokenize_within` first tokenizes a window of this many characters per allowed
 # token: plain English runs at ~4-6 characters per WordPiece/BPE token, so nearly every valid
@@ -114,13 +131,13 @@ class ModelTokenizer:
         from tokenizers import Tokenizer
 
         self.path = str(path)
-        cached = self._cached(cache_dir) if cache_dir is not None else None
+        self.stamp = model_stamp(path)  # of the files it is built from: what it is kept under
+        cached = Path(cache_dir) / f"{self.stamp}.tokenizer.json" if cache_dir is not None else None
         spec = read_cached(cached) if cached is not None else None
         if spec is None:
             spec = self._spec(path)
             if cached is not None:
                 write_cached(cached, spec)
-        self._kept_spec = spec
         self.tokenizer = Tokenizer.from_str(spec["tokenizer"])
         self.tokenizer.no_truncation()
         self.tokenizer.no_padding()
@@ -129,15 +146,14 @@ class ModelTokenizer:
         self.input_names = list(spec["input_names"])
         self.prefix, self.suffix = self._special_tokens()
 
-    def _cached(self, cache_dir: str | os.PathLike) -> Path:
-        return Path(cache_dir) / f"{model_stamp(self.path)}.tokenizer.json"
-
     def keep(self, cache_dir: str | os.PathLike) -> None:
-        """Keep this tokenizer in ``cache_dir`` too, unless it is there already (a process that built
-        it before it was asked to keep it: a test, a benchmark)."""
-        cached = self._cached(cache_dir)
+        """Keep this tokenizer in ``cache_dir`` too (under the stamp of the files it was built from),
+        unless it is there already: a process that built it before it was asked to keep it (a test,
+        a benchmark). Its own serialization, truncation and padding off: read back, it is the same."""
+        cached = Path(cache_dir) / f"{self.stamp}.tokenizer.json"
         if not cached.exists():
-            write_cached(cached, self._kept_spec)
+            write_cached(cached, {"tokenizer": self.tokenizer.to_str(), "pad_token_id": self.pad_token_id,
+                                  "input_names": self.input_names})
 
     @staticmethod
     def _spec(path: str) -> dict:

@@ -95,4 +95,4 @@ def test_warm_up_puts_the_loaded_models_out_of_the_garbage_collectors_reach(db, 
     warm_up()
     assert gc.get_freeze_count() > 100_000
     tracked = {id(o) for o in gc.get_objects()}
-    assert id(engine_for(default_model).model) not in tracked  # frozen objects are in no generation
+    assert id(engine_for(default_model)) not in tracked  # frozen objects are in no generation

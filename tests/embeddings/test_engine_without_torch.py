@@ -94,3 +94,27 @@ def test_an_unreadable_manifest_is_made_again(tmp_path):
     assert not Engine(PATH, device="cpu", backend="onnx", cache_dir=tmp_path).without_torch
     assert json.loads(manifest.read_text())["mean_pool"] is True
     assert Engine(PATH, device="cpu", backend="onnx", cache_dir=tmp_path).without_torch
+
+
+def test_the_stamp_reads_linked_folders_and_kept_files_are_readable_by_others(tmp_path):
+    """A module folder that is a link (as a model assembled from links may have) is part of the stamp;
+    what is kept takes the permissions any file of this user would (the release step may run as
+    another user than the web processes that read it)."""
+    from embeddings.serving.tokenization import write_cached
+
+    model = tmp_path / "model"
+    shutil.copytree(PATH, model)
+    shutil.move(model / "1_Pooling", tmp_path / "pooling")
+    (model / "1_Pooling").symlink_to(tmp_path / "pooling", target_is_directory=True)
+    before = model_stamp(model)
+    config = tmp_path / "pooling" / "config.json"
+    config.write_text(config.read_text().replace('"pooling_mode_mean_tokens": true', '"pooling_mode_mean_tokens": false'))
+    assert model_stamp(model) != before
+
+    umask = os.umask(0o022)
+    try:
+        write_cached(tmp_path / "kept" / "x.json", {"a": 1})
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "kept" / "x.json").stat().st_mode & 0o777 == 0o644
+    assert [p.name for p in (tmp_path / "kept").iterdir()] == ["x.json"]  # no temporary file left
