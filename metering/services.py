@@ -159,6 +159,17 @@ def _discard(write, request_id: str) -> None:
     except Exception:  # nothing was written: the request's own error is the one to raise
         return
     try:
-        _alongside.submit(lambda: UsageRecord.objects.filter(request_id=request_id).delete()).result()
+        _alongside.submit(_delete_on_the_metering_thread, request_id).result()
     except Exception:
         logger.exception("The usage record of failed request %s could not be deleted: it is billed", request_id)
+
+
+def _delete_on_the_metering_thread(request_id: str) -> None:
+    """Delete the record of ``request_id``; once more on a new connection when the thread's
+    connection failed (PostgreSQL restarted, the connection cut since the write): a failed request
+    must not stay billed for want of a working connection. Raises what the second try raises."""
+    try:
+        UsageRecord.objects.filter(request_id=request_id).delete()
+    except (OperationalError, InterfaceError):
+        thread_connection.close()
+        UsageRecord.objects.filter(request_id=request_id).delete()

@@ -200,6 +200,45 @@ def test_a_request_whose_encode_fails_after_its_record_was_written_alongside_is_
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_failed_requests_record_is_deleted_even_when_the_metering_connection_broke(client, monkeypatch):
+    """The delete of a failed request's record meets a broken connection (PostgreSQL restarted since
+    the write): it is made again on a new one, and nothing is billed."""
+    import threading
+
+    from django.db import OperationalError
+    from django.db.models.query import QuerySet
+
+    from config.exceptions import WorkersUnavailable
+
+    written = threading.Event()
+    real_create, real_delete = UsageRecord.objects.create, QuerySet.delete
+    failures = []
+
+    def create_and_signal(**fields):
+        record = real_create(**fields)
+        written.set()
+        return record
+
+    def delete_once_broken(queryset):
+        if queryset.model is UsageRecord and not failures:
+            failures.append(threading.current_thread().name)
+            raise OperationalError("server closed the connection unexpectedly")
+        return real_delete(queryset)
+
+    def failing_encode(**kwargs):
+        assert written.wait(10)
+        raise WorkersUnavailable(queue="embeddings", retry_after_s=1)
+
+    monkeypatch.setattr(UsageRecord.objects, "create", create_and_signal)
+    monkeypatch.setattr(QuerySet, "delete", delete_once_broken)
+    monkeypatch.setattr("embeddings.services.encode_inputs", failing_encode)
+    response = post_embeddings(client, {"model": MODEL, "input": "its delete meets a broken connection"})
+    assert response.status_code == 503, response.content
+    assert failures and failures[0].startswith("metering")
+    assert UsageRecord.objects.count() == 0
+
+
+@pytest.mark.django_db(transaction=True)
 def test_with_meter_alongside_off_the_record_is_written_after_the_encode_on_the_request_thread(
         client, monkeypatch, settings):
     import threading
