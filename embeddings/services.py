@@ -545,8 +545,8 @@ def warm_up(*, load_engines: bool | None = None, batch_log_level: int = logging.
     With ``EMBEDDINGS_INLINE_MAX_TOKENS=0`` and a broker, an API process loads no weights.
 
     Then every object alive is moved out of the cyclic garbage collector's reach (``gc.freeze``):
-    the process's ~440,000 objects (torch and transformers where it imports them, the models, Django) live as long as the
-    process, and a full collection walking them held the GIL for ~190 ms (2 cores), a pause every
+    the process's ~440,000 objects (torch and transformers where it imports them, the models,
+    Django) live as long as the process, and a full collection walking them held the GIL for ~190 ms (2 cores), a pause every
     request of the process waited through.
     """
     if load_engines is None:

@@ -158,9 +158,10 @@ def onnx_export(model, source: str | os.PathLike, input_names: list[str], cache_
     """The fp32 ONNX export of ``model``'s transformer (first module; ``model`` loaded from the
     directory ``source``), made once and kept as
     ``cache_dir/<stamp>.onnx`` (``stamp``: `embeddings.serving.tokenization.model_stamp` of
-    ``source``, computed here when not given); written to a temporary file and renamed, so concurrent processes never read a partial file, and made under
-    an exclusive lock (``<name>.lock`` beside it, ``flock``), so the processes of one host that
-    start together export it once: the others wait, then read it.
+    ``source``, computed here when not given); written to a temporary file and renamed, so
+    concurrent processes never read a partial file, and made under an exclusive lock
+    (``<name>.lock`` beside it, ``flock``), so the processes of one host that start together export
+    it once: the others wait, then read it.
 
     Inputs ``input_names`` (``input_ids``, ``attention_mask`` and, for BERT, ``token_type_ids``),
     ``(batch, seq)`` int64, dynamic; output ``last_hidden_state`` ``(batch, seq, hidden)``. Export
@@ -387,11 +388,10 @@ class Engine:
             names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in self.input_names]
             if not self.without_torch:
                 exported = onnx_export(self.model, self.path, names, cache, stamp)
-                if self.device == "cpu":
-                    write_cached(manifest_path, {
-                        "dimensions": self.dimensions, "max_input_tokens": self.max_input_tokens,
-                        "pools_prompt": self.pools_prompt, "mean_pool": self._mean_pool,
-                        "vocab_rows": self._vocab_rows})
+                kept = {"dimensions": self.dimensions, "max_input_tokens": self.max_input_tokens,
+                        "pools_prompt": self.pools_prompt, "mean_pool": self._mean_pool, "vocab_rows": self._vocab_rows}
+                if self.device == "cpu" and manifest != kept:  # a model numpy cannot pool finds it already kept
+                    write_cached(manifest_path, kept)
 
             def session(threads: int, spin: bool = False):
                 options = onnxruntime.SessionOptions()

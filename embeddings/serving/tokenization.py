@@ -121,10 +121,10 @@ class ModelTokenizer:
         input_names: the model's input tensors, e.g. ``["input_ids", "token_type_ids", "attention_mask"]``.
         prefix, suffix: special-token ids put around every input (BERT: ``[CLS]``, ``[SEP]``).
 
-    ``cache_dir``: where the tokenizer transformers builds from the model's files is kept, as
-    ``<model_stamp>.tokenizer.json`` (its `tokenizers` serialization, pad id and input names):
-    a process that finds it there builds the same tokenizer from it without importing
-    transformers. None: always through transformers.
+    ``cache_dir``: where to look for the tokenizer a process kept (`keep`, which `get_tokenizer`
+    calls), as ``<model_stamp>.tokenizer.json`` (its `tokenizers` serialization, pad id and input
+    names): found there, the same tokenizer is built from it without importing transformers. None,
+    or not found: through transformers.
     """
 
     def __init__(self, path: str, cache_dir: str | os.PathLike | None = None):
@@ -133,11 +133,7 @@ class ModelTokenizer:
         self.path = str(path)
         self.stamp = model_stamp(path)  # of the files it is built from: what it is kept under
         cached = Path(cache_dir) / f"{self.stamp}.tokenizer.json" if cache_dir is not None else None
-        spec = read_cached(cached) if cached is not None else None
-        if spec is None:
-            spec = self._spec(path)
-            if cached is not None:
-                write_cached(cached, spec)
+        spec = (read_cached(cached) if cached is not None else None) or self._spec(path)
         self.tokenizer = Tokenizer.from_str(spec["tokenizer"])
         self.tokenizer.no_truncation()
         self.tokenizer.no_padding()
@@ -147,9 +143,9 @@ class ModelTokenizer:
         self.prefix, self.suffix = self._special_tokens()
 
     def keep(self, cache_dir: str | os.PathLike) -> None:
-        """Keep this tokenizer in ``cache_dir`` too (under the stamp of the files it was built from),
-        unless it is there already: a process that built it before it was asked to keep it (a test,
-        a benchmark). Its own serialization, truncation and padding off: read back, it is the same."""
+        """Keep this tokenizer in ``cache_dir`` (under the stamp of the files it was built from),
+        unless it is there already. Its own serialization, truncation and padding off: read back, it
+        is the same."""
         cached = Path(cache_dir) / f"{self.stamp}.tokenizer.json"
         if not cached.exists():
             write_cached(cached, {"tokenizer": self.tokenizer.to_str(), "pad_token_id": self.pad_token_id,
