@@ -10,8 +10,8 @@
   stop every child (then the embedded servers) within 10 s.
 * ``test`` (``make test``): the embedded servers under ``VAR_DIR/test`` unless the URLs
   are set, then pytest with the arguments after ``--``; its exit status.
-* ``migrate`` (``make migrate``, a release step): migrations and the model registry under a
-  PostgreSQL advisory lock, so any number of hosts may run it at once.
+* ``migrate`` (``make migrate``, a release step): migrations, the model registry and the removal
+  of kept model files no longer used (``prune_model_exports``) under a PostgreSQL advisory lock, so any number of hosts may run it at once.
 * ``web`` / ``worker`` / ``beat``: the HTTP server (`config.web`), a Celery worker (``QUEUES``, default every queue
   of `settings.CELERY_PLATFORM_QUEUES`), Celery beat. They never migrate: they wait (and
   say so) until the database is reachable and fully migrated, then start.
@@ -158,8 +158,9 @@ def registry_seed() -> None:
 
 
 def migrate() -> None:
-    """Apply migrations and register the default model under `MIGRATE_LOCK` (session advisory
-    lock: concurrent runs wait, then find nothing to do)."""
+    """Apply migrations, register the default model and remove kept model files no longer used
+    (``prune_model_exports``) under `MIGRATE_LOCK` (session advisory lock: concurrent runs wait,
+    then find nothing to do)."""
     from django.core.management import call_command
     from django.db import connection
 
@@ -175,6 +176,7 @@ def migrate() -> None:
     try:
         call_command("migrate", interactive=False, verbosity=1)
         registry_seed()
+        call_command("prune_model_exports")
     finally:
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_unlock(%s)", [MIGRATE_LOCK])

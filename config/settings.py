@@ -381,6 +381,9 @@ EMBEDDINGS_DEVICE = env.str("EMBEDDINGS_DEVICE", default="auto")
 # once per model under EMBEDDINGS_EXPORT_DIR, by the release step (it loads every model it registers).
 EMBEDDINGS_BACKEND = env.str("EMBEDDINGS_BACKEND", default="auto")
 EMBEDDINGS_EXPORT_DIR = Path(env.str("EMBEDDINGS_EXPORT_DIR", default=str(VAR_DIR / "models"))).resolve()
+# Days the files kept there for model files or library versions no registered model uses stay after
+# their last use (a load reading them) before the release step removes them (prune_model_exports).
+EMBEDDINGS_EXPORT_KEEP_DAYS = env.float("EMBEDDINGS_EXPORT_KEEP_DAYS", default=7.0)
 
 # --- Quotas and rate limits (limits.admission) ------------------------------------------------
 # Where reservations live: a Redis shared by every API process.

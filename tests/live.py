@@ -8,8 +8,11 @@ share it: each makes its own organization and keys (``LiveServe.key``), so they 
 """
 from __future__ import annotations
 
+import os
+import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import pytest
@@ -55,6 +58,24 @@ class LiveServe:
         return self.platform.manage(*args)
 
 
+# Files an earlier version of the platform kept for its model (another stamp: other library versions),
+# unused for LEFTOVER_DAYS: the release step of `make serve` removes them (prune_model_exports).
+LEFTOVER_STAMP = "0123456789abcdef" * 2
+LEFTOVER_DAYS = 8
+
+
+def leftovers_plant(models: Path) -> list[Path]:
+    """Put an older version's export, manifest, lock and tokenizer in ``models`` (``VAR_DIR/models``),
+    last used `LEFTOVER_DAYS` days ago."""
+    models.mkdir(parents=True, exist_ok=True)
+    when = time.time() - LEFTOVER_DAYS * 86400
+    files = [models / f"{LEFTOVER_STAMP}{suffix}" for suffix in (".onnx", ".json", ".lock", ".tokenizer.json")]
+    for file in files:
+        file.write_bytes(b"{}")
+        os.utime(file, (when, when))
+    return files
+
+
 @pytest.fixture(scope="session")
 def live_serve(django_db_blocker, tmp_path_factory) -> LiveServe:
     """``make serve`` on a fresh database; ready (web, worker and beat up) when yielded; stopped,
@@ -68,8 +89,10 @@ def live_serve(django_db_blocker, tmp_path_factory) -> LiveServe:
     redis.Redis.from_url(redis_url).flushdb()
     # Headers may take 60 s (10 s by default), so the security probes' slow-header clients stay
     # held however slow the machine is while they measure.
+    var_dir = tmp_path_factory.mktemp("live-var")
+    leftovers_plant(var_dir / "models")
     env = user_env(DATABASE_URL=worker_database_url(name), REDIS_URL=redis_url,
-                   VAR_DIR=str(tmp_path_factory.mktemp("live-var")), WEB_HEADER_TIMEOUT="60")
+                   VAR_DIR=str(var_dir), WEB_HEADER_TIMEOUT="60")
     platform = Platform("serve", env=env)
     try:
         platform.wait_ready(timeout=300)

@@ -13,11 +13,16 @@ import contextlib
 import functools
 import hashlib
 import importlib.metadata
+import fcntl
 import json
 import logging
 import os
+import re
+import shutil
 import tempfile
-from collections.abc import Sequence
+import time
+from collections import defaultdict
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,11 +65,15 @@ def model_stamp(path: str | os.PathLike) -> str:
 
 def read_cached(target: Path) -> dict | None:
     """The JSON object kept at ``target`` by `write_cached`, or None when there is none (or it cannot
-    be read: it is then built again)."""
+    be read: it is then built again). A read sets the file's mtime to now: the mark `kept_prune` reads
+    as the last use of its stamp (a file this user may not touch keeps its own)."""
     try:
-        return json.loads(target.read_text(encoding="utf-8"))
+        data = json.loads(target.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+    with contextlib.suppress(OSError):
+        os.utime(target)
+    return data
 
 
 def write_cached(target: Path, data: dict) -> None:
@@ -87,6 +96,123 @@ def write_cached(target: Path, data: dict) -> None:
         if partial is not None:
             with contextlib.suppress(OSError):
                 os.unlink(partial)
+
+# What a cache directory keeps per model, named by its `model_stamp`: the engine's ONNX export, its
+# manifest and the export's lock (`embeddings.serving.engine`), the tokenizer (`ModelTokenizer.keep`).
+KEPT_NAME = re.compile(r"(?P<stamp>[0-9a-f]{32})\.(?:onnx|json|lock|tokenizer\.json)")
+# What a writer killed mid-write leaves beside them: `write_cached`'s ``tmp*.tmp`` files, the export's
+# ``tmp*`` folders. Removed once this old (seconds) at least, so no write in progress ever is.
+TEMPORARY_PREFIX = "tmp"
+TEMPORARY_MIN_AGE = 3600.0
+
+
+@dataclass(frozen=True)
+class Pruned:
+    """What `kept_prune` removed: ``stamps`` (model stamps whose files went), ``paths`` (files and
+    folders removed) and ``bytes`` (their size)."""
+
+    stamps: list[str]
+    paths: list[Path]
+    bytes: int
+
+
+def kept_prune(cache_dir: str | os.PathLike, keep: Collection[str], unused_for: float,
+               now: float | None = None) -> Pruned:
+    """Remove from ``cache_dir`` the files kept under every `model_stamp` but those of ``keep`` that
+    none of its files has marked used for ``unused_for`` seconds (the newest mtime of its export,
+    manifest, lock and tokenizer: written, or read by a load, `read_cached`), with a stamp's files
+    going together; and what killed writers left (`TEMPORARY_PREFIX`), once ``unused_for`` and
+    `TEMPORARY_MIN_AGE` old. A stamp whose export is being made (its lock held) is skipped.
+
+    What names an older stamp: other model files, or another version of a `STAMP_PACKAGES`
+    library or of `CACHE_FORMAT`. A process of another deployment sharing the directory that loads
+    a removed stamp makes it again (a full load: torch, ~4 s of export for all-MiniLM-L6-v2).
+    ``now``: seconds since the epoch (default: now). A file that cannot be removed is logged and
+    left. Raises nothing for a missing directory (nothing to remove)."""
+    cache, now = Path(cache_dir), time.time() if now is None else now
+    try:
+        entries = list(cache.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return Pruned([], [], 0)
+    groups: dict[str, list[Path]] = defaultdict(list)
+    for entry in entries:
+        match = KEPT_NAME.fullmatch(entry.name)
+        if match is not None:
+            groups[match["stamp"]].append(entry)
+    stamps, paths, size = [], [], 0
+    for stamp, files in sorted(groups.items()):
+        if stamp in keep or now - _newest_mtime(files) < unused_for:
+            continue
+        with _lock_free(cache / f"{stamp}.lock") as free:
+            if not free:
+                continue
+            for file in sorted(files, key=lambda f: f.suffix == ".lock"):  # the lock last
+                removed = _remove(file)
+                if removed is not None:
+                    paths.append(file)
+                    size += removed
+            stamps.append(stamp)
+    for entry in entries:
+        if entry.name.startswith(TEMPORARY_PREFIX) and now - _newest_mtime([entry]) >= max(unused_for,
+                                                                                            TEMPORARY_MIN_AGE):
+            removed = _remove(entry)
+            if removed is not None:
+                paths.append(entry)
+                size += removed
+    return Pruned(stamps, paths, size)
+
+
+def _newest_mtime(paths: list[Path]) -> float:
+    """The newest mtime of ``paths`` (a folder's files included); inf when one vanished meanwhile
+    (another prune, or a writer renaming): nothing to decide on then."""
+    newest = 0.0
+    try:
+        for path in paths:
+            newest = max(newest, path.lstat().st_mtime)
+            if path.is_dir() and not path.is_symlink():
+                for folder, _, names in os.walk(path):
+                    for name in names:
+                        newest = max(newest, (Path(folder) / name).lstat().st_mtime)
+    except FileNotFoundError:
+        return float("inf")
+    return newest
+
+
+@contextlib.contextmanager
+def _lock_free(lock: Path) -> Iterator[bool]:
+    """Whether no process holds ``lock`` (an export's ``flock``), held by this one for the block so
+    no export of its stamp starts meanwhile; True when there is no lock file."""
+    try:
+        handle = open(lock, "rb")
+    except FileNotFoundError:
+        yield True
+        return
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+
+
+def _remove(path: Path) -> int | None:
+    """Remove the file or folder ``path``; its size in bytes, or None when it could not be removed
+    (logged) or was gone already."""
+    try:
+        if path.is_dir() and not path.is_symlink():
+            size = sum(f.lstat().st_size for f in path.rglob("*") if not f.is_dir())
+            shutil.rmtree(path)
+        else:
+            size = path.lstat().st_size
+            path.unlink()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        logger.warning("Could not remove %s (%s)", path, exc)
+        return None
+    return size
+
 
 # `ModelTokenizer.tokenize_within` first tokenizes a window of this many characters per allowed
 # token: plain English runs at ~4-6 characters per WordPiece/BPE token, so nearly every valid
