@@ -27,9 +27,10 @@ class ForeignKeySetNullInDatabase(migrations.RunPython):
     Without holding a long lock on a live table (the old release keeps serving while the new one
     migrates): the new constraint is added ``NOT VALID`` beside the old one, which is then dropped
     (two short ``ALTER``s, no scan), and validated in its own statement, which scans the table under
-    a lock that lets inserts, updates and reads go on; then it takes the old name. Each step is its
-    own transaction (the migration must be ``atomic = False``) and each is skipped when already
-    done, so a migration stopped halfway is completed by running it again. ``lock_timeout``: a step
+    a lock that lets inserts, updates and reads go on; then it takes the old name (Django's, when a
+    stopped run had dropped the old one already). Each step is its own transaction (the migration
+    must be ``atomic = False``) and each is skipped when already done, so a migration stopped
+    halfway is completed by running it again. ``lock_timeout``: a step
     that waits that long for its lock fails instead of queueing every writer behind it."""
 
     lock_timeout = "10s"
@@ -68,7 +69,10 @@ class ForeignKeySetNullInDatabase(migrations.RunPython):
         if not found:
             raise LookupError(f"no foreign key constraint on {table}.{column}")
         staged = f"{table}_{column}_on_delete"[:63]
-        name = next((n for n in sorted(found) if n != staged), staged)
+        # The name it had; a run stopped after dropping it left only the staged one: Django's name
+        # then (BaseDatabaseSchemaEditor._fk_constraint_name's), as a run that never stopped leaves.
+        name = next((n for n in sorted(found) if n != staged), None) or schema_editor._create_index_name(
+            table, [column], suffix=f"_fk_{target.db_table}_{target.pk.column}")
         with connection.cursor() as cursor:
             cursor.execute(f"SET lock_timeout = '{self.lock_timeout}'")
             try:

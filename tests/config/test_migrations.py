@@ -95,3 +95,40 @@ def test_prices_move_from_the_registry_field_to_price_rows():
     assert [(name, str(day), str(price)) for name, day, price in rows] == [
         ("already-priced", "2026-01-01", "0.500000"), ("registry-priced", "1970-01-01", "0.030000")]
     assert unpriced.pk
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("target", [("metering", "usagerecord", "api_key"), ("batches", "batch", "api_key")])
+def test_a_set_null_migration_stopped_after_its_drop_gives_the_constraint_djangos_name_back(target):
+    """`ForeignKeySetNullInDatabase` run again after it stopped between dropping the old constraint
+    and renaming its staged one (the table then holds only ``<table>_<column>_on_delete``) ends with
+    the constraint under Django's own name, ``ON DELETE SET NULL`` and validated, as a run that never
+    stopped. (In the test's transaction: PostgreSQL's DDL is rolled back with it.)"""
+    from django.apps import apps
+    from django.db import connection
+
+    from config.migration_operations import ForeignKeySetNullInDatabase
+
+    model = apps.get_model(*target[:2])
+    field = model._meta.get_field(target[2])
+    table = model._meta.db_table
+
+    def foreign_keys() -> list[tuple]:
+        with connection.cursor() as cursor:
+            cursor.execute("""SELECT conname, confdeltype, condeferred, convalidated FROM pg_constraint
+                              JOIN pg_attribute ON attrelid = conrelid AND attnum = ANY (conkey)
+                              WHERE contype = 'f' AND conrelid = %s::regclass AND attname = %s""",
+                           [table, field.column])
+            return cursor.fetchall()
+
+    with connection.schema_editor() as editor:  # Django's name for it (BaseDatabaseSchemaEditor._fk_constraint_name)
+        django_name = editor._create_index_name(table, [field.column], suffix="_fk_accounts_apikey_id")
+    assert foreign_keys() == [(django_name, "n", True, True)]
+    staged = f"{table}_{field.column}_on_delete"[:63]
+    with connection.cursor() as cursor:  # where the stopped run left it: only the staged constraint, not valid
+        cursor.execute(f'ALTER TABLE "{table}" DROP CONSTRAINT "{django_name}"')
+        cursor.execute(f'ALTER TABLE "{table}" ADD CONSTRAINT "{staged}" FOREIGN KEY ("{field.column}") '
+                       f'REFERENCES accounts_apikey (id) ON DELETE SET NULL DEFERRABLE INITIALLY DEFERRED NOT VALID')
+    with connection.schema_editor() as editor:
+        ForeignKeySetNullInDatabase(*target)._set_null(apps, editor)
+    assert foreign_keys() == [(django_name, "n", True, True)]
