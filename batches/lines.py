@@ -16,12 +16,14 @@ import numpy as np
 import orjson
 from rest_framework.exceptions import ValidationError
 
-from config.errors import APIError, NotFoundError, openai_exception_handler
+from accounts.selectors import ResolvedKey
+from config.errors import APIError, openai_exception_handler
 from config.exceptions import EmbeddingsError
 from embeddings.models import EmbeddingModel
 from embeddings.selectors import embedding_model_get
 from embeddings.serializers import EmbeddingsRequest, EmbeddingsRequestSerializer
-from embeddings.services import EmbeddingsResult, check_dimensions, embeddings_response, tokenize_inputs
+from embeddings.services import (EmbeddingsResult, check_dimensions, embedding_model_for_key, embeddings_response,
+                                 model_uri_resolve, tokenize_inputs)
 
 # The most errors a failed batch lists (the file may have thousands of bad lines).
 MAX_ERRORS = 100
@@ -94,31 +96,34 @@ class PreparedLine:
     tokens: int
 
 
-def line_prepare(line: InputLine) -> PreparedLine:
-    """Validate ``line.body`` as ``POST /v1/embeddings`` validates a body (shape, model, dimensions,
-    tokens; the same code), and tokenize it. Raises what the synchronous API raises for that body
-    (DRF's ``ValidationError``, `config.errors.APIError`s, `config.exceptions.InvalidInput`);
-    `line_error` turns it into that API's status and envelope."""
+def line_prepare(line: InputLine, key: ResolvedKey) -> PreparedLine:
+    """Validate ``line.body`` as ``POST /v1/embeddings`` validates a body sent with ``key`` (the
+    batch's: its project's and its key's model allowlists as they are now; shape, model, model URI,
+    allowlists, dimensions, tokens; the same code), and tokenize it. Raises what the synchronous API
+    raises for that body (DRF's ``ValidationError``, `config.errors.APIError`s,
+    `config.exceptions.ModelNotAllowed` and ``InvalidInput``); `line_error` turns it into that API's
+    status and envelope."""
     serializer = EmbeddingsRequestSerializer(data=line.body)
     serializer.is_valid(raise_exception=True)
     request = serializer.to_request()
-    model = embedding_model_get(name=request.model)
+    model = embedding_model_for_key(key=key, name=request.model)
     check_dimensions(model=model, dimensions=request.dimensions)
     tokenized = tokenize_inputs(request=request, model=model)
     return PreparedLine(line=line, request=request, model=model, token_ids=tokenized.token_ids,
                         tokens=tokenized.total_tokens)
 
 
-def line_model_name(body) -> str | None:
-    """The registered model a body names, by its canonical name (two aliases of one model are one
-    model); None when it names none that is registered (then that is the line's own error, 404
-    ``model_not_found``, as the synchronous API answers)."""
+def line_model_name(body, key: ResolvedKey) -> str | None:
+    """The registered model a body sent with ``key`` names, by its canonical name (two aliases, or a
+    model URI and the name in it, are one model); None when it names none that is registered (then
+    that is the line's own error, 404 ``model_not_found`` or 403 ``mismatched_project``, as the
+    synchronous API answers)."""
     name = body.get("model") if isinstance(body, dict) else None
     if not isinstance(name, str):
         return None
     try:
-        return embedding_model_get(name=name).name
-    except NotFoundError:
+        return embedding_model_get(name=model_uri_resolve(key, name)).name
+    except APIError:
         return None
 
 

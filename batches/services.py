@@ -243,6 +243,7 @@ class _Scan:
 
 def _scan(batch: Batch, file: File) -> _Scan:
     scan = _Scan()
+    key = _resolved_key(batch)
     seen: set[str] = set()
     offset = 0
     current: BatchChunk | None = None
@@ -267,7 +268,7 @@ def _scan(batch: Batch, file: File) -> _Scan:
                 scan.errors.append(LineError("too_many_requests", f"The file has more than "
                                              f"{settings.BATCH_MAX_REQUESTS} requests.", index + 1))
                 break
-            name = line_model_name(line.body)
+            name = line_model_name(line.body, key)
             if name is not None and name not in scan.models:
                 scan.models.add(name)
                 if len(scan.models) == 2:
@@ -275,7 +276,7 @@ def _scan(batch: Batch, file: File) -> _Scan:
                                                  "batch takes one model in all its requests.", index + 1, "model"))
             tokens = 0
             try:
-                prepared = line_prepare(line)
+                prepared = line_prepare(line, key)
             except LINE_ERRORS:
                 pass  # the line's own error: written to the error file by its chunk, the others run
             else:
@@ -432,12 +433,16 @@ def _encode(batch: Batch, prepared: list[PreparedLine]) -> list[np.ndarray] | No
 
 
 def _resolved_key(batch: Batch) -> ResolvedKey:
-    """The limits scope of the batch's lines: its organization and project, and the key that created
-    it (id 0 once that key is deleted: no key's limits apply then)."""
-    return ResolvedKey(key_id=batch.api_key_id or 0, key_public_id=getattr(batch.api_key, "public_id", ""),
+    """The scope of the batch's lines, as ``batch`` was read (a chunk reads it anew: a change applies
+    from the next chunk on): its organization and project and their limits, the key that created it
+    (id 0 once that key is deleted: no key's limits apply then) and the model allowlists of both."""
+    key = batch.api_key
+    return ResolvedKey(key_id=batch.api_key_id or 0, key_public_id=getattr(key, "public_id", ""),
                        project_id=batch.project_id, project_public_id=batch.project.public_id,
                        organization_id=batch.organization_id, organization_public_id=batch.organization.public_id,
-                       expires_at=None, revoked_at=None, project_archived_at=None)
+                       expires_at=None, revoked_at=None, project_archived_at=None,
+                       project_allowed_models=tuple(batch.project.allowed_models),
+                       allowed_models=tuple(key.allowed_models) if key is not None else ())
 
 
 def _reserve(key: ResolvedKey, prepared: list[PreparedLine]) -> tuple[list[Reservation], int, RateLimitError | None]:
@@ -485,6 +490,7 @@ def chunk_run(*, batch_id: int, index: int) -> None:
         batch_advance(batch_id=batch_id)
         return
     started = time.perf_counter()
+    key = _resolved_key(batch)
     results: list[BatchResult] = []
     prepared: list[PreparedLine] = []
     with files.file_open(_input_file(batch)) as stream:
@@ -495,11 +501,10 @@ def chunk_run(*, batch_id: int, index: int) -> None:
             if not isinstance(line, InputLine):
                 continue  # validation failed the batch for such a line: never reached
             try:
-                prepared.append(line_prepare(line))
+                prepared.append(line_prepare(line, key))
             except LINE_ERRORS as exc:
                 results.append(BatchResult(batch=batch, line=line.index, ok=False,
                                            data=line_error(batch.public_id, line, exc)))
-    key = _resolved_key(batch)
     refusal = _quota_refusal(key, prepared[0].tokens) if batch.quota_exhausted and prepared else None
     vectors = [] if refusal is not None else _encode(batch, prepared)
     if vectors is None:  # cancelled or expired while it ran: its lines count as not run

@@ -14,6 +14,7 @@ import functools
 import gc
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -26,7 +27,7 @@ from django.db import transaction
 from limits.admission import KeyUnconfirmed, admission_precheck, admission_reserve
 from metering.services import usage_record_create, usage_record_written_alongside
 
-from config.errors import NotFoundError
+from config.errors import NotFoundError, PermissionDeniedError
 from config.exceptions import InvalidInput, ModelNotAllowed
 from config.metrics import phase
 from .dispatch import encode_dispatched
@@ -82,10 +83,7 @@ def embeddings_create(*, key, body: EmbeddingsRequest, request_id: str, started_
     (input or limits); admission's 429/503 (`limits.admission.admission_reserve`); from the workers
     `WorkersUnavailable`, `Overloaded`, `BrokerUnavailable`, `DeadlineExceeded`, `WorkerFailed`.
     """
-    model = embedding_model_get(name=body.model)
-    refused_by = key.model_refused_by(model.names)
-    if refused_by is not None:
-        raise ModelNotAllowed(model=body.model, scope=refused_by)
+    model = embedding_model_for_key(key=key, name=body.model)
     check_dimensions(model=model, dimensions=body.dimensions)
     service_tier = "default" if body.service_tier == "auto" else body.service_tier
     # a key known to be at its RPM limit: 429 now
@@ -120,6 +118,52 @@ def embeddings_create(*, key, body: EmbeddingsRequest, request_id: str, started_
                 **record, latency_ms=int((time.perf_counter() - started_at) * 1000))
     return EmbeddingsResult(vectors=vectors, model=model, total_tokens=tokenized.total_tokens,
                             service_tier=service_tier)
+
+
+def check_project(key, named: str | None) -> None:
+    """403 ``mismatched_project`` when ``named`` (a project id a request names) is not the key's project."""
+    if named and named != key.project_public_id:
+        raise PermissionDeniedError(
+            f"The project '{named}' does not match the project of this API key.",
+            code="mismatched_project")
+
+
+# Yandex AI Studio's model URI: emb://<folder_id>/<model>/<version>, version ``latest`` (or left
+# empty: its OpenAI-compatible API's own example is ``emb://<folder_id>/text-embeddings-v2-doc/``).
+MODEL_URI = re.compile(r"emb://(?P<project>[^/]+)/(?P<model>[^/]+)(?:/(?P<version>[^/]*))?")
+MODEL_URI_VERSIONS = ("", "latest")
+
+
+def model_uri_resolve(key, model: str) -> str:
+    """The model a request's ``model`` names: itself, or for Yandex's URI
+    ``emb://<project_id>/<model>/latest`` the ``<model>`` in it, once ``<project_id>`` passed the
+    check the ``OpenAI-Project`` header passes (`check_project`: another project, 403
+    ``mismatched_project``). A URI of another form or version is an unknown model (404
+    ``model_not_found``): only the latest version of a model is served."""
+    if not model.startswith("emb://"):
+        return model
+    match = MODEL_URI.fullmatch(model)
+    if match is None or match["version"] not in (None, *MODEL_URI_VERSIONS):
+        raise NotFoundError(f"The model '{model}' does not exist or you do not have access to it "
+                            "(model URIs read emb://<project_id>/<model>/latest).",
+                            param="model", code="model_not_found")
+    check_project(key, match["project"])
+    return match["model"]
+
+
+def embedding_model_for_key(*, key, name: str) -> EmbeddingModel:
+    """The registered model ``name`` (a name, an alias or a model URI, `model_uri_resolve`) names, for
+    a request of the API key ``key`` (an `accounts.selectors.ResolvedKey`), which may use it.
+
+    Raises `config.errors.NotFoundError` (404 ``model_not_found``: no such model, or a URI of another
+    form), `config.errors.PermissionDeniedError` (403 ``mismatched_project``: a URI naming another
+    project) and `config.exceptions.ModelNotAllowed` (403: outside the project's or the key's model
+    allowlist), in that order, before anything is tokenized."""
+    model = embedding_model_get(name=model_uri_resolve(key, name))
+    refused_by = key.model_refused_by(model.names)
+    if refused_by is not None:
+        raise ModelNotAllowed(model=name, scope=refused_by)
+    return model
 
 
 def embeddings_response(*, result: EmbeddingsResult, encoding_format: str) -> dict:

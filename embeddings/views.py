@@ -6,7 +6,6 @@ admit -> encode -> meter) and renders.
 from __future__ import annotations
 
 import dataclasses
-import re
 from functools import partial
 
 from drf_spectacular.utils import extend_schema
@@ -22,18 +21,11 @@ from config.metrics import embeddings_served, phase, phases_rerun
 from config.schema import error_responses
 
 from . import services
+from .services import check_project, model_uri_resolve
 from .selectors import embedding_model_get, embedding_models_active
 from .serializers import (EmbeddingsRequest, EmbeddingsRequestSerializer, EmbeddingsResponseSerializer,
                           ModelListSerializer, ModelObjectSerializer)
 from .serving.tokenization import OPENAI_TOKENIZER
-
-
-def check_project(key, named: str | None) -> None:
-    """403 ``mismatched_project`` when ``named`` (a project id a request names) is not the key's project."""
-    if named and named != key.project_public_id:
-        raise PermissionDeniedError(
-            f"The project '{named}' does not match the project of this API key.",
-            code="mismatched_project")
 
 
 def check_project_scope(request) -> None:
@@ -51,29 +43,6 @@ def check_project_scope(request) -> None:
         raise PermissionDeniedError(
             f"The organization '{org}' does not match the organization of this API key.",
             code="mismatched_organization")
-
-
-# Yandex AI Studio's model URI: emb://<folder_id>/<model>/<version>, version ``latest`` (or left
-# empty: its OpenAI-compatible API's own example is ``emb://<folder_id>/text-embeddings-v2-doc/``).
-MODEL_URI = re.compile(r"emb://(?P<project>[^/]+)/(?P<model>[^/]+)(?:/(?P<version>[^/]*))?")
-MODEL_URI_VERSIONS = ("", "latest")
-
-
-def model_uri_resolve(key, model: str) -> str:
-    """The model a request's ``model`` names: itself, or for Yandex's URI
-    ``emb://<project_id>/<model>/latest`` the ``<model>`` in it, once ``<project_id>`` passed the
-    check the ``OpenAI-Project`` header passes (`check_project`: another project, 403
-    ``mismatched_project``). A URI of another form or version is an unknown model (404
-    ``model_not_found``): only the latest version of a model is served."""
-    if not model.startswith("emb://"):
-        return model
-    match = MODEL_URI.fullmatch(model)
-    if match is None or match["version"] not in (None, *MODEL_URI_VERSIONS):
-        raise NotFoundError(f"The model '{model}' does not exist or you do not have access to it "
-                            "(model URIs read emb://<project_id>/<model>/latest).",
-                            param="model", code="model_not_found")
-    check_project(key, match["project"])
-    return match["model"]
 
 
 def embeddings_request(request) -> EmbeddingsRequest:

@@ -206,6 +206,49 @@ def test_bad_lines_go_to_the_error_file_with_the_synchronous_apis_error(client, 
     assert UsageRecord.objects.filter(service_tier="batch").count() == 2
 
 
+def test_batch_lines_obey_the_model_allowlists_and_model_uris_as_the_synchronous_api(
+        client, run_tasks, project, created_key, matryoshka_model):
+    """A line naming a model its project's or its key's allowlist leaves out fails with the
+    synchronous API's 403 (the allowlists as they are when its chunk runs) and is not billed; a
+    model URI reads as it does there (its own project's: served; another project's: 403); a URI
+    naming another model than the batch's other lines is a second model."""
+    from tests.conftest import post_embeddings
+
+    def errors_as_the_synchronous_api(bodies: dict, completed: int) -> dict:
+        batch = run_batch(client, run_tasks, [request_line(cid, body) for cid, body in bodies.items()])
+        assert batch["status"] == "completed", batch
+        assert batch["request_counts"] == {"total": len(bodies), "completed": completed,
+                                           "failed": len(bodies) - completed}
+        errors = {line["custom_id"]: line["response"] for line in content(client, batch["error_file_id"])}
+        for cid, response in errors.items():
+            sync = post_embeddings(client, bodies[cid])
+            assert (response["status_code"], response["body"]) == (sync.status_code, sync.json()), cid
+        return {cid: (response["status_code"], response["body"]["error"]["code"]) for cid, response in errors.items()}
+
+    other = {"model": matryoshka_model.name, "input": "x"}
+    project.allowed_models = [MODEL]
+    project.save()
+    assert errors_as_the_synchronous_api({"project-list": other}, 0) == {"project-list": (403, "model_not_allowed")}
+    project.allowed_models = []
+    project.save()
+    created_key.api_key.allowed_models = [MODEL]
+    created_key.api_key.save()
+    assert errors_as_the_synchronous_api({"key-list": other}, 0) == {"key-list": (403, "model_not_allowed")}
+    created_key.api_key.allowed_models = []
+    created_key.api_key.save()
+
+    own = f"emb://{project.public_id}/{MODEL}/latest"
+    assert errors_as_the_synchronous_api({
+        "plain": {"model": MODEL, "input": "x"}, "uri": {"model": own, "input": "x"},
+        "foreign-uri": {"model": f"emb://proj_elsewhere/{MODEL}/latest", "input": "x"}}, 2) == {
+        "foreign-uri": (403, "mismatched_project")}
+    assert UsageRecord.objects.filter(service_tier="batch").count() == 2
+
+    mixed = run_batch(client, run_tasks, [request_line("a", {"model": MODEL, "input": "x"}), request_line(
+        "b", {"model": f"emb://{project.public_id}/{matryoshka_model.name}/latest", "input": "x"})])
+    assert mixed["status"] == "failed" and [e["code"] for e in mixed["errors"]["data"]] == ["mismatched_model"]
+
+
 def test_the_enqueued_token_limit_fails_a_batch_at_creation(client, run_tasks, organization):
     from django.core.management import call_command
 
