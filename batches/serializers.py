@@ -30,6 +30,16 @@ class _StrictSerializer(serializers.Serializer):
         return super().to_internal_value(data)
 
 
+class StringField(serializers.CharField):
+    """A JSON string and nothing else: a number or a boolean is refused (400 ``invalid_value``), not
+    turned into its text as DRF's ``CharField`` does (OpenAI's metadata values are strings)."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
 class FileUploadSerializer(serializers.Serializer):
     """``POST /v1/files`` (multipart/form-data). ``expires_after[anchor]=created_at`` and
     ``expires_after[seconds]`` (3600 to 2592000) may be sent too (OpenAI's form fields)."""
@@ -89,8 +99,8 @@ class BatchCreateSerializer(_StrictSerializer):
     input_file_id = serializers.CharField(max_length=64, help_text="A file of purpose `batch`.")
     endpoint = serializers.CharField(max_length=64, help_text="`/v1/embeddings`.")
     completion_window = serializers.CharField(max_length=8, help_text="`24h`.")
-    metadata = serializers.DictField(child=serializers.CharField(max_length=512, allow_blank=True), required=False,
-                                     allow_null=True, help_text="Up to 16 string pairs.")
+    metadata = serializers.DictField(child=StringField(max_length=512, allow_blank=True), required=False,
+                                     allow_null=True, help_text="Up to 16 string pairs (keys up to 64 characters).")
 
 
 class _RequestCountsSerializer(serializers.Serializer):

@@ -91,14 +91,18 @@ def task_send(name: str, *args, task_id: str | None = None) -> None:
 # --- Create, read, cancel -----------------------------------------------------------------------------
 
 def _metadata_check(metadata) -> dict | None:
+    """``metadata`` when it is OpenAI's (None, or at most `METADATA_MAX_PAIRS` pairs of strings, keys
+    up to `METADATA_KEY_MAX` characters and values up to `METADATA_VALUE_MAX`), none holding NUL
+    (PostgreSQL's jsonb cannot). Raises `InvalidRequestError` (400 ``invalid_value``) otherwise."""
     if metadata is None:
         return None
     if not isinstance(metadata, dict) or len(metadata) > METADATA_MAX_PAIRS or not all(
             isinstance(k, str) and isinstance(v, str) and len(k) <= METADATA_KEY_MAX and len(v) <= METADATA_VALUE_MAX
-            for k, v in metadata.items()):
+            and "\x00" not in k and "\x00" not in v for k, v in metadata.items()):
         raise InvalidRequestError(
             f"Invalid 'metadata': at most {METADATA_MAX_PAIRS} pairs of strings, keys up to {METADATA_KEY_MAX} "
-            f"characters and values up to {METADATA_VALUE_MAX}.", param="metadata", code="invalid_value")
+            f"characters and values up to {METADATA_VALUE_MAX}, without NUL (\\u0000).", param="metadata",
+            code="invalid_value")
     return metadata
 
 

@@ -44,11 +44,13 @@ class _ProjectAPIView(APIView):
 
 
 def _expires_after(data) -> int | None:
-    """``expires_after[seconds]`` of the upload form (``expires_after[anchor]`` must be ``created_at``)."""
+    """``expires_after[seconds]`` of the upload form (``expires_after[anchor]`` must be ``created_at``), in
+    ASCII digits (``str.isdigit`` alone would pass ``³⁶⁰⁰``, which ``int`` refuses, and ``٣٦٠٠``).
+    Raises `InvalidRequestError` (400 ``invalid_value``)."""
     seconds, anchor = data.get("expires_after[seconds]"), data.get("expires_after[anchor]")
     if seconds is None and anchor is None:
         return None
-    if anchor != "created_at" or not str(seconds or "").isdigit():
+    if anchor != "created_at" or not str(seconds or "").isascii() or not str(seconds or "").isdigit():
         raise InvalidRequestError("'expires_after' needs anchor 'created_at' and a number of seconds.",
                                   param="expires_after", code="invalid_value")
     return int(seconds)

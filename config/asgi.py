@@ -7,7 +7,8 @@ Django sees a request:
 * a body longer than its route allows (`config.middleware.body_limit`, bytes, from
   ``Content-Length``) is answered 413 at once, unread (the envelope under ``/v1``);
 * every body is read here, whole, before the request may take a thread: up to that limit (413
-  past it, for a chunked body too), in memory up to ``SPOOL_MEMORY_BYTES`` and spooled to disk
+  past it, for a chunked body too; 400 ``invalid_body`` for a body the server could not read whole:
+  a malformed chunked encoding), in memory up to ``SPOOL_MEMORY_BYTES`` and spooled to disk
   past it, as Django spools bodies; Django then reads it from there (``wsgi.input``) with its
   ``Content-Length`` set (a chunked body has none, and Django REST framework reads such a body as
   empty). A slow client therefore holds no thread;
@@ -73,13 +74,26 @@ def access_log(scope, status: int, started: float) -> None:
 
 async def _too_large(scope, send, limit: int, length: int | None) -> None:
     """Answer 413 and close the connection (the body is left unread)."""
-    message = body_too_large_message(length, limit)
+    await _refuse(scope, send, 413, body_too_large_message(length, limit), "request_too_large")
+
+
+async def _unreadable(scope, send) -> None:
+    """Answer 400 and close the connection: the body ended before its end (a chunked encoding that
+    breaks HTTP/1.1's rules: a size that is no hex number, a chunk shorter than its size; or the
+    client went away, and the answer goes nowhere)."""
+    await _refuse(scope, send, 400, "The request body could not be read whole: its chunked transfer encoding "
+                  "is malformed, or the connection closed before its end.", "invalid_body")
+
+
+async def _refuse(scope, send, status: int, message: str, code: str) -> None:
+    """Answer ``status`` with ``message`` (the envelope with ``code`` under ``/v1``, plain text
+    elsewhere), a new request id, and close the connection (what is left of the body is not read)."""
     if scope["path"].startswith(API_PREFIX):
-        body = json.dumps(error_body(message, code="request_too_large")).encode()
+        body = json.dumps(error_body(message, code=code)).encode()
         content_type = b"application/json"
     else:
         body, content_type = message.encode(), b"text/plain; charset=utf-8"
-    await send({"type": "http.response.start", "status": 413, "headers": [
+    await send({"type": "http.response.start", "status": status, "headers": [
         (b"content-type", content_type), (b"content-length", str(len(body)).encode()),
         (b"connection", b"close"), (b"x-request-id", new_request_id().encode())]})
     await send({"type": "http.response.body", "body": body})
@@ -132,8 +146,10 @@ class RequestGate:
         while True:  # the whole body, before any thread is taken
             message = await receive()
             if message["type"] == "http.disconnect":
+                # granian's word for a body it could not read whole (a malformed chunked encoding) as
+                # for a client gone: answered either way (to a client gone, the answer goes nowhere).
                 spool.close()
-                return None
+                return await _unreadable(scope, send)
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:

@@ -6,6 +6,7 @@ import time
 import uuid
 
 from django.conf import settings
+from django.http import Http404
 
 from . import logs, metrics
 from .errors import error_response, server_error_message
@@ -68,12 +69,17 @@ class OpenAIErrorMiddleware:
       the same before Django sees the request; this covers other entry points).
     * An unexpected exception is logged with its traceback (server-side only) and
       answered with a 500 envelope that names the request id, never the traceback.
+    * A path holding NUL (``%00``), under ``/v1`` or not, is answered 404 (``handler404``: the
+      envelope's ``unknown_url`` under ``/v1``): no id can hold one (PostgreSQL's text cannot), and
+      a lookup by one would fail in the database (a 500).
     """
 
     def __init__(self, get_response):
         self.get_response = get_response
 
     def __call__(self, request):
+        if "\x00" in request.path:
+            raise Http404("A path holding NUL names nothing here.")
         if request.path.startswith(API_PREFIX):
             try:
                 length = int(request.META.get("CONTENT_LENGTH") or 0)

@@ -145,6 +145,22 @@ def test_batch_create_refusals(client, batch_files):
                  code="invalid_value")
     assert_error(create(client, file["id"], priority="high"), 400, param="priority", code="unknown_parameter")
     assert_error(create(client, "file-nope"), 404, param="id", code="not_found")
+    # OpenAI's metadata is strings: NUL (PostgreSQL's jsonb cannot hold it) in a key or value, a
+    # number or a boolean (not turned into text) are refused, never a 500
+    for metadata in ({"a\x00": "y"}, {"a": "y\x00"}, {"a": 1}, {"b": 2.5}, {"c": True}, {"k" * 65: "v"}):
+        assert_error(create(client, file["id"], metadata=metadata), 400, param="metadata", code="invalid_value")
+    assert not Batch.objects.exists()
+
+
+def test_expires_after_seconds_in_other_than_ascii_digits_is_refused(client, batch_files):
+    """``str.isdigit`` holds for superscript and Arabic-Indic digits: the first made ``int`` raise (a
+    500), the second was read as 3600."""
+    for seconds in ("³⁶⁰⁰", "٣٦٠٠", "3600 ", "+3600"):
+        assert_error(upload(client, b"{}\n", **{"expires_after[anchor]": "created_at",
+                                                "expires_after[seconds]": seconds}),
+                     400, param="expires_after", code="invalid_value")
+    assert upload(client, b"{}\n", **{"expires_after[anchor]": "created_at",
+                                       "expires_after[seconds]": "3600"}).status_code == 200
 
 
 def test_the_synchronous_api_refuses_the_batch_tier(client):

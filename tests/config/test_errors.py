@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import logging
 
+import pytest
+
 from rest_framework.test import APIClient
 
 from metering.models import UsageRecord
@@ -75,3 +77,15 @@ def test_request_id_on_success_and_on_non_api_pages(client, db):
     assert APIClient().get("/healthz")["x-request-id"].startswith("req_")
     ids = {client.get("/v1/models")["x-request-id"] for _ in range(3)}
     assert len(ids) == 3
+
+
+@pytest.mark.parametrize("path", ["/v1/files/file-%00", "/v1/files/file-%00/content", "/v1/batches/batch_%00",
+                                  "/v1/organization/projects/proj_%00", "/v1/models/%00"])
+def test_a_path_holding_nul_is_a_404_envelope_not_a_database_error(client, path):
+    """No id holds NUL (PostgreSQL's text cannot): looking one up failed in the database (a 500)."""
+    for method in (client.get, client.delete, client.post):
+        assert_error(method(path), 404, param=None, code="unknown_url")
+
+
+def test_a_path_holding_nul_outside_v1_is_djangos_404(client):
+    assert client.get("/console/projects/%00/").status_code == 404

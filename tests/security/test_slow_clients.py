@@ -115,3 +115,23 @@ def test_a_chunked_body_over_the_route_limit_is_refused_once_it_passes_it(live_w
         except OSError:  # the server answered and closed while we were still sending
             pass
         assert_envelope_413(*read_response(sock))
+
+
+@pytest.mark.parametrize("path, frames", [
+    ("/v1/embeddings", b"zz\r\nabc\r\n0\r\n\r\n"),  # a chunk size that is no hex number
+    ("/v1/files", b"5\r\nabc\r\n0\r\n\r\n"),  # a chunk shorter than its size
+])
+def test_a_malformed_chunked_body_is_a_400_in_the_envelope(live_web, path, frames):
+    """The server cannot read such a body: 400 ``invalid_body`` in OpenAI's envelope with a request
+    id, and the access log has its status (it was a plain-text 500 from the server, logged as 0)."""
+    with socket.create_connection((live_web.host, live_web.port), timeout=30) as sock:
+        sock.sendall((f"POST {path} HTTP/1.1\r\nHost: {live_web.host}\r\nAuthorization: Bearer {live_web.key}\r\n"
+                      "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n").encode() + frames)
+        status, headers, payload = read_response(sock)
+    assert status == 400, payload
+    error = json.loads(payload)["error"]
+    assert (error["code"], error["type"], error["param"]) == ("invalid_body", "invalid_request_error", None), error
+    assert headers["x-request-id"].startswith("req_") and headers.get("connection") == "close"
+    access = [r for r in live_web.platform.log_records() if r.get("logger") == "config.access"
+              and r.get("request_id") == headers["x-request-id"]]
+    assert [r["status"] for r in access] == [400], access
