@@ -178,13 +178,13 @@ def limits_version_key() -> str:
 
 
 class _LimitsCache:
-    """This process's copy of the limits per key and model, valid while the store's limits version is
-    the one it was read under (checked atomically by every reservation) and for at most
-    ``LIMITS_CACHE_SECONDS``."""
+    """This process's copy of the limits per scope (organization, project and key ids) and model,
+    valid while the store's limits version is the one it was read under (checked atomically by every
+    reservation) and for at most ``LIMITS_CACHE_SECONDS``."""
 
     def __init__(self):
         self.version: str | None = None
-        self.entries: dict[tuple[int, str], tuple[str, float, list]] = {}
+        self.entries: dict[tuple[int, int, int, str], tuple[str, float, list]] = {}
 
     def reset(self, version: str | None) -> None:
         self.version, self.entries = version, {}
@@ -202,7 +202,9 @@ def _applied_limits(backend, key, model: str) -> tuple[list, str]:
     if not ttl:
         return limits_for_key(key=key, model=model), ""
     cache = _limits_cache
-    entry = cache.entries.get((key.key_id, model))
+    # The key's whole scope: a key id alone is not one (batches of deleted keys all run as key 0).
+    scope = (key.organization_id, key.project_id, key.key_id, model)
+    entry = cache.entries.get(scope)
     now = time.monotonic()
     if entry and entry[0] == cache.version and entry[1] > now:
         return entry[2], entry[0]
@@ -210,7 +212,7 @@ def _applied_limits(backend, key, model: str) -> tuple[list, str]:
     applied = limits_for_key(key=key, model=model)  # read after learning the version: never newer-version-stale
     if version != cache.version:
         cache.reset(version)
-    cache.entries[(key.key_id, model)] = (version, now + ttl, applied)
+    cache.entries[scope] = (version, now + ttl, applied)
     return applied, version
 
 

@@ -600,3 +600,28 @@ def test_reservations_in_flight_survive_a_flush_and_a_reconcile(project, created
     assert (row.before, row.database, row.in_flight, row.after) == (19, 0, 4, 4)
     pending.refund()
     assert used(scope) == 0
+
+
+def test_the_limits_cache_never_serves_one_projects_limits_to_another_keyless_scope(project, settings):
+    """Lines of batches whose creating key was deleted are admitted with key id 0 (`batches.services.
+    _resolved_key`); the process's limits cache, keyed by the key id alone, handed the first such
+    organization's limits (its monthly counters) to every other's for LIMITS_CACHE_SECONDS."""
+    from accounts.selectors import ResolvedKey
+    from accounts.services import organization_get_or_create, project_get_or_create
+    from config.errors import RateLimitError
+
+    settings.LIMITS_CACHE_SECONDS = 30
+    other = project_get_or_create(organization=organization_get_or_create(name="Other"), name="Default")
+    limit_set(organization=other.organization, project=other, monthly_tokens=5)
+
+    def keyless(p) -> ResolvedKey:
+        return ResolvedKey(key_id=0, key_public_id="", project_id=p.pk, project_public_id=p.public_id,
+                           organization_id=p.organization_id, organization_public_id=p.organization.public_id,
+                           expires_at=None, revoked_at=None, project_archived_at=None)
+
+    admission_reserve(key=keyless(project), tokens=10, service_tier="batch").settle()
+    with pytest.raises(RateLimitError) as refused:
+        admission_reserve(key=keyless(other), tokens=10, service_tier="batch")
+    assert refused.value.code == "insufficient_quota"
+    settles_wait()
+    assert used(project_scope(project)) == 10 and used(project_scope(other)) == 0
