@@ -1,15 +1,13 @@
 from django.contrib import admin
-from django.db import transaction
 
 from .models import Limit
-from .services import limit_cache_drop
 
 
 @admin.register(Limit)
 class LimitAdmin(admin.ModelAdmin):
     """Quotas and rate limits per organization / project / key (empty = unlimited).
 
-    Edits apply to the next request (the cached copy is dropped on save).
+    Edits and deletes, one or selected, apply to the next request (`limits.signals.limit_changed`).
     """
 
     list_display = ("__str__", "organization", "project", "api_key", "model", "monthly_tokens", "rpm", "tpm",
@@ -20,13 +18,3 @@ class LimitAdmin(admin.ModelAdmin):
     autocomplete_fields = ("organization", "project")
     raw_id_fields = ("api_key",)
     readonly_fields = ("updated_at",)
-
-    def save_model(self, request, obj, form, change):
-        super().save_model(request, obj, form, change)
-        limit_cache_drop(limit=obj)
-        transaction.on_commit(lambda: limit_cache_drop(limit=obj))
-
-    def delete_model(self, request, obj):
-        super().delete_model(request, obj)
-        limit_cache_drop(limit=obj)
-        transaction.on_commit(lambda: limit_cache_drop(limit=obj))

@@ -1,4 +1,5 @@
-"""Writes of limits: `limit_set`, and `limit_cache_drop` after any change."""
+"""Writes of limits: `limit_set`, and `limit_cache_drop`, which every change to a limit runs
+(`limits.signals.limit_changed`)."""
 from __future__ import annotations
 
 from django.db import transaction
@@ -63,10 +64,7 @@ def limit_set(*, organization: Organization, project: Project | None = None, api
             organization=organization, project=project, api_key=api_key, model=model)
         for name, value in values.items():
             setattr(limit, name, value)
-        limit.save()
-        # Dropped now and again on commit (a reader may re-cache the old row in between).
-        limit_cache_drop(limit=limit)
-        transaction.on_commit(lambda: limit_cache_drop(limit=limit))
+        limit.save()  # the cached copies are dropped by its signal (limits.signals.limit_changed)
     return limit
 
 

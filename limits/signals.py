@@ -1,17 +1,20 @@
-"""Every change to a `Limit` is in the organization's audit log (`accounts.audit`), whoever makes
-it (Admin API, ``set_limits``, the Django admin, the shell): OpenAI's ``rate_limit.updated``
+"""Every change to a `Limit`, whoever makes it (Admin API, ``set_limits``, the Django admin and its
+bulk delete, a cascade, the shell), applies to the next request (`limit_changed`: every process
+re-reads the limits) and is in the organization's audit log (`accounts.audit`): OpenAI's ``rate_limit.updated``
 (``changes_requested`` with OpenAI's names, ``max_requests_per_1_minute`` for RPM and
 ``max_tokens_per_1_minute`` for TPM, and ``monthly_tokens``; ``scope`` says whose limit it is) and
 ``rate_limit.deleted``."""
 from __future__ import annotations
 
 from django.core.exceptions import ObjectDoesNotExist
+from django.db import transaction
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
 from accounts.audit import audit_changes, audit_log_record, audit_track
 
 from .models import Limit
+from .services import limit_cache_drop
 
 # Our columns -> OpenAI's project rate limit fields (monthly_tokens has no OpenAI counterpart).
 OPENAI_FIELDS = {"rpm": "max_requests_per_1_minute", "tpm": "max_tokens_per_1_minute",
@@ -45,3 +48,12 @@ def limit_deleted(sender, instance: Limit, **kwargs) -> None:
         return
     audit_log_record(organization_id=instance.organization_id, type="rate_limit.deleted", resource_id=rid,
                      details={"id": rid, "scope": scope}, project=project)
+
+
+@receiver(post_save, sender=Limit, dispatch_uid="limit-saved-cache")
+@receiver(post_delete, sender=Limit, dispatch_uid="limit-deleted-cache")
+def limit_changed(sender, instance: Limit, **kwargs) -> None:
+    """Have every process re-read the limits (`limit_cache_drop`): now, and again once the change
+    commits (a reader may re-cache the old row in between)."""
+    limit_cache_drop(limit=instance)
+    transaction.on_commit(lambda: limit_cache_drop(limit=instance))

@@ -514,6 +514,19 @@ def test_admin_lists_and_edits_limits(admin_client, project):
     assert page.status_code == 200 and b'name="rpm"' in page.content
 
 
+@pytest.mark.django_db(transaction=True)
+def test_limits_deleted_with_the_admins_bulk_action_apply_to_the_next_request(admin_client, client, project, settings):
+    """The admin's "Delete selected" deletes a queryset: no ``delete_model``, so nothing made the
+    processes re-read their cached limits, for LIMITS_CACHE_SECONDS (every change does now: a signal)."""
+    settings.LIMITS_CACHE_SECONDS = 30
+    limit_set(organization=project.organization, project=project, rpm=0)
+    assert_error(post_embeddings(client, HELLO), 429, param=None, code="rate_limit_exceeded", type="requests")
+    response = admin_client.post("/admin/limits/limit/", {"action": "delete_selected", "post": "yes",
+                                                          "_selected_action": list(Limit.objects.values_list("pk", flat=True))})
+    assert response.status_code == 302 and not Limit.objects.exists()
+    assert post_embeddings(client, HELLO).status_code == 200
+
+
 def test_limits_usage_summary_reports_every_applicable_limit_with_its_usage(client, project, created_key, warm):
     other_key = api_key_create(project=project, name="other")
     limit_set(organization=project.organization, monthly_tokens=1000)
