@@ -1,6 +1,7 @@
 """Reads for tenancy."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -12,7 +13,7 @@ from django.http import Http404
 from django.utils import timezone
 
 from .models import AdminAPIKey, APIKey, AuditLog, Membership, Organization, Project
-from .services import admin_api_key_cache_key, api_key_cache_key, hash_key
+from .services import admin_api_key_cache_key, api_key_cache_key, hash_key, key_cache_invalidated
 
 _MISSING = "missing"
 # `_cached_resolve`'s ``cached`` when the caller has not read the cache entry.
@@ -72,16 +73,24 @@ class ResolvedKey:
 def _cached_resolve(cache_key: str, lookup, resolve, cached=UNREAD):
     """``resolve(lookup())`` cached under ``cache_key`` for ``API_KEY_CACHE_SECONDS``, its absence
     (``None``) too, so unknown keys do not reach the database on every try. ``cached``: the entry
-    under ``cache_key`` when the caller read it already (None: not there); `UNREAD` reads it."""
+    under ``cache_key`` when the caller read it already (None: not there); `UNREAD` reads it.
+
+    The entry is added only where there is none (``cache.add``: an invalidation's mark, which lives
+    ``API_KEY_CACHE_SECONDS``, stays: `accounts.services.api_key_cache_invalidate`) and only when
+    the read took less than half that time: a row read before a change committed is never cached
+    after the change marked the entry.
+    """
     if cached is UNREAD:
         cached = cache.get(cache_key)
     if cached == _MISSING:
         return None
-    if cached is not None:
+    if cached is not None and not key_cache_invalidated(cached):
         return cached
+    started = time.monotonic()
     row = lookup()
     resolved = resolve(row) if row else None
-    cache.set(cache_key, resolved or _MISSING, timeout=settings.API_KEY_CACHE_SECONDS)
+    if cached is None and time.monotonic() - started < settings.API_KEY_CACHE_SECONDS / 2:
+        cache.add(cache_key, resolved or _MISSING, timeout=settings.API_KEY_CACHE_SECONDS)
     return resolved
 
 

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import hashlib
+import secrets
 from dataclasses import dataclass
 from datetime import datetime
 
+from django.conf import settings
 from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
@@ -31,25 +33,48 @@ def admin_api_key_cache_key(secret_hash: str) -> str:
     return f"adminkey:{secret_hash}"
 
 
-def api_key_cache_invalidate(keys) -> int:
+# What `api_key_cache_invalidate` leaves under a key's cache name (then a random token, so each
+# invalidation stores other bytes than the last: a process's memory of the entry never matches a
+# later one). A reader finding it reads the database and caches nothing (`key_cache_invalidated`).
+INVALIDATED_PREFIX = "invalidated:"
+
+
+def key_cache_invalidated(entry) -> bool:
+    """Whether a key's cache entry is the mark `api_key_cache_invalidate` leaves."""
+    return isinstance(entry, str) and entry.startswith(INVALIDATED_PREFIX)
+
+
+def api_key_cache_invalidate(keys, *, new: bool = False) -> int:
     """Drop the cached lookups of ``keys`` (`APIKey` and/or `AdminAPIKey` rows, or one row) so
     the next request reads them from the database; returns how many cache entries were named.
 
     The one place every change that can make a key invalid goes through: the revoke services,
     and (`accounts.signals`) every save or delete of a key, every save of a project (archiving),
     and the cascades of deleting a project or an organization, whoever makes them (console,
-    admin forms and bulk actions, management commands, shell). Entries are dropped at once and
-    again when the surrounding transaction commits: a request that read the old row in between
-    cannot keep it cached for ``API_KEY_CACHE_SECONDS``. ``QuerySet.update()`` sends no signals:
-    code that changes keys or projects that way must call this itself.
+    admin forms and bulk actions, management commands, shell). Each entry is replaced at
+    once, and again when the surrounding transaction commits, by a mark (`INVALIDATED_PREFIX`) that
+    lives ``API_KEY_CACHE_SECONDS``: a reader adds an entry only where there is none (``cache.add``)
+    and only within half that time of starting its read (`accounts.selectors._cached_resolve`), so
+    one that read the old row before the change committed cannot put it back, whatever the timing.
+    ``QuerySet.update()`` sends no signals: code that changes keys or projects that way must call
+    this itself. ``new``: keys just created, whose entries (no reader knew their plaintext before:
+    at most a cached absence) are deleted, with no mark, so their first requests cache them.
     """
     if isinstance(keys, (APIKey, AdminAPIKey)):
         keys = [keys]
     names = [admin_api_key_cache_key(key.secret_hash) if isinstance(key, AdminAPIKey)
              else api_key_cache_key(key.secret_hash) for key in keys]
-    if names:
+
+    def mark():
+        token = INVALIDATED_PREFIX + secrets.token_hex(8)
+        cache.set_many({name: token for name in names}, timeout=settings.API_KEY_CACHE_SECONDS)
+
+    if names and new:
         cache.delete_many(names)
         transaction.on_commit(lambda: cache.delete_many(names))
+    elif names:
+        mark()
+        transaction.on_commit(mark)
     return len(names)
 
 

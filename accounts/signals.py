@@ -40,7 +40,7 @@ audit_track(Invitation, "accepted_at", "revoked_at")
 @receiver(post_delete, sender=AdminAPIKey, dispatch_uid="adminkey-deleted")
 def key_changed(sender, instance, created: bool = False, **kwargs) -> None:
     """A key was saved or deleted: its cached lookup (absence included, for a new key) goes."""
-    api_key_cache_invalidate(instance)
+    api_key_cache_invalidate(instance, new=created)
 
 
 @receiver(post_save, sender=Project, dispatch_uid="project-saved")

@@ -181,6 +181,53 @@ def _delete_during_encoding(monkeypatch, delete):
 
 
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("kind", ["project", "admin"])
+def test_a_revocation_between_a_readers_lookup_and_its_cache_write_is_not_undone(created_key, organization,
+                                                                                    monkeypatch, kind):
+    """A request that read the key from the database just before a revocation committed, and wrote
+    its cache entry just after the revocation dropped the entry, put the valid key back in the cache
+    for API_KEY_CACHE_SECONDS: every process accepted the revoked key (a probe forced the interleaving
+    and got five 200s). The revocation now leaves a mark the reader's write cannot replace."""
+    import threading
+
+    from django.db import connections
+
+    import accounts.selectors as selectors
+    from accounts.services import admin_api_key_revoke, api_key_revoke
+
+    if kind == "project":
+        plaintext, revoke = created_key.plaintext, lambda: api_key_revoke(api_key=created_key.api_key)
+        resolve, resolved_class = selectors.api_key_resolve, selectors.ResolvedKey
+    else:
+        admin = admin_api_key_create(organization=organization, name="ops")
+        plaintext, revoke = admin.plaintext, lambda: admin_api_key_revoke(admin_api_key=admin.admin_api_key)
+        resolve, resolved_class = selectors.admin_api_key_resolve, selectors.ResolvedAdminKey
+    from_model = resolved_class.from_model
+
+    def revoked_meanwhile(row):  # after the reader's SELECT, before its cache write
+        def run():
+            try:
+                revoke()
+            finally:
+                connections.close_all()
+        thread = threading.Thread(target=run)
+        thread.start()
+        thread.join()
+        return from_model(row)
+
+    monkeypatch.setattr(resolved_class, "from_model", staticmethod(revoked_meanwhile))
+    assert resolve(plaintext=plaintext).revoked_at is None  # what it read, before the revocation
+    monkeypatch.setattr(resolved_class, "from_model", staticmethod(from_model))
+    assert resolve(plaintext=plaintext).revoked_at is not None
+    if kind == "project":
+        assert_refused(plaintext, "revoked")
+    else:
+        api = APIClient()
+        api.credentials(HTTP_AUTHORIZATION=f"Bearer {plaintext}")
+        assert_error(api.get("/v1/organization/projects"), 401, param=None, code="invalid_api_key")
+
+
+@pytest.mark.django_db(transaction=True)
 def test_key_deleted_mid_request_is_served_and_billed_to_its_project(client, created_key, project, monkeypatch,
                                                                      settings):
     """The record written after the encode (a request of a busy process; here forced) meets the key

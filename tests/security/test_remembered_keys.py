@@ -8,7 +8,8 @@ from __future__ import annotations
 import pytest
 from rest_framework.test import APIClient
 
-from accounts.services import api_key_cache_key, api_key_revoke, hash_key, project_allowed_models_set
+from accounts.services import (api_key_cache_key, api_key_revoke, hash_key, key_cache_invalidated,
+                               project_allowed_models_set)
 from metering.models import UsageRecord
 from tests.conftest import assert_error, post_embeddings
 
@@ -75,15 +76,15 @@ def test_a_revoked_key_is_refused_on_the_next_request(remembered, created_key):
 
 
 def test_a_cache_entry_rewritten_since_it_was_remembered_does_not_confirm(remembered, created_key):
-    """The entry is there again, written by another request's lookup after the revocation: what
-    the admission call compares is its content, not its presence."""
+    """An entry is there again (the revocation's mark, which a lookup after it leaves in place):
+    what the admission call compares is its content, not its presence."""
     from django.core.cache import cache
 
     api_key_revoke(api_key=created_key.api_key)
     models = APIClient()
     models.credentials(HTTP_AUTHORIZATION=f"Bearer {created_key.plaintext}")
     assert models.get("/v1/models").status_code == 401
-    assert cache.get(api_key_cache_key(hash_key(created_key.plaintext))).revoked_at is not None
+    assert key_cache_invalidated(cache.get(api_key_cache_key(hash_key(created_key.plaintext))))
     assert_error(post_embeddings(remembered, BODY), 401, param=None, code="invalid_api_key")
     assert UsageRecord.objects.count() == 2
 
