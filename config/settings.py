@@ -341,6 +341,8 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "config.errors.openai_exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": None,
+    # OPTIONS is 405: DRF's metadata would show the views' docstrings (how they work inside).
+    "DEFAULT_METADATA_CLASS": None,
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Embeddings platform API",

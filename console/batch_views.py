@@ -4,12 +4,12 @@ reads and writes go through `batches.services` and `batches.files` (the API's ow
 from __future__ import annotations
 
 from django.contrib import messages
-from django.http import FileResponse
+from django.http import FileResponse, Http404
 from django.shortcuts import redirect
 
 from accounts import roles
 from batches import files, services
-from config.errors import APIError
+from config.errors import APIError, NotFoundError
 
 from .base import OrganizationView
 
@@ -35,13 +35,25 @@ class BatchListView(OrganizationView):
         return context
 
 
+def _found(lookup, **kwargs):
+    """``lookup(**kwargs)`` (the API's own lookups, scoped by project); its `NotFoundError` (another
+    project's object, or none) is the console's 404 page."""
+    try:
+        return lookup(**kwargs)
+    except NotFoundError as exc:
+        raise Http404(exc.message) from None
+
+
 class BatchCancelView(OrganizationView):
-    """``.../batches/<batch>/cancel/`` (POST; members and above): `batches.services.batch_cancel`."""
+    """``.../batches/<batch>/cancel/`` (POST; members and above): `batches.services.batch_cancel`;
+    404 for a batch of another project or tenant; other methods 405."""
+
+    http_method_names = ["post"]
 
     def post(self, request, *args, **kwargs):
         project = self.project(self.kwargs["project"])
         self.require(roles.can_create_keys(self.role))
-        batch = services.batch_get(project_id=project.pk, public_id=self.kwargs["batch"])
+        batch = _found(services.batch_get, project_id=project.pk, public_id=self.kwargs["batch"])
         try:
             services.batch_cancel(batch=batch)
             messages.success(request, f"Batch {batch.public_id} is being cancelled.")
@@ -51,10 +63,13 @@ class BatchCancelView(OrganizationView):
 
 
 class BatchFileDownloadView(OrganizationView):
-    """``.../files/<file>/content``: a file of the project (a batch's input, output or errors), streamed."""
+    """``.../files/<file>/content``: a file of the project (a batch's input, output or errors),
+    streamed; 404 for a file of another project or tenant, or none."""
+
+    http_method_names = ["get", "head"]
 
     def get(self, request, *args, **kwargs):
         project = self.project(self.kwargs["project"])
-        file = files.file_get(project_id=project.pk, public_id=self.kwargs["file"])
+        file = _found(files.file_get, project_id=project.pk, public_id=self.kwargs["file"])
         return FileResponse(files.file_open(file), as_attachment=True, filename=file.filename,
                             content_type="application/jsonl")

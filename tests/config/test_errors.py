@@ -45,6 +45,14 @@ def test_method_not_allowed(client):
     assert_error(client.delete("/v1/models"), 405, param=None, code="method_not_allowed")
 
 
+def test_options_is_405_and_shows_no_view_internals(client):
+    """DRF answered OPTIONS with its metadata: the views' docstrings (how they work inside)."""
+    for path in ("/v1/embeddings", "/v1/models", "/v1/files", "/v1/batches"):
+        response = client.options(path)
+        assert_error(response, 405, param=None, code="method_not_allowed")
+        assert b"description" not in response.content and b"renders" not in response.content, path
+
+
 def test_body_too_large(client, settings):
     settings.REQUEST_BODY_MAX_BYTES = {**settings.REQUEST_BODY_MAX_BYTES, "/v1/embeddings": 1000}
     response = client.post("/v1/embeddings", {"model": "all-MiniLM-L6-v2", "input": "x" * 2000}, format="json")

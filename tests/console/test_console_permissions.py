@@ -9,6 +9,7 @@ from django.urls import URLPattern, URLResolver, get_resolver, reverse
 from accounts.models import APIKey, Invitation, Membership, Project
 from accounts.services import hash_key, membership_add
 from console.base import OrganizationView
+from tests.batches.conftest import batch_files  # noqa: F401 - batch files in a temporary folder
 from tests.console.conftest import PASSWORD, Role, signed_in
 
 
@@ -259,3 +260,30 @@ def test_switcher_and_home_land_on_an_organization_of_the_user(tenants):
     lonely = signed_in(type(t["a_owner"]).objects.create_user(username="nobody", password=PASSWORD))
     page = lonely.get(reverse("console:home"))
     assert page.status_code == 200 and b"not a member of any organization" in page.content
+
+
+def test_another_projects_batch_and_file_are_404_on_the_batch_pages(tenants, batch_files, default_model):
+    """A batch or file the project does not own (another tenant's, or none) was a 500 (the API's
+    NotFoundError), and GET on cancel was a 500 (a view with no template); nothing of B's changes."""
+    import io
+
+    from accounts.selectors import ResolvedKey
+    from batches import files, services
+    from batches.models import Batch
+    from tests.batches.conftest import jsonl, request_line
+
+    t = tenants
+    upload = io.BytesIO(jsonl([request_line("a")]))
+    upload.size, upload.name = len(upload.getvalue()), "input.jsonl"
+    b_key = ResolvedKey.from_model(t["b_key"])
+    b_file = files.file_create(key=b_key, upload=upload, purpose="batch")
+    b_batch = services.batch_create(key=b_key, input_file_id=b_file.public_id, endpoint="/v1/embeddings",
+                                    completion_window="24h")
+    client = signed_in(t["a_owner"])
+    a = {"org": t["a_org"].public_id, "project": t["a_project"].public_id}
+    for batch in (b_batch.public_id, "batch_nope"):
+        assert client.post(reverse("console:batch-cancel", kwargs={**a, "batch": batch})).status_code == 404
+    for file in (b_file.public_id, "file-nope"):
+        assert client.get(reverse("console:batch-file", kwargs={**a, "file": file})).status_code == 404
+    assert client.get(reverse("console:batch-cancel", kwargs={**a, "batch": b_batch.public_id})).status_code == 405
+    assert Batch.objects.get(pk=b_batch.pk).status == b_batch.status
