@@ -359,9 +359,9 @@ def admission_precheck(*, key, service_tier: str, model: str = "") -> None:
     if time.monotonic() >= until:
         _rpm_full_until.pop(key.key_id, None)
         return
+    # Every bucket, the TPM ones at cost 0 (read, for the headers: a 429 reports every limit).
     _, buckets = build_checks(applied=limits_for_key(key=key, model=model), tokens=0, service_tier="default",
                               month_start=datetime.now(dt_timezone.utc))
-    buckets = [c for c in buckets if c.kind == "rpm"]
     keys = [c.key for c in buckets]
     try:
         result = admission_backend().run("reserve", keys, 0, _args(buckets, [""] * len(buckets)))

@@ -638,3 +638,16 @@ def test_the_limits_cache_never_serves_one_projects_limits_to_another_keyless_sc
     assert refused.value.code == "insufficient_quota"
     settles_wait()
     assert used(project_scope(project)) == 10 and used(project_scope(other)) == 0
+
+
+def test_a_429_from_the_rpm_precheck_reports_the_tpm_limit_too(client, project, warm):
+    """Once the process knows the RPM bucket is full it answers 429 before tokenizing
+    (`admission_precheck`); those 429s said ``x-ratelimit-limit-tokens: unlimited``."""
+    limit_set(organization=project.organization, project=project, rpm=2, tpm=1000)
+    statuses, limits = [], []
+    for _ in range(6):
+        response = post_embeddings(client, HELLO)
+        statuses.append(response.status_code)
+        limits.append((response["x-ratelimit-limit-requests"], response["x-ratelimit-limit-tokens"]))
+    assert statuses == [200, 200, 429, 429, 429, 429], statuses
+    assert set(limits) == {("2", "1000")}, limits
