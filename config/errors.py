@@ -214,6 +214,12 @@ def api_error_from_domain(exc: Exception) -> APIError | None:
     return None
 
 
+def _content_type(context) -> str:
+    """The ``Content-Type`` of the request an exception handler's ``context`` names ("" for none)."""
+    request = (context or {}).get("request")
+    return str(getattr(request, "content_type", "") or "").lower()
+
+
 def openai_exception_handler(exc, context) -> Response | None:
     """DRF ``EXCEPTION_HANDLER``: render known errors in OpenAI's envelope (domain errors of the
     embeddings request through `api_error_from_domain`).
@@ -245,6 +251,9 @@ def openai_exception_handler(exc, context) -> Response | None:
     if isinstance(exc, drf_exceptions.AuthenticationFailed):
         return Response(error_body(str(exc.detail), code="invalid_api_key"), status=401,
                         headers={"WWW-Authenticate": 'Bearer realm="api"'})
+    if isinstance(exc, drf_exceptions.ParseError) and _content_type(context).startswith("multipart/"):
+        return Response(error_body(f"We could not parse the multipart/form-data body of your request "
+                                   f"(a file upload). Detail: {exc.detail}", code="invalid_body"), status=400)
     if isinstance(exc, drf_exceptions.ParseError):
         return Response(
             error_body(

@@ -105,6 +105,13 @@ def test_file_uploads_refused(client, batch_files, settings):
     assert len(list(batch_files.rglob("*.jsonl"))) == 1  # the refused upload left no bytes behind
 
 
+def test_a_multipart_body_that_cannot_be_parsed_is_not_called_json(client, batch_files):
+    """A multipart upload with no boundary was answered "We could not parse the JSON body"."""
+    response = client.generic("POST", "/v1/files", b"--x\r\n", content_type="multipart/form-data")
+    error = assert_error(response, 400, param=None, code="invalid_body")
+    assert "multipart/form-data" in error["message"] and "JSON" not in error["message"], error
+
+
 def test_expired_files_are_deleted_by_the_tick(client, batch_files):
     from datetime import timedelta
 
