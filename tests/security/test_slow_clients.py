@@ -132,6 +132,7 @@ def test_a_malformed_chunked_body_is_a_400_in_the_envelope(live_web, path, frame
     error = json.loads(payload)["error"]
     assert (error["code"], error["type"], error["param"]) == ("invalid_body", "invalid_request_error", None), error
     assert headers["x-request-id"].startswith("req_") and headers.get("connection") == "close"
+    live_web.platform.wait_log(f'"request_id":"{headers["x-request-id"]}"', timeout=30)  # written after the answer
     access = [r for r in live_web.platform.log_records() if r.get("logger") == "config.access"
               and r.get("request_id") == headers["x-request-id"]]
     assert [r["status"] for r in access] == [400], access
