@@ -163,16 +163,17 @@ class APIKeyAuthentication(BearerKeyAuthentication):
         checks (issue 12: key resolution from a process-local cache whose validity is checked
         inside the single admission round trip); it is None otherwise.
 
-        Nothing is weaker than a round trip: every change that invalidates a key deletes its cache
-        entry (`accounts.services.api_key_cache_invalidate`; a new lookup writes it anew), so a
+        Nothing is weaker than a round trip: every change that invalidates a key replaces its cache
+        entry by a mark with a new token (`accounts.services.api_key_cache_invalidate`), so a
         revoked, expired, archived or re-scoped key, and a client address at its failure limit,
         fail the confirmation; the view (`embeddings.views.EmbeddingsView`) then authenticates the
         request with a round trip (`key_confirm`: 401, 429, or the key as it is now). A request
         refused before admission (400, 403, 404) is confirmed the same way before it is answered.
         The round trip instead: for a key not remembered or remembered too long ago, a method other
         than POST, a request due to write the key's ``last_used_at``, and where keys cannot be
-        remembered (`_remembering`). Only a key read from the cache is remembered (a lookup's
-        write may not have reached Redis)."""
+        remembered (`_remembering`). Only a key whose cache entry was read is remembered, against
+        those bytes: its own lookup's entry (a lookup's write may not have reached Redis), or a
+        change's mark, whose token any later change replaces."""
         request.key_confirmation = None
         if not (self.remember and request.method == "POST" and _remembering()):
             return super().authenticate(request)

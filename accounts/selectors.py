@@ -75,10 +75,11 @@ def _cached_resolve(cache_key: str, lookup, resolve, cached=UNREAD):
     (``None``) too, so unknown keys do not reach the database on every try. ``cached``: the entry
     under ``cache_key`` when the caller read it already (None: not there); `UNREAD` reads it.
 
-    The entry is added only where there is none (``cache.add``: an invalidation's mark, which lives
-    ``API_KEY_CACHE_SECONDS``, stays: `accounts.services.api_key_cache_invalidate`) and only when
-    the read took less than half that time: a row read before a change committed is never cached
-    after the change marked the entry.
+    The entry is added only where there is none (``cache.add``: an invalidation's mark, which lives a
+    minute longer than ``API_KEY_CACHE_SECONDS``, stays: `accounts.services.api_key_cache_invalidate`)
+    and only when the read took less than half of ``API_KEY_CACHE_SECONDS``: a row read before a
+    change committed is not cached after the change marked the entry (unless the write reached
+    Redis over a minute late). An absence is cached likewise.
     """
     if cached is UNREAD:
         cached = cache.get(cache_key)
@@ -97,7 +98,8 @@ def _cached_resolve(cache_key: str, lookup, resolve, cached=UNREAD):
 def api_key_resolve(*, plaintext: str, cached=UNREAD) -> ResolvedKey | None:
     """Look a plaintext key up by its SHA-256; ``None`` when no such key exists.
 
-    The result (or its absence) is cached for ``API_KEY_CACHE_SECONDS``; revoked and
+    The result (or its absence) is cached for ``API_KEY_CACHE_SECONDS`` (not while a change's mark
+    is there: `_cached_resolve`); revoked and
     expired keys are returned as they are, the caller decides. ``cached``: the cache entry under
     `api_key_cache_key` when the caller read it already (see `_cached_resolve`).
     """

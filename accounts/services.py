@@ -35,8 +35,13 @@ def admin_api_key_cache_key(secret_hash: str) -> str:
 
 # What `api_key_cache_invalidate` leaves under a key's cache name (then a random token, so each
 # invalidation stores other bytes than the last: a process's memory of the entry never matches a
-# later one). A reader finding it reads the database and caches nothing (`key_cache_invalidated`).
+# later one). A reader finding it reads the database and caches nothing (`key_cache_invalidated`);
+# the web processes then serve the key from their memory, confirmed against the mark's bytes.
 INVALIDATED_PREFIX = "invalidated:"
+# Seconds the mark outlives API_KEY_CACHE_SECONDS: a reader's write checked in time but delayed on
+# its way to Redis (the cache client's timeouts are 2 s to connect and 2 s to answer, a stalled
+# process more) still finds it there.
+INVALIDATED_MARGIN_SECONDS = 60
 
 
 def key_cache_invalidated(entry) -> bool:
@@ -45,17 +50,18 @@ def key_cache_invalidated(entry) -> bool:
 
 
 def api_key_cache_invalidate(keys, *, new: bool = False) -> int:
-    """Drop the cached lookups of ``keys`` (`APIKey` and/or `AdminAPIKey` rows, or one row) so
-    the next request reads them from the database; returns how many cache entries were named.
+    """Invalidate the cached lookups of ``keys`` (`APIKey` and/or `AdminAPIKey` rows, or one row)
+    so the next request reads them from the database; returns how many cache entries were named.
 
     The one place every change that can make a key invalid goes through: the revoke services,
     and (`accounts.signals`) every save or delete of a key, every save of a project (archiving),
     and the cascades of deleting a project or an organization, whoever makes them (console,
     admin forms and bulk actions, management commands, shell). Each entry is replaced at
     once, and again when the surrounding transaction commits, by a mark (`INVALIDATED_PREFIX`) that
-    lives ``API_KEY_CACHE_SECONDS``: a reader adds an entry only where there is none (``cache.add``)
-    and only within half that time of starting its read (`accounts.selectors._cached_resolve`), so
-    one that read the old row before the change committed cannot put it back, whatever the timing.
+    lives ``API_KEY_CACHE_SECONDS`` + `INVALIDATED_MARGIN_SECONDS`: a reader adds an entry only
+    where there is none (``cache.add``) and only within half of ``API_KEY_CACHE_SECONDS`` of
+    starting its read (`accounts.selectors._cached_resolve`), so one that read the old row before
+    the change committed cannot put it back unless its write reached Redis over a minute late.
     ``QuerySet.update()`` sends no signals: code that changes keys or projects that way must call
     this itself. ``new``: keys just created, whose entries (no reader knew their plaintext before:
     at most a cached absence) are deleted, with no mark, so their first requests cache them.
@@ -67,7 +73,8 @@ def api_key_cache_invalidate(keys, *, new: bool = False) -> int:
 
     def mark():
         token = INVALIDATED_PREFIX + secrets.token_hex(8)
-        cache.set_many({name: token for name in names}, timeout=settings.API_KEY_CACHE_SECONDS)
+        cache.set_many({name: token for name in names},
+                       timeout=settings.API_KEY_CACHE_SECONDS + INVALIDATED_MARGIN_SECONDS)
 
     if names and new:
         cache.delete_many(names)

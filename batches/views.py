@@ -2,6 +2,8 @@
 file or batch is a 404). Thin views: `batches.files` and `batches.services` do the work."""
 from __future__ import annotations
 
+import re
+
 from django.http import FileResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
@@ -45,12 +47,13 @@ class _ProjectAPIView(APIView):
 
 def _expires_after(data) -> int | None:
     """``expires_after[seconds]`` of the upload form (``expires_after[anchor]`` must be ``created_at``), in
-    ASCII digits (``str.isdigit`` alone would pass ``³⁶⁰⁰``, which ``int`` refuses, and ``٣٦٠٠``).
+    at most 10 ASCII digits (``str.isdigit`` alone passes ``³⁶⁰⁰``, which ``int`` refuses, and
+    ``٣٦٠٠``; ``int`` refuses more than 4,300 digits).
     Raises `InvalidRequestError` (400 ``invalid_value``)."""
     seconds, anchor = data.get("expires_after[seconds]"), data.get("expires_after[anchor]")
     if seconds is None and anchor is None:
         return None
-    if anchor != "created_at" or not str(seconds or "").isascii() or not str(seconds or "").isdigit():
+    if anchor != "created_at" or not re.fullmatch(r"[0-9]{1,10}", str(seconds or "")):
         raise InvalidRequestError("'expires_after' needs anchor 'created_at' and a number of seconds.",
                                   param="expires_after", code="invalid_value")
     return int(seconds)

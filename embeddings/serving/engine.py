@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from .registry import ProcessRegistry
-from .tokenization import get_tokenizer, model_stamp, read_cached, write_cached
+from .tokenization import TEMPORARY_PREFIX, get_tokenizer, model_stamp, read_cached, write_cached
 
 logger = logging.getLogger(__name__)
 
@@ -185,7 +185,8 @@ def _export(model, source: Path, input_names: list[str], target: Path) -> None:
     started = time.perf_counter()
     # The tracer warns about Python-level branches it freezes (e.g. "is_causal" with a mask given):
     # constants for an encoder, and the vectors are checked against torch's by the test suite.
-    with tempfile.TemporaryDirectory(dir=target.parent) as scratch, warnings.catch_warnings():
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=TEMPORARY_PREFIX) as scratch, \
+            warnings.catch_warnings():
         warnings.simplefilter("ignore")
         partial = Path(scratch) / "model.onnx"
         torch.onnx.export(_token_embeddings_module(model[0]), tuple(example[n] for n in input_names), str(partial),

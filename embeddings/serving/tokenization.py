@@ -83,8 +83,8 @@ def write_cached(target: Path, data: dict) -> None:
     partial = None
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=target.parent, suffix=".tmp",
-                                         delete=False) as handle:
+        with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=target.parent, prefix=TEMPORARY_PREFIX,
+                                         suffix=".tmp", delete=False) as handle:
             partial = handle.name
             json.dump(data, handle)
         umask = os.umask(0)
@@ -100,9 +100,10 @@ def write_cached(target: Path, data: dict) -> None:
 # What a cache directory keeps per model, named by its `model_stamp`: the engine's ONNX export, its
 # manifest and the export's lock (`embeddings.serving.engine`), the tokenizer (`ModelTokenizer.keep`).
 KEPT_NAME = re.compile(r"(?P<stamp>[0-9a-f]{32})\.(?:onnx|json|lock|tokenizer\.json)")
-# What a writer killed mid-write leaves beside them: `write_cached`'s ``tmp*.tmp`` files, the export's
-# ``tmp*`` folders. Removed once this old (seconds) at least, so no write in progress ever is.
-TEMPORARY_PREFIX = "tmp"
+# The name of what a writer writes before renaming it into place (`write_cached`'s files, the
+# export's folder), so what one killed mid-write leaves is known as ours, whatever else shares the
+# directory. Removed once this old (seconds) at least, so no write in progress ever is.
+TEMPORARY_PREFIX = ".kept-"
 TEMPORARY_MIN_AGE = 3600.0
 
 
@@ -144,7 +145,7 @@ def kept_prune(cache_dir: str | os.PathLike, keep: Collection[str], unused_for: 
         if stamp in keep or now - _newest_mtime(files) < unused_for:
             continue
         with _lock_free(cache / f"{stamp}.lock") as free:
-            if not free:
+            if not free or now - _newest_mtime(files) < unused_for:  # a load read it meanwhile
                 continue
             for file in sorted(files, key=lambda f: f.suffix == ".lock"):  # the lock last
                 removed = _remove(file)
@@ -163,29 +164,44 @@ def kept_prune(cache_dir: str | os.PathLike, keep: Collection[str], unused_for: 
 
 
 def _newest_mtime(paths: list[Path]) -> float:
-    """The newest mtime of ``paths`` (a folder's files included); inf when one vanished meanwhile
-    (another prune, or a writer renaming): nothing to decide on then."""
+    """The newest mtime of ``paths`` (a folder's files included; a link's and its target's, which a
+    read marks, `read_cached`); inf when one vanished meanwhile (another prune, or a writer
+    renaming) or cannot be read (another user's): nothing to decide on then."""
+    def mtime(path: Path) -> float:
+        newest = path.lstat().st_mtime
+        with contextlib.suppress(OSError):  # a dangling link: its own time
+            newest = max(newest, path.stat().st_mtime)
+        return newest
+
     newest = 0.0
     try:
         for path in paths:
-            newest = max(newest, path.lstat().st_mtime)
+            newest = max(newest, mtime(path))
             if path.is_dir() and not path.is_symlink():
-                for folder, _, names in os.walk(path):
+                for folder, _, names in os.walk(path, onerror=_raise):
                     for name in names:
-                        newest = max(newest, (Path(folder) / name).lstat().st_mtime)
-    except FileNotFoundError:
+                        newest = max(newest, mtime(Path(folder) / name))
+    except OSError:
         return float("inf")
     return newest
+
+
+def _raise(error: OSError) -> None:
+    raise error
 
 
 @contextlib.contextmanager
 def _lock_free(lock: Path) -> Iterator[bool]:
     """Whether no process holds ``lock`` (an export's ``flock``), held by this one for the block so
-    no export of its stamp starts meanwhile; True when there is no lock file."""
+    no export of its stamp starts meanwhile; True when there is no lock file, False when it cannot
+    be opened."""
     try:
         handle = open(lock, "rb")
     except FileNotFoundError:
         yield True
+        return
+    except OSError:  # another user's lock (0600): not ours to judge
+        yield False
         return
     with handle:
         try:

