@@ -6,6 +6,7 @@ Shapes and names follow OpenAI's File and Batch objects. Files' bytes live in Dj
 """
 from __future__ import annotations
 
+from django.contrib.postgres.fields import ArrayField
 from django.db import models
 from django.utils import timezone
 
@@ -78,6 +79,9 @@ class Batch(models.Model):
     # migration that recreates this constraint must keep that.
     api_key = models.ForeignKey("accounts.APIKey", null=True, blank=True, on_delete=models.SET_NULL,
                                 related_name="+")
+    # The creating key's model allowlist when the batch was made: its lines keep obeying it once the
+    # key is deleted (while the key exists, its allowlist as it is now applies).
+    key_allowed_models = ArrayField(models.CharField(max_length=200), default=list, blank=True)
     input_file_id = models.CharField(max_length=40)
     endpoint = models.CharField(max_length=64)
     completion_window = models.CharField(max_length=8)

@@ -128,7 +128,7 @@ def batch_create(*, key, input_file_id: str, endpoint: str, completion_window: s
     now = timezone.now()
     batch = Batch.objects.create(
         organization_id=key.organization_id, project_id=key.project_id, api_key_id=key.key_id,
-        input_file_id=file.public_id, endpoint=endpoint, completion_window=completion_window, metadata=metadata,
+        key_allowed_models=list(key.allowed_models), input_file_id=file.public_id, endpoint=endpoint, completion_window=completion_window, metadata=metadata,
         created_at=now, expires_at=now + timedelta(seconds=settings.BATCH_COMPLETION_WINDOW_SECONDS),
         dispatched_at=now)
     task_send("batches.validate", batch.pk)
@@ -439,14 +439,15 @@ def _encode(batch: Batch, prepared: list[PreparedLine]) -> list[np.ndarray] | No
 def _resolved_key(batch: Batch) -> ResolvedKey:
     """The scope of the batch's lines, as ``batch`` was read (a chunk reads it anew: a change applies
     from the next chunk on): its organization and project and their limits, the key that created it
-    (id 0 once that key is deleted: no key's limits apply then) and the model allowlists of both."""
+    (id 0 once that key is deleted: no key's limits apply then) and the model allowlists of both
+    (of a deleted key: the one it had when the batch was made)."""
     key = batch.api_key
     return ResolvedKey(key_id=batch.api_key_id or 0, key_public_id=getattr(key, "public_id", ""),
                        project_id=batch.project_id, project_public_id=batch.project.public_id,
                        organization_id=batch.organization_id, organization_public_id=batch.organization.public_id,
                        expires_at=None, revoked_at=None, project_archived_at=None,
                        project_allowed_models=tuple(batch.project.allowed_models),
-                       allowed_models=tuple(key.allowed_models) if key is not None else ())
+                       allowed_models=tuple(key.allowed_models if key is not None else batch.key_allowed_models))
 
 
 def _reserve(key: ResolvedKey, prepared: list[PreparedLine]) -> tuple[list[Reservation], int, RateLimitError | None]:

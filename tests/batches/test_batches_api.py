@@ -272,6 +272,30 @@ def test_batch_lines_obey_the_model_allowlists_and_model_uris_as_the_synchronous
     assert mixed["status"] == "failed" and [e["code"] for e in mixed["errors"]["data"]] == ["mismatched_model"]
 
 
+def test_a_deleted_keys_allowlist_still_binds_its_batch(client, project, run_tasks, matryoshka_model):
+    """Lines run as the project once the creating key is deleted; that key's allowlist, as it was
+    when the batch was made, still applies (no key left to read it from)."""
+    from rest_framework.test import APIClient
+
+    from accounts.models import APIKey
+    from accounts.services import api_key_create
+
+    created = api_key_create(project=project, name="narrow")
+    created.api_key.allowed_models = [MODEL]
+    created.api_key.save()
+    narrow = APIClient()
+    narrow.credentials(HTTP_AUTHORIZATION=f"Bearer {created.plaintext}")
+    file = upload(narrow, jsonl([request_line("x", {"model": matryoshka_model.name, "input": "x"})])).json()
+    batch = create(narrow, file["id"]).json()
+    APIKey.objects.filter(pk=created.api_key.pk).delete()
+    run_tasks()
+    batch = client.get(f"/v1/batches/{batch['id']}").json()  # another key of the project reads it
+    assert batch["status"] == "completed" and batch["request_counts"] == {"total": 1, "completed": 0, "failed": 1}
+    [line] = content(client, batch["error_file_id"])
+    assert (line["response"]["status_code"], line["response"]["body"]["error"]["code"]) == (403, "model_not_allowed")
+    assert not UsageRecord.objects.filter(service_tier="batch").exists()
+
+
 def test_the_enqueued_token_limit_fails_a_batch_at_creation(client, run_tasks, organization):
     from django.core.management import call_command
 
