@@ -14,7 +14,7 @@ import pytest
 import redis
 from kombu import Connection
 
-from config.embedded import EmbeddedServers, database_url, redis_url
+from config.embedded import EmbeddedPostgres, EmbeddedServers, database_url, redis_url
 from config.settings import celery_redis_url
 from tests.platform_process import ROOT, VENV, processes_under, user_env
 
@@ -86,3 +86,39 @@ def test_sigterm_while_starting_leaves_nothing_behind(tmp_path):
     assert processes_under(var) == [], log.read_text()[-3000:]
     assert time.monotonic() - started < 10
     assert "migrate" not in " ".join(" ".join(p.cmdline()) for p in psutil.Process().children(recursive=True))
+
+
+def test_a_postmaster_pid_left_by_a_kill_whose_pid_was_reused_does_not_stop_the_next_start(tmp_path):
+    """A postmaster killed outright leaves ``postmaster.pid``; when its PID then belongs to another
+    process (PIDs are reused within a minute on a busy host: the runtime test failed so in CI),
+    PostgreSQL refused to start ("lock file already exists"), and a stop SIGKILLed whatever process
+    had the PID. A running server's file stays."""
+    var = tmp_path / "var"
+    servers = EmbeddedServers(var, environ={})
+    try:
+        servers.start()
+        pidfile = servers.postgres.pgdata / "postmaster.pid"
+        postmaster = psutil.Process(int(pidfile.read_text().split()[0]))
+        servers.postgres._stale_lock_remove()
+        assert pidfile.exists()  # its own server, running: left alone
+        children = postmaster.children(recursive=True)
+        for proc in [postmaster, *children]:
+            proc.kill()
+        psutil.wait_procs([postmaster, *children], timeout=10)
+    finally:
+        servers.stop()  # finds no postmaster under the file's PID: kills nothing
+    other = subprocess.Popen(["sleep", "120"])  # the process that now has the PID
+    lines = pidfile.read_text().splitlines()
+    pidfile.write_text("\n".join([str(other.pid), *lines[1:]]) + "\n")
+    servers = EmbeddedServers(var, environ={})
+    try:
+        EmbeddedPostgres(var).stop()  # no postmaster under that PID: nothing is killed
+        assert other.poll() is None
+        urls = servers.start()
+        db = environ.Env.db_url_config(urls["DATABASE_URL"])
+        with psycopg.connect(dbname=db["NAME"], user=db["USER"], **db["OPTIONS"]) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        servers.stop()
+        other.kill()
+    assert processes_under(var) == []
