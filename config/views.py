@@ -183,13 +183,18 @@ def readyz(request):
     Checks: ``database`` (reachable and fully migrated), ``redis`` (answers PING), ``models``
     (loaded here, where this process encodes). The body also reports, without affecting the
     status, the platform's state: workers alive per queue (`config.heartbeats`), beat, and the
-    usage rollup's last run and lag in seconds.
+    usage rollup's last run and lag in seconds. Those details (checks, worker host names, queues)
+    only to whom may read ``/metrics`` (`config.metrics.metrics_access_allowed`: loopback, or the
+    metrics token); anyone else, a load balancer's probe for one, gets ``status`` and ``failed``.
     """
+    from .metrics import metrics_access_allowed
+
     checks = {"database": _check_database(), "redis": _check_redis()}
     checks["models"] = _check_models() if checks["database"]["ok"] else {"ok": False, "error": "no database"}
     failed = [name for name, check in checks.items() if not check["ok"]]
-    body = {"status": "not_ready" if failed else "ready", "failed": failed, "checks": checks,
-            "platform": _platform_state(checks["redis"]["ok"], checks["database"]["ok"])}
+    body = {"status": "not_ready" if failed else "ready", "failed": failed}
+    if metrics_access_allowed(request.META):
+        body.update(checks=checks, platform=_platform_state(checks["redis"]["ok"], checks["database"]["ok"]))
     return JsonResponse(body, status=503 if failed else 200)
 
 

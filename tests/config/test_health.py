@@ -84,6 +84,22 @@ def test_rollup_run_is_recorded_and_lag_measured(db, default_model, no_heartbeat
     assert 0 <= body["platform"]["rollup"]["last_run_seconds_ago"] < 5
 
 
+def test_readyz_details_only_for_whom_may_read_the_metrics(db, default_model, no_heartbeats, settings):
+    """Worker host names, queues and the rollup's timing were told to any caller; a load
+    balancer's probe gets the status alone (as /metrics, loopback or its token)."""
+    from embeddings.services import warm_up
+
+    warm_up()
+    settings.METRICS_TOKEN = "scrape-secret"
+    remote = APIClient(REMOTE_ADDR="203.0.113.7")
+    body = remote.get("/readyz").json()
+    assert body == {"status": "ready", "failed": []}, body
+    assert set(remote.get("/readyz", HTTP_AUTHORIZATION="Bearer scrape-secret").json()) == {
+        "status", "failed", "checks", "platform"}
+    assert set(remote.get("/readyz", HTTP_AUTHORIZATION="Bearer sk-proj-x").json()) == {"status", "failed"}
+    assert "platform" in APIClient().get("/readyz").json()  # loopback
+
+
 def test_warm_up_puts_the_loaded_models_out_of_the_garbage_collectors_reach(db, default_model):
     """After warm-up every object then alive (torch, the model, Django: ~440,000) is frozen
     (``gc.freeze``), so no full collection walks them again while requests wait on the GIL."""
