@@ -79,14 +79,19 @@ class AdminAPIView(APIView):
 
     def body(self, serializer_class, unsupported: tuple[str, ...] = ()) -> dict:
         """The validated body; OpenAI's fields that have no counterpart here are refused (400
-        ``unsupported_parameter``), never ignored."""
+        ``unsupported_parameter``), and any other field the serializer does not know (400
+        ``unknown_parameter``, as ``POST /v1/embeddings`` refuses one): never ignored."""
         data = self.request.data
+        serializer = serializer_class(data=data)
         if isinstance(data, dict):
             for name in unsupported:
                 if data.get(name) is not None:
                     raise InvalidRequestError(f"'{name}' is not supported by this platform.", param=name,
                                               code="unsupported_parameter")
-        serializer = serializer_class(data=data)
+            for name in data:
+                if name not in serializer.fields and name not in unsupported:
+                    raise InvalidRequestError(f"Unrecognized request argument supplied: {name}", param=name,
+                                              code="unknown_parameter")
         serializer.is_valid(raise_exception=True)
         return serializer.validated_data
 

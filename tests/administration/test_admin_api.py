@@ -131,6 +131,10 @@ def test_a_key_allowlist_narrows_its_project_and_an_empty_one_allows_every_model
                  param="allowed_models", code="model_not_found")
     assert_error(admin.post(route, {"scopes": ["api.all.read"]}, format="json"), 400, param="scopes",
                  code="unsupported_parameter")
+    # a field nothing knows (a typo, another API's) is refused too, never silently ignored
+    assert_error(admin.post(route, {"nmae": "renamed"}, format="json"), 400, param="nmae", code="unknown_parameter")
+    assert_error(admin.post("/v1/organization/projects", {"name": "ok", "extra": 1}, format="json"), 400,
+                 param="extra", code="unknown_parameter")
 
 
 def test_another_organizations_admin_key_sees_none_of_it(admin, stranger, default_model):
