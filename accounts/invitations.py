@@ -110,6 +110,10 @@ def invitation_revoke(*, invitation: Invitation) -> Invitation:
     return invitation
 
 
+OTHER_ADDRESS = ("This invitation was sent to another e-mail address. Sign in with the account of the invited "
+                 "address to accept it, or ask for an invitation to yours.")
+
+
 def invitation_refusal(invitation: Invitation | None) -> str | None:
     """Why the link of ``invitation`` cannot be used (a sentence), or None when it can."""
     if invitation is None:
@@ -123,13 +127,24 @@ def invitation_refusal(invitation: Invitation | None) -> str | None:
     return None
 
 
+def invitation_for_user(invitation: Invitation, user) -> bool:
+    """Whether ``user``'s e-mail address is the one ``invitation`` was sent to (case-insensitive,
+    as addresses are compared in practice): an invitation is for its address, as OpenAI's are, not
+    for whoever holds the link (a forwarded mail, a link in a log)."""
+    return bool(user.email) and user.email.strip().casefold() == invitation.email.strip().casefold()
+
+
 def invitation_accept(*, invitation: Invitation, user) -> Membership:
     """``user`` joins the invitation's organization with its role; the link is used up.
 
-    Raises ``ValidationError`` (message from `invitation_refusal`) when the link is used,
-    revoked or expired, checked under a row lock so that one link makes one membership. A user
-    who is already a member keeps the role they have.
+    Raises ``ValidationError``: code ``invitation_other_address`` when ``user``'s address is not
+    the invited one (`invitation_for_user`; the link stays usable), ``invitation_unusable``
+    (message from `invitation_refusal`) when the link is used, revoked or expired, checked under a
+    row lock so that one link makes one membership. A user who is already a member keeps the role
+    they have.
     """
+    if not invitation_for_user(invitation, user):
+        raise ValidationError(OTHER_ADDRESS, code="invitation_other_address")
     with transaction.atomic():
         locked = Invitation.objects.select_for_update().get(pk=invitation.pk)
         refusal = invitation_refusal(locked)

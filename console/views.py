@@ -284,7 +284,8 @@ class InvitationRevokeView(OrganizationView):
 class InvitationAcceptView(TemplateView):
     """``/console/invitations/<token>/``: GET shows the invitation; POST accepts it.
 
-    Signed in: POST joins the organization with the invited role. Signed out: the page links to
+    Signed in with the invited address: POST joins the organization with the invited role (with
+    another address: 403, the link stays usable). Signed out: the page links to
     the sign-in (which comes back here) and offers an account for the invited address
     (``action=signup``), created, signed in and joined in one POST. An unknown link answers 404;
     a used, withdrawn or expired one 410 with the reason.
@@ -301,7 +302,10 @@ class InvitationAcceptView(TemplateView):
 
     def get_context_data(self, signup_form=None, **kwargs):
         context = super().get_context_data(**kwargs)
+        user = self.request.user
         context.update(invitation=self.invitation,
+                       for_user=user.is_authenticated and invitations.invitation_for_user(self.invitation, user),
+                       other_address=invitations.OTHER_ADDRESS,
                        signup_form=signup_form or InvitationSignUpForm(email=self.invitation.email),
                        login_url=f"{reverse('console:login')}?{urlencode({'next': self.request.path})}")
         return context
@@ -319,6 +323,9 @@ class InvitationAcceptView(TemplateView):
             if membership is not None:
                 login(request, user, backend="django.contrib.auth.backends.ModelBackend")
         else:
+            if not invitations.invitation_for_user(self.invitation, request.user):
+                return self.render_to_response({**self.get_context_data(), "refusal": invitations.OTHER_ADDRESS},
+                                               status=403)
             with transaction.atomic():
                 membership = self._accept(request.user)
         if membership is None:

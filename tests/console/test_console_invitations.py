@@ -153,6 +153,26 @@ def test_an_existing_user_signs_in_then_accepts(tenants, django_user_model):
     assert not Membership.objects.filter(user__username="known", organization=t["b_org"]).exists()
 
 
+def test_an_invitation_is_for_its_address_not_for_whoever_holds_the_link(tenants, django_user_model):
+    """A signed-in user of another address (a forwarded mail, a link in a log) cannot accept: 403,
+    nothing joined, and the link still works for the invited address (compared case-insensitively)."""
+    t = tenants
+    django_user_model.objects.create_user(username="mallory", email="mallory@example.com", password=PASSWORD)
+    invited = django_user_model.objects.create_user(username="vera", email="Vera@Example.com", password=PASSWORD)
+    _, link = invite(signed_in(t["a_owner"]), t["a_org"].public_id, "vera@example.com", "admin")
+    other = Client()
+    other.force_login(django_user_model.objects.get(username="mallory"),
+                      backend="django.contrib.auth.backends.ModelBackend")
+    page = other.get(link)
+    assert page.status_code == 200 and 'id="accept"' not in page.content.decode()
+    assert "sent to another e-mail address" in page.content.decode()
+    refused = other.post(link)
+    assert refused.status_code == 403 and "sent to another e-mail address" in refused.content.decode()
+    assert not Membership.objects.filter(user__username="mallory").exists()
+    assert signed_in(invited).post(link).status_code == 302
+    assert Membership.objects.get(user=invited, organization=t["a_org"]).role == Role.ADMIN
+
+
 def test_expired_unknown_and_replaced_links_are_refused(tenants):
     t = tenants
     owner = signed_in(t["a_owner"])
