@@ -1,8 +1,8 @@
 """Signal receivers of `accounts`: the key cache and the audit log.
 
 **Key cache.** Every save or delete that can make a key invalid replaces its cached lookup by a
-mark (`accounts.services.api_key_cache_invalidate`; a new key's is deleted), whoever makes it: a key saved (``expires_at`` or
-``revoked_at`` edited in the admin) or deleted (admin delete, bulk "Delete selected", and the
+mark (`accounts.services.api_key_cache_invalidate`; a new key's is deleted), whoever makes it: a
+key saved (``expires_at`` or ``revoked_at`` edited in the admin) or deleted (admin delete, bulk "Delete selected", and the
 cascades of deleting a project or an organization, for which Django sends ``post_delete`` per
 key), a project saved (archived, its model allowlist changed). ``QuerySet.update()`` sends no
 signals; nothing in the project changes keys or projects that way (the admin's revoke actions call

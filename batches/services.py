@@ -128,7 +128,8 @@ def batch_create(*, key, input_file_id: str, endpoint: str, completion_window: s
     now = timezone.now()
     batch = Batch.objects.create(
         organization_id=key.organization_id, project_id=key.project_id, api_key_id=key.key_id,
-        key_allowed_models=list(key.allowed_models), input_file_id=file.public_id, endpoint=endpoint, completion_window=completion_window, metadata=metadata,
+        key_allowed_models=list(key.allowed_models), input_file_id=file.public_id, endpoint=endpoint,
+        completion_window=completion_window, metadata=metadata,
         created_at=now, expires_at=now + timedelta(seconds=settings.BATCH_COMPLETION_WINDOW_SECONDS),
         dispatched_at=now)
     task_send("batches.validate", batch.pk)

@@ -212,8 +212,8 @@ class EmbeddedPostgres:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:  # no such process
             return None
-        ours = Path(argv[0].decode(errors="replace")).name.startswith("postgres") and str(self.pgdata).encode() in argv
-        return pid if ours else None
+        program = Path(argv[0].decode(errors="replace")).name
+        return pid if program.startswith("postgres") and str(self.pgdata).encode() in argv else None
 
     def _stale_lock_remove(self) -> None:
         """Remove a ``postmaster.pid`` no postmaster of this data directory runs under

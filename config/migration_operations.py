@@ -30,8 +30,8 @@ class ForeignKeySetNullInDatabase(migrations.RunPython):
     a lock that lets inserts, updates and reads go on; then it takes the old name (Django's, when a
     stopped run had dropped the old one already). Each step is its own transaction (the migration
     must be ``atomic = False``) and each is skipped when already done, so a migration stopped
-    halfway is completed by running it again. ``lock_timeout``: a step
-    that waits that long for its lock fails instead of queueing every writer behind it."""
+    halfway is completed by running it again. ``lock_timeout``: a step that waits that long for its
+    lock fails instead of queueing every writer behind it."""
 
     lock_timeout = "10s"
 

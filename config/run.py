@@ -11,7 +11,8 @@
 * ``test`` (``make test``): the embedded servers under ``VAR_DIR/test`` unless the URLs
   are set, then pytest with the arguments after ``--``; its exit status.
 * ``migrate`` (``make migrate``, a release step): migrations, the model registry and the removal
-  of kept model files no longer used (``prune_model_exports``) under a PostgreSQL advisory lock, so any number of hosts may run it at once.
+  of kept model files no longer used (``prune_model_exports``) under a PostgreSQL advisory lock,
+  so any number of hosts may run it at once.
 * ``web`` / ``worker`` / ``beat``: the HTTP server (`config.web`), a Celery worker (``QUEUES``, default every queue
   of `settings.CELERY_PLATFORM_QUEUES`), Celery beat. They never migrate: they wait (and
   say so) until the database is reachable and fully migrated, then start.

@@ -1,7 +1,7 @@
 """Every change to a `Limit`, whoever makes it (Admin API, ``set_limits``, the Django admin and its
 bulk delete, a cascade, the shell), applies to the next request (`limit_changed`: every process
-re-reads the limits) and is in the organization's audit log (`accounts.audit`): OpenAI's ``rate_limit.updated``
-(``changes_requested`` with OpenAI's names, ``max_requests_per_1_minute`` for RPM and
+re-reads the limits) and is in the organization's audit log (`accounts.audit`): OpenAI's
+``rate_limit.updated`` (``changes_requested`` with OpenAI's names, ``max_requests_per_1_minute`` for RPM and
 ``max_tokens_per_1_minute`` for TPM, and ``monthly_tokens``; ``scope`` says whose limit it is) and
 ``rate_limit.deleted``."""
 from __future__ import annotations

@@ -39,7 +39,8 @@ if op == 'confirm-reserve' then
   -- A reserve for a key its process authenticated from memory: the last two KEYS are the key's
   -- cache entry and its client address's failed-authentication counter, the last two ARGV the
   -- entry's bytes as that process knows them and the failure limit. An entry deleted or rewritten
-  -- (every change to a key writes a mark with a new token), or an address at its limit: nothing is reserved.
+  -- (every change to a key writes a mark with a new token), or an address at its limit: nothing
+  -- is reserved.
   local failures = tonumber(redis.call('GET', KEYS[nk]) or '0') or 0
   if failures >= tonumber(ARGV[#ARGV]) or redis.call('GET', KEYS[nk - 1]) ~= ARGV[#ARGV - 1] then
     return {'unconfirmed'}

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import fcntl
 import hashlib
 import importlib.metadata
-import fcntl
 import json
 import logging
 import os
@@ -141,6 +141,14 @@ def kept_prune(cache_dir: str | os.PathLike, keep: Collection[str], unused_for: 
         if match is not None:
             groups[match["stamp"]].append(entry)
     stamps, paths, size = [], [], 0
+
+    def remove(path: Path) -> None:
+        nonlocal size
+        removed = _remove(path)
+        if removed is not None:
+            paths.append(path)
+            size += removed
+
     for stamp, files in sorted(groups.items()):
         if stamp in keep or now - _newest_mtime(files) < unused_for:
             continue
@@ -148,18 +156,12 @@ def kept_prune(cache_dir: str | os.PathLike, keep: Collection[str], unused_for: 
             if not free or now - _newest_mtime(files) < unused_for:  # a load read it meanwhile
                 continue
             for file in sorted(files, key=lambda f: f.suffix == ".lock"):  # the lock last
-                removed = _remove(file)
-                if removed is not None:
-                    paths.append(file)
-                    size += removed
+                remove(file)
             stamps.append(stamp)
+    temporary_age = max(unused_for, TEMPORARY_MIN_AGE)
     for entry in entries:
-        if entry.name.startswith(TEMPORARY_PREFIX) and now - _newest_mtime([entry]) >= max(unused_for,
-                                                                                            TEMPORARY_MIN_AGE):
-            removed = _remove(entry)
-            if removed is not None:
-                paths.append(entry)
-                size += removed
+        if entry.name.startswith(TEMPORARY_PREFIX) and now - _newest_mtime([entry]) >= temporary_age:
+            remove(entry)
     return Pruned(stamps, paths, size)
 
 
