@@ -14,6 +14,7 @@ from . import heartbeats
 from .database import pending_migrations
 
 from .errors import error_response, server_error_message
+from .metrics import metrics_access_allowed
 from .middleware import API_PREFIX
 from .redis_outage import redis_outage
 
@@ -187,8 +188,6 @@ def readyz(request):
     only to whom may read ``/metrics`` (`config.metrics.metrics_access_allowed`: loopback, or the
     metrics token); anyone else, a load balancer's probe for one, gets ``status`` and ``failed``.
     """
-    from .metrics import metrics_access_allowed
-
     checks = {"database": _check_database(), "redis": _check_redis()}
     checks["models"] = _check_models() if checks["database"]["ok"] else {"ok": False, "error": "no database"}
     failed = [name for name, check in checks.items() if not check["ok"]]
