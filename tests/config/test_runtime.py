@@ -80,7 +80,8 @@ class Stream:
 
 def usage_record_ids(platform: Platform, project: str) -> list[str]:
     """Request ids of every usage record of the project named ``project`` (any organization)."""
-    out = platform.manage("shell", "-c", (
+    # --no-imports: Django 5.2.x prints its auto-import count to stdout even for ``-c``.
+    out = platform.manage("shell", "--no-imports", "--verbosity", "0", "-c", (
         "from metering.models import UsageRecord\n"
         f"print('\\n'.join(UsageRecord.objects.filter(project__name={project!r}).values_list('request_id', flat=True)))"))
     return [line for line in out.splitlines() if line.strip()]
