@@ -67,6 +67,9 @@ local function level_of(i, limit)
   if not st[1] then return 0 end
   local level = tonumber(st[1]) - (now - tonumber(st[2])) * limit / period
   if level < 0 then level = 0 end
+  -- A bucket holds at most its limit: use counted under a higher limit, since lowered, would
+  -- otherwise drain at the new rate (a lockout of used / limit minutes instead of at most one).
+  if level > limit then level = limit end
   return level
 end
 

@@ -171,6 +171,24 @@ def test_rpm_and_tpm_the_limit_plus_first_request_is_rejected_and_passes_after_t
     assert error["message"].startswith("Request too large") and "Retry-After" not in too_large
 
 
+def test_a_lowered_rate_limit_holds_back_at_most_one_minute_of_its_own_rate(client, project, created_key, warm):
+    """Use counted under a higher limit is capped at the new limit: a bucket of L refilling at L per
+    minute is full again within 60 s (README: ``reset`` = the time until the bucket is full), not in
+    used / L minutes (here 20 x 4 tokens at TPM 4: 20 minutes, before the cap)."""
+    limit_set(organization=project.organization, api_key=created_key.api_key, rpm=1000, tpm=100_000)
+    for _ in range(20):
+        assert post_embeddings(client, HELLO).status_code == 200
+    limit_set(organization=project.organization, api_key=created_key.api_key, rpm=1, tpm=HELLO_TOKENS)
+
+    rejected = post_embeddings(client, HELLO)
+    error = assert_error(rejected, 429, param=None, code="rate_limit_exceeded", type="requests")
+    assert "Limit 1, Used 1, Requested 1" in error["message"]
+    assert 0 < int(rejected["retry-after-ms"]) <= 60_000, rejected["retry-after-ms"]
+    for dimension in ("requests", "tokens"):
+        assert re.fullmatch(r"(\d+(\.\d+)?s|1m0s)", rejected[f"x-ratelimit-reset-{dimension}"]), dimension
+    assert rejected["x-ratelimit-remaining-requests"] == "0"
+
+
 # --- Monthly quota: never overshot ------------------------------------------------------------------
 
 class _WideServer(ThreadedWSGIServer):
