@@ -62,14 +62,28 @@ class OrganizationAdmin(admin.ModelAdmin):
         return obj._members
 
 
+class OwnerFixedAdmin(admin.ModelAdmin):
+    """An admin whose ``owner_fields`` are chosen when an object is added and read-only after:
+    organizations own projects (and memberships), projects own keys, so changing an owner would
+    move an object, its keys, usage and limits to another tenant, which no API of the platform
+    (nor OpenAI's) does."""
+
+    owner_fields: tuple[str, ...] = ()
+
+    def get_readonly_fields(self, request, obj=None):
+        fields = tuple(super().get_readonly_fields(request, obj))
+        return fields if obj is None else fields + tuple(f for f in self.owner_fields if f not in fields)
+
+
 @admin.register(Project)
-class ProjectAdmin(admin.ModelAdmin):
+class ProjectAdmin(OwnerFixedAdmin):
     list_display = ("name", "organization", "public_id", "created_at", "archived_at")
     list_filter = ("organization", ("archived_at", admin.EmptyFieldListFilter))
     search_fields = ("name", "public_id", "organization__name")
     readonly_fields = ("public_id", "created_at")
     list_select_related = ("organization",)
     autocomplete_fields = ("organization",)
+    owner_fields = ("organization",)
 
 
 class KeyStatusFilter(admin.SimpleListFilter):
@@ -147,12 +161,13 @@ class APIKeyAdmin(admin.ModelAdmin):
 
 
 @admin.register(Membership)
-class MembershipAdmin(admin.ModelAdmin):
+class MembershipAdmin(OwnerFixedAdmin):
     list_display = ("user", "organization", "role", "created_at")
     list_filter = ("role", "organization")
     search_fields = ("user__username", "user__email", "organization__name")
     list_select_related = ("user", "organization")
     autocomplete_fields = ("user", "organization")
+    owner_fields = ("user", "organization")  # a change of role stays editable
 
 
 @admin.register(AdminAPIKey)

@@ -18,3 +18,9 @@ class LimitAdmin(admin.ModelAdmin):
     autocomplete_fields = ("organization", "project")
     raw_id_fields = ("api_key",)
     readonly_fields = ("updated_at",)
+
+    def get_readonly_fields(self, request, obj=None):
+        """A limit's scope (organization, project, key, model) is set when it is added: moving a limit
+        to another scope is a delete and an add, each effective on the next request."""
+        scope = ("organization", "project", "api_key", "model")
+        return self.readonly_fields if obj is None else (*self.readonly_fields, *scope)

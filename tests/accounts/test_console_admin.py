@@ -53,6 +53,39 @@ def test_admin_revoke_action_makes_the_key_fail_at_once(staff, client, created_k
     assert list(active.context["cl"].queryset) == [] and list(revoked.context["cl"].queryset) == [created_key.api_key]
 
 
+def test_admin_cannot_move_a_project_membership_or_limit_to_another_organization(staff, client, project,
+                                                                                 created_key, django_user_model):
+    """Owners are chosen when an object is added: a project saved with another organization's id (a
+    probe moved one, its keys then billed to the other tenant) keeps its organization; so do a
+    membership and a limit. The rest of the form still saves."""
+    from limits.models import Limit
+    from limits.services import limit_set
+
+    other = Organization.objects.create(name="Other")
+    response = staff.post(reverse("admin:accounts_project_change", args=[project.pk]),
+                          {"name": "Renamed", "organization": other.pk, "allowed_models": "",
+                           "archived_at_0": "", "archived_at_1": ""})
+    assert response.status_code == 302, response.content
+    project.refresh_from_db()
+    assert (project.name, project.organization_id) == ("Renamed", created_key.api_key.project.organization_id)
+    assert post_embeddings(client, {"model": "all-MiniLM-L6-v2", "input": "hi"}).status_code == 200
+    assert UsageRecord.objects.get().organization_id == project.organization_id
+
+    member = Membership.objects.create(organization=project.organization, role=Membership.Role.MEMBER,
+                                       user=django_user_model.objects.create_user(username="mia"))
+    response = staff.post(reverse("admin:accounts_membership_change", args=[member.pk]),
+                          {"user": member.user_id, "organization": other.pk, "role": "admin"})
+    assert response.status_code == 302, response.content
+    member.refresh_from_db()
+    assert (member.organization_id, member.role) == (project.organization_id, "admin")
+
+    limit_set(organization=project.organization, project=project, rpm=5)
+    limit = Limit.objects.get()
+    page = staff.get(reverse("admin:limits_limit_change", args=[limit.pk])).content.decode()
+    assert 'name="organization"' not in page and 'name="project"' not in page and 'name="rpm"' in page
+    assert 'name="organization"' in staff.get(reverse("admin:limits_limit_add")).content.decode()
+
+
 def test_admin_usage_records_are_read_only_and_filterable(staff, client, created_key, default_model):
     for text in ("one", "two"):
         post_embeddings(client, {"model": "all-MiniLM-L6-v2", "input": text})
