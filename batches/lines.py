@@ -25,6 +25,7 @@ from embeddings.serializers import EmbeddingsRequest, EmbeddingsRequestSerialize
 from embeddings.services import (EmbeddingsResult, check_dimensions, embedding_model_for_key, embeddings_response,
                                  model_uri_resolve, tokenize_inputs)
 
+UTF8_BOM = b"\xef\xbb\xbf"
 # The most errors a failed batch lists (the file may have thousands of bad lines).
 MAX_ERRORS = 100
 SERVICE_TIER = "batch"
@@ -58,8 +59,11 @@ class InputLine:
 def line_read(raw: bytes, *, index: int, endpoint: str) -> InputLine | LineError:
     """Parse input line ``index`` (0-based) of a batch for ``endpoint``; a `LineError` when the line
     is not a JSON object with a string ``custom_id``, ``method`` ``POST``, ``url`` equal to the
-    batch's endpoint, and a ``body`` (what makes the whole file invalid, as for OpenAI)."""
+    batch's endpoint, and a ``body`` (what makes the whole file invalid, as for OpenAI). A UTF-8 byte
+    order mark opening the file (line 0), as Windows editors save one, is not part of the line."""
     number = index + 1
+    if index == 0 and raw.startswith(UTF8_BOM):
+        raw = raw[len(UTF8_BOM):]
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:

@@ -203,6 +203,16 @@ def test_a_malformed_file_fails_the_batch_and_nothing_runs(client, run_tasks, se
     assert not UsageRecord.objects.exists()
 
 
+def test_a_file_opening_with_a_utf8_byte_order_mark_runs(client, run_tasks):
+    """Windows editors save JSONL with a BOM before the first line: it is not part of that line."""
+    file = upload(client, b"\xef\xbb\xbf" + jsonl([request_line("a"), request_line("b")])).json()
+    batch = create(client, file["id"]).json()
+    run_tasks()
+    batch = client.get(f"/v1/batches/{batch['id']}").json()
+    assert batch["status"] == "completed" and batch["request_counts"]["completed"] == 2, batch
+    assert [line["custom_id"] for line in content(client, batch["output_file_id"])] == ["a", "b"]
+
+
 def test_bad_lines_go_to_the_error_file_with_the_synchronous_apis_error(client, run_tasks):
     from tests.conftest import post_embeddings
 
