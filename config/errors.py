@@ -265,9 +265,13 @@ def openai_exception_handler(exc, context) -> Response | None:
             status=400,
         )
     if isinstance(exc, drf_exceptions.UnsupportedMediaType):
+        # what this endpoint reads (its parsers): application/json, or multipart/form-data for uploads
+        view, request = context.get("view"), context.get("request")
+        accepted = [parser.media_type for parser in view.get_parsers()] if view is not None else []
+        sent = (getattr(request, "content_type", "") or "").split(";")[0].strip()[:100]
         return Response(
-            error_body(f"Unsupported Content-Type {exc.detail!s}. Send the body as application/json.",
-                       code="unsupported_media_type"),
+            error_body(f"Unsupported Content-Type '{sent}'. Send the body as "
+                       f"{' or '.join(accepted) or 'application/json'}.", code="unsupported_media_type"),
             status=415,
         )
     if isinstance(exc, drf_exceptions.MethodNotAllowed):

@@ -72,6 +72,10 @@ class OpenAIErrorMiddleware:
     * A path holding NUL (``%00``), under ``/v1`` or not, is answered 404 (``handler404``: the
       envelope's ``unknown_url`` under ``/v1``): no id can hold one (PostgreSQL's text cannot), and
       a lookup by one would fail in the database (a 500).
+    * A body in a content coding (``Content-Encoding: gzip``, ...) is refused, 415
+      ``unsupported_content_encoding`` (RFC 9110 §8.4.1), rather than parsed as if it were plain.
+    * ``Allow`` lists the methods a ``/v1`` resource answers: ``OPTIONS`` is a 405 here (DRF's
+      metadata is off, ``DEFAULT_METADATA_CLASS``), so it is not listed (RFC 9110 §10.2.1).
     """
 
     def __init__(self, get_response):
@@ -88,6 +92,16 @@ class OpenAIErrorMiddleware:
             limit = body_limit(request.path)
             if length > limit:
                 return body_too_large(length, limit)
+            coding = request.headers.get("Content-Encoding", "").strip().lower()
+            if coding not in ("", "identity"):
+                return error_response(
+                    f"Content-Encoding '{coding[:64]}' is not supported: send the request body uncompressed.",
+                    status=415, code="unsupported_content_encoding")
+            response = self.get_response(request)
+            allow = response.get("Allow")
+            if allow and "OPTIONS" in allow:
+                response["Allow"] = ", ".join(m for m in (x.strip() for x in allow.split(",")) if m != "OPTIONS")
+            return response
         return self.get_response(request)
 
     def process_exception(self, request, exception):

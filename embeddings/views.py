@@ -29,7 +29,7 @@ from .serving.tokenization import OPENAI_TOKENIZER
 
 
 def check_project_scope(request) -> None:
-    """403 when the ``OpenAI-Project`` header / ``ai_project_id`` query, or the
+    """(Every ``/v1`` endpoint of a project key, as OpenAI checks these on every call.) 403 when the ``OpenAI-Project`` header / ``ai_project_id`` query, or the
     ``OpenAI-Organization`` header, names another project/organization than the key's.
 
     Every value counts: ``?ai_project_id=<other>&ai_project_id=<own>`` is refused (reading only
@@ -144,6 +144,7 @@ class ModelListView(APIView):
                    operation_id="listModels",
                    description="The models this key may use (see the project's and the key's allowed models).")
     def get(self, request):
+        check_project_scope(request)
         data = [model_object(m, name) for m in embedding_models_active()
                 if request.auth.model_refused_by(m.names) is None for name in m.names]
         return Response({"object": "list", "data": data})
@@ -156,6 +157,7 @@ class ModelDetailView(APIView):
     @extend_schema(responses={200: ModelObjectSerializer, **error_responses(401, 403, 404)},
                    summary="Retrieve a model", operation_id="retrieveModel")
     def get(self, request, model_id: str):
+        check_project_scope(request)
         try:
             model = embedding_model_get(name=model_id)
             if request.auth.model_refused_by(model.names) is not None:

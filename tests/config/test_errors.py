@@ -23,7 +23,29 @@ def test_invalid_utf8(client):
 
 def test_wrong_content_type(client):
     response = client.post("/v1/embeddings", b"input=hello", content_type="text/plain")
-    assert_error(response, 415, param=None, code="unsupported_media_type")
+    error = assert_error(response, 415, param=None, code="unsupported_media_type")
+    assert error["message"] == "Unsupported Content-Type 'text/plain'. Send the body as application/json."
+    # an upload endpoint names what it reads, not JSON (it told a JSON sender to send JSON)
+    error = assert_error(client.post("/v1/files", b'{"purpose": "batch"}', content_type="application/json"), 415,
+                         param=None, code="unsupported_media_type")
+    assert error["message"] == ("Unsupported Content-Type 'application/json'. "
+                                "Send the body as multipart/form-data or application/x-www-form-urlencoded.")
+
+
+def test_a_compressed_body_is_415_not_read_as_plain(client):
+    """RFC 9110 §8.4.1: a content coding the server does not support is 415 (a gzip body was a
+    400 invalid_json; ``br`` on a plain body a 200)."""
+    import gzip
+
+    body = b'{"model": "all-MiniLM-L6-v2", "input": "hello"}'
+    for coding, data in (("gzip", gzip.compress(body)), ("br", body), ("bogus", body)):
+        response = client.post("/v1/embeddings", data, content_type="application/json",
+                               HTTP_CONTENT_ENCODING=coding)
+        error = assert_error(response, 415, param=None, code="unsupported_content_encoding")
+        assert f"'{coding}'" in error["message"]
+    assert client.post("/v1/embeddings", body, content_type="application/json",
+                       HTTP_CONTENT_ENCODING="identity").status_code == 200
+    assert UsageRecord.objects.count() == 1
 
 
 def test_form_encoded_body_is_refused(client):
@@ -51,6 +73,9 @@ def test_options_is_405_and_shows_no_view_internals(client):
         response = client.options(path)
         assert_error(response, 405, param=None, code="method_not_allowed")
         assert b"description" not in response.content and b"renders" not in response.content, path
+        # Allow lists what the resource answers (RFC 9110 §10.2.1): not OPTIONS, a 405 here
+        assert "OPTIONS" not in response["Allow"] and response["Allow"], (path, response["Allow"])
+    assert client.get("/v1/models")["Allow"] == "GET, HEAD"
 
 
 def test_body_too_large(client, settings):

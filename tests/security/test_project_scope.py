@@ -46,3 +46,18 @@ def test_repeated_project_header_is_403(client, project, other_project):
     response = client.post("/v1/embeddings", BODY, format="json",
                            HTTP_OPENAI_PROJECT=f"{other_project.public_id},{project.public_id}")
     assert_error(response, 403, param=None, code="mismatched_project")
+
+
+@pytest.mark.parametrize("path", ["/v1/models", "/v1/models/all-MiniLM-L6-v2"])
+def test_the_models_endpoints_check_the_project_and_organization_headers_too(client, project, other_project, path):
+    """As every other /v1 endpoint does (and OpenAI does on every call): another project or
+    organization named is 403, the key's own is fine."""
+    error = assert_error(client.get(path, HTTP_OPENAI_PROJECT=other_project.public_id), 403, param=None,
+                         code="mismatched_project")
+    assert other_project.public_id in error["message"]
+    assert_error(client.get(f"{path}?ai_project_id={other_project.public_id}"), 403, param=None,
+                 code="mismatched_project")
+    assert_error(client.get(path, HTTP_OPENAI_ORGANIZATION="org_nope"), 403, param=None,
+                 code="mismatched_organization")
+    assert client.get(path, HTTP_OPENAI_PROJECT=project.public_id,
+                      HTTP_OPENAI_ORGANIZATION=project.organization.public_id).status_code == 200
