@@ -59,6 +59,23 @@ def _expires_after(data) -> int | None:
     return int(seconds)
 
 
+# The fields of OpenAI's upload form (``POST /v1/files``).
+UPLOAD_FIELDS = ("file", "purpose", "expires_after[anchor]", "expires_after[seconds]")
+
+
+def _check_upload_fields(data) -> None:
+    """The upload form holds only `UPLOAD_FIELDS`, each once, as the JSON endpoints refuse unknown
+    fields: 400 ``unknown_parameter`` for another field, ``invalid_value`` for one given twice (two
+    file parts: which one to keep would be a guess). Raises `InvalidRequestError`."""
+    for name in data:
+        if name not in UPLOAD_FIELDS:
+            raise InvalidRequestError(f"Unrecognized request argument supplied: {name[:100]}", param=name[:100],
+                                      code="unknown_parameter")
+        if len(data.getlist(name)) > 1:
+            raise InvalidRequestError(f"'{name}' was given more than once; give it once.", param=name,
+                                      code="invalid_value")
+
+
 class FileListView(_ProjectAPIView):
     """``POST /v1/files`` (upload, purpose ``batch``) and ``GET /v1/files``."""
 
@@ -69,6 +86,7 @@ class FileListView(_ProjectAPIView):
                    summary="Upload a file", operation_id="createFile",
                    description="A JSONL file of requests for the Batch API (purpose `batch`, at most 200 MB).")
     def post(self, request):
+        _check_upload_fields(request.data)
         upload = request.data.get("file")
         if upload is None or isinstance(upload, str):
             raise InvalidRequestError("Missing required parameter: 'file' (a file part).", param="file",

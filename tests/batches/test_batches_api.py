@@ -170,6 +170,23 @@ def test_expires_after_seconds_in_other_than_ascii_digits_is_refused(client, bat
                                        "expires_after[seconds]": "3600"}).status_code == 200
 
 
+def test_the_upload_form_refuses_unknown_fields_and_a_field_given_twice(client, batch_files):
+    """As the JSON endpoints refuse unknown fields; of two file parts one was kept silently."""
+    import io
+
+    from batches.models import File
+
+    error = assert_error(upload(client, b"{}\n", extra="1"), 400, param="extra", code="unknown_parameter")
+    assert error["message"] == "Unrecognized request argument supplied: extra"
+    first, second = io.BytesIO(b"{}\n"), io.BytesIO(b"[]\n")
+    first.name, second.name = "a.jsonl", "b.jsonl"
+    assert_error(client.post("/v1/files", {"purpose": "batch", "file": [first, second]}, format="multipart"), 400,
+                 param="file", code="invalid_value")
+    assert_error(client.post("/v1/files", {"purpose": ["batch", "batch"], "file": io.BytesIO(b"{}")},
+                             format="multipart"), 400, param="purpose", code="invalid_value")
+    assert not File.objects.exists()
+
+
 def test_the_synchronous_api_refuses_the_batch_tier(client):
     from tests.conftest import post_embeddings
 
