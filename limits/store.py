@@ -62,17 +62,6 @@ if op == 'version' or op == 'bump' or (op == 'reserve' and ARGV[4] ~= '') then
   nk = nk - 1
 end
 
-local function level_of(i, limit)
-  local st = redis.call('HMGET', KEYS[i], 'u', 't')
-  if not st[1] then return 0 end
-  local level = tonumber(st[1]) - (now - tonumber(st[2])) * limit / period
-  if level < 0 then level = 0 end
-  -- A bucket holds at most its limit: use counted under a higher limit, since lowered, would
-  -- otherwise drain at the new rate (a lockout of used / limit minutes instead of at most one).
-  if level > limit then level = limit end
-  return level
-end
-
 local function set_level(i, limit, level)
   if level <= 0 then
     redis.call('DEL', KEYS[i])
@@ -80,6 +69,23 @@ local function set_level(i, limit, level)
     redis.call('HSET', KEYS[i], 'u', tostring(level), 't', tostring(now))
     redis.call('PEXPIRE', KEYS[i], math.ceil(level * period / limit) + 1000)
   end
+end
+
+-- The bucket's level now, draining at ``limit`` per period. ``cap`` (reserve, not refund): a
+-- bucket holds at most its limit. Use counted under a higher limit, since lowered, would
+-- otherwise drain at the new rate, a lockout of used / limit periods; the capped level is
+-- written back, so the bucket is empty one period later, as the 429's reset says. A refund
+-- takes back a reservation made under the limit it names, from the level as it is.
+local function level_of(i, limit, cap)
+  local st = redis.call('HMGET', KEYS[i], 'u', 't')
+  if not st[1] then return 0 end
+  local level = tonumber(st[1]) - (now - tonumber(st[2])) * limit / period
+  if level < 0 then level = 0 end
+  if cap and level > limit then
+    level = limit
+    set_level(i, limit, level)
+  end
+  return level
 end
 
 if op == 'reserve' then
@@ -99,7 +105,7 @@ if op == 'reserve' then
   end
   for i = nm + 1, nk do
     local limit, cost = tonumber(arg(i, 1)), tonumber(arg(i, 2))
-    local level = level_of(i, limit)
+    local level = level_of(i, limit, true)
     values[i] = level
     if reject == 0 and cost > 0 and level + cost > limit then
       reject = i

@@ -189,6 +189,36 @@ def test_a_lowered_rate_limit_holds_back_at_most_one_minute_of_its_own_rate(clie
     assert rejected["x-ratelimit-remaining-requests"] == "0"
 
 
+def test_a_capped_bucket_empties_as_its_429_says_and_a_refund_keeps_the_others_use(db, settings):
+    """The store itself (`limits.store.ADMISSION_LUA`), at a rate a test can wait for (600 per minute:
+    10 per second). A lowered limit caps the level and writes it back, so waiting the announced
+    retry admits (reading the cap without writing it back refused again: the stored use still
+    drained at the new rate). A refund of a reservation made under a lower limit than today's
+    subtracts its cost from the level as it is (capping it to the old limit first erased the
+    use of everything admitted since the raise)."""
+    import uuid
+
+    backend = admission_backend()
+    bucket = f"{settings.ADMISSION_KEY_PREFIX}:b:test:{uuid.uuid4().hex}:tpm"
+    try:
+        assert backend.run("reserve", [bucket], 0, [100_000, 5_000, ""])[0] == "ok"
+        rejected = backend.run("reserve", [bucket], 0, [600, 6, ""])
+        assert rejected[0] == "rejected" and float(rejected[3]) == 600, rejected
+        retry_ms = float(rejected[2])
+        assert 590 <= retry_ms <= 600, rejected  # 6 units at 10 per second
+        time.sleep(retry_ms / 1000 + 0.05)
+        assert backend.run("reserve", [bucket], 0, [600, 6, ""])[0] == "ok"
+
+        backend.delete([bucket])
+        assert backend.run("reserve", [bucket], 0, [1, 1, ""])[0] == "ok"  # in flight, under limit 1
+        assert backend.run("reserve", [bucket], 0, [100_000, 500, ""])[0] == "ok"  # after a raise
+        backend.run("refund", [bucket], 0, [1, 1, ""])  # the first fails: refunded under its limit
+        level = float(backend.run("reserve", [bucket], 0, [100_000, 0, ""])[3])
+        assert 499 <= level <= 500, level
+    finally:
+        backend.delete([bucket])
+
+
 # --- Monthly quota: never overshot ------------------------------------------------------------------
 
 class _WideServer(ThreadedWSGIServer):
