@@ -28,8 +28,23 @@ def revoke_selected(model_admin, request, queryset, revoke, noun: str) -> None:
     model_admin.message_user(request, f"Revoked {revoked} {noun}.", messages.SUCCESS)
 
 
+class MembershipInlineForm(forms.ModelForm):
+    """A membership row: the user is chosen when the row is added, fixed after (`OwnerFixedAdmin`);
+    the role stays editable."""
+
+    class Meta:
+        model = Membership
+        fields = ("user", "role")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.instance.pk is not None:
+            self.fields["user"].disabled = True
+
+
 class MembershipInline(admin.TabularInline):
     model = Membership
+    form = MembershipInlineForm
     extra = 0
     autocomplete_fields = ("user",)
 

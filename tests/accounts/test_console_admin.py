@@ -79,6 +79,23 @@ def test_admin_cannot_move_a_project_membership_or_limit_to_another_organization
     member.refresh_from_db()
     assert (member.organization_id, member.role) == (project.organization_id, "admin")
 
+    # nor through the organization page's membership rows (a new row still picks its user)
+    mallory, newcomer = (django_user_model.objects.create_user(username=name) for name in ("mallory", "nia"))
+    organization = project.organization
+    form = {"name": organization.name,
+            "memberships-TOTAL_FORMS": "2", "memberships-INITIAL_FORMS": "1", "memberships-MIN_NUM_FORMS": "0",
+            "memberships-MAX_NUM_FORMS": "1000", "memberships-0-id": member.pk,
+            "memberships-0-organization": organization.pk, "memberships-0-user": mallory.pk,
+            "memberships-0-role": "reader", "memberships-1-organization": organization.pk,
+            "memberships-1-user": newcomer.pk, "memberships-1-role": "member",
+            "projects-TOTAL_FORMS": "0", "projects-INITIAL_FORMS": "0", "projects-MIN_NUM_FORMS": "0",
+            "projects-MAX_NUM_FORMS": "1000"}
+    response = staff.post(reverse("admin:accounts_organization_change", args=[organization.pk]), form)
+    assert response.status_code == 302, response.context["errors"] if response.context else response.content
+    member.refresh_from_db()
+    assert (member.user.username, member.role) == ("mia", "reader")
+    assert Membership.objects.get(user=newcomer).organization_id == organization.pk
+
     limit_set(organization=project.organization, project=project, rpm=5)
     limit = Limit.objects.get()
     page = staff.get(reverse("admin:limits_limit_change", args=[limit.pk])).content.decode()
