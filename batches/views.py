@@ -8,7 +8,7 @@ from django.http import FileResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework.negotiation import BaseContentNegotiation
-from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.parsers import MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -79,7 +79,7 @@ def _check_upload_fields(data) -> None:
 class FileListView(_ProjectAPIView):
     """``POST /v1/files`` (upload, purpose ``batch``) and ``GET /v1/files``."""
 
-    parser_classes = [MultiPartParser, FormParser]
+    parser_classes = [MultiPartParser]  # a file travels only in multipart/form-data
 
     @extend_schema(request={"multipart/form-data": FileUploadSerializer},
                    responses={200: FileObjectSerializer, **error_responses(400, 401, 403, 413)},

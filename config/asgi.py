@@ -5,7 +5,8 @@ Django's WSGI handler run on a fixed pool of threads, behind `RequestGate`, whic
 Django sees a request:
 
 * a body longer than its route allows (`config.middleware.body_limit`, bytes, from
-  ``Content-Length``) is answered 413 at once, unread (the envelope under ``/v1``);
+  ``Content-Length``) is answered 413 at once, unread (the envelope under ``/v1``), and a ``/v1``
+  body in a content coding 415 (`config.middleware.content_coding_refused`);
 * every body is read here, whole, before the request may take a thread: up to that limit (413
   past it, for a chunked body too; 400 ``invalid_body`` for a body the server could not read whole:
   a malformed chunked encoding), in memory up to ``SPOOL_MEMORY_BYTES`` and spooled to disk
@@ -44,7 +45,8 @@ django_wsgi_application = get_wsgi_application()
 
 from config.errors import error_body  # noqa: E402  (after Django is set up)
 from config.logs import RequestLogContext, log_context_end, log_context_start, log_context_var  # noqa: E402
-from config.middleware import API_PREFIX, body_limit, body_too_large_message, new_request_id  # noqa: E402
+from config.middleware import (API_PREFIX, body_limit, body_too_large_message, content_coding_refused,  # noqa: E402
+                               new_request_id)
 from config.wsgi_pool import WSGIPool  # noqa: E402
 
 access_logger = logging.getLogger("config.access")
@@ -135,12 +137,20 @@ class RequestGate:
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.threads)
         limit = body_limit(scope["path"])
-        length = None
+        length, coding, chunked = None, b"", False
         for name, value in scope["headers"]:
             if name == b"content-length" and value.strip().isdigit():
                 length = int(value)
+            elif name == b"content-encoding":  # lines of a repeated header joined, as WSGI joins them
+                coding = b", ".join((coding, value)) if coding else value
+            elif name == b"transfer-encoding":
+                chunked = True
         if length is not None and length > limit:
             return await _too_large(scope, send, limit, length)
+        if coding and (length or chunked) and scope["path"].startswith(API_PREFIX):
+            refused = content_coding_refused(coding.decode("latin-1"))
+            if refused:  # before the body is read (up to 200 MB on /v1/files)
+                return await _refuse(scope, send, 415, refused, "unsupported_content_encoding")
         spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY_BYTES)
         size = 0
         while True:  # the whole body, before any thread is taken

@@ -37,6 +37,17 @@ def body_too_large(length: int, limit: int):
     return error_response(body_too_large_message(length, limit), status=413, code="request_too_large")
 
 
+def content_coding_refused(value: str) -> str | None:
+    """The 415 message for a request body sent with ``Content-Encoding: value``; None for none or
+    ``identity``. No coding is supported (RFC 9110 §8.4.1: 415 for a coding the server does not
+    support): a body is read as it is, so a gzip body read as JSON was a 400 and a plain body
+    labelled ``br`` a 200."""
+    coding = value.strip().lower()
+    if coding in ("", "identity"):
+        return None
+    return f"Content-Encoding '{coding[:64]}' is not supported: send the request body uncompressed."
+
+
 def new_request_id() -> str:
     """A fresh request id, ``req_`` + 32 hex chars (the shape OpenAI's ``x-request-id`` has)."""
     return f"req_{uuid.uuid4().hex}"
@@ -73,7 +84,8 @@ class OpenAIErrorMiddleware:
       envelope's ``unknown_url`` under ``/v1``): no id can hold one (PostgreSQL's text cannot), and
       a lookup by one would fail in the database (a 500).
     * A body in a content coding (``Content-Encoding: gzip``, ...) is refused, 415
-      ``unsupported_content_encoding`` (RFC 9110 §8.4.1), rather than parsed as if it were plain.
+      ``unsupported_content_encoding`` (`content_coding_refused`; the server, `config.asgi`, does
+      the same before reading the body), rather than parsed as if it were plain.
     * ``Allow`` lists the methods a ``/v1`` resource answers: ``OPTIONS`` is a 405 here (DRF's
       metadata is off, ``DEFAULT_METADATA_CLASS``), so it is not listed (RFC 9110 §10.2.1).
     """
@@ -92,11 +104,9 @@ class OpenAIErrorMiddleware:
             limit = body_limit(request.path)
             if length > limit:
                 return body_too_large(length, limit)
-            coding = request.headers.get("Content-Encoding", "").strip().lower()
-            if coding not in ("", "identity"):
-                return error_response(
-                    f"Content-Encoding '{coding[:64]}' is not supported: send the request body uncompressed.",
-                    status=415, code="unsupported_content_encoding")
+            refused = content_coding_refused(request.headers.get("Content-Encoding", "")) if length else None
+            if refused:
+                return error_response(refused, status=415, code="unsupported_content_encoding")
             response = self.get_response(request)
             allow = response.get("Allow")
             if allow and "OPTIONS" in allow:

@@ -29,7 +29,7 @@ def test_wrong_content_type(client):
     error = assert_error(client.post("/v1/files", b'{"purpose": "batch"}', content_type="application/json"), 415,
                          param=None, code="unsupported_media_type")
     assert error["message"] == ("Unsupported Content-Type 'application/json'. "
-                                "Send the body as multipart/form-data or application/x-www-form-urlencoded.")
+                                "Send the body as multipart/form-data.")
 
 
 def test_a_compressed_body_is_415_not_read_as_plain(client):
@@ -46,6 +46,8 @@ def test_a_compressed_body_is_415_not_read_as_plain(client):
     assert client.post("/v1/embeddings", body, content_type="application/json",
                        HTTP_CONTENT_ENCODING="identity").status_code == 200
     assert UsageRecord.objects.count() == 1
+    # a request without a body is not refused for the header
+    assert client.get("/v1/models", HTTP_CONTENT_ENCODING="gzip").status_code == 200
 
 
 def test_form_encoded_body_is_refused(client):

@@ -136,3 +136,20 @@ def test_a_malformed_chunked_body_is_a_400_in_the_envelope(live_web, path, frame
     access = [r for r in live_web.platform.log_records() if r.get("logger") == "config.access"
               and r.get("request_id") == headers["x-request-id"]]
     assert [r["status"] for r in access] == [400], access
+
+
+def test_a_body_in_a_content_coding_is_a_415_before_it_is_read(live_web):
+    """A gzip upload is refused from its headers (20 MB announced, 10 bytes sent: an answer means the
+    server did not wait for the body), and a GET carrying the header (no body) is served."""
+    with socket.create_connection((live_web.host, live_web.port), timeout=10) as sock:
+        sock.sendall((f"POST /v1/files HTTP/1.1\r\nHost: {live_web.host}\r\nAuthorization: Bearer {live_web.key}\r\n"
+                      "Content-Type: multipart/form-data; boundary=x\r\nContent-Encoding: gzip\r\n"
+                      f"Content-Length: {20 * 1024 * 1024}\r\n\r\n").encode() + b"\x1f\x8b" + b"\0" * 8)
+        status, headers, payload = read_response(sock)
+    assert status == 415, payload
+    error = json.loads(payload)["error"]
+    assert (error["code"], error["param"]) == ("unsupported_content_encoding", None), error
+    assert "'gzip'" in error["message"] and headers["x-request-id"].startswith("req_")
+    response = httpx.get(f"{live_web.base}/v1/models", headers={"Authorization": f"Bearer {live_web.key}",
+                                                                 "Content-Encoding": "gzip"})
+    assert response.status_code == 200, response.text
