@@ -56,14 +56,24 @@ class InputLine:
     body: object
 
 
+def _unmarked(raw: bytes, index: int) -> bytes:
+    """Line ``index`` (0-based) without the UTF-8 byte order mark that may open the file (line 0)."""
+    return raw[len(UTF8_BOM):] if index == 0 and raw.startswith(UTF8_BOM) else raw
+
+
+def line_blank(raw: bytes, *, index: int) -> bool:
+    """Whether input line ``index`` (0-based) holds nothing but white space (skipped, as OpenAI skips
+    it), a byte order mark opening the file aside."""
+    return not _unmarked(raw, index).strip()
+
+
 def line_read(raw: bytes, *, index: int, endpoint: str) -> InputLine | LineError:
     """Parse input line ``index`` (0-based) of a batch for ``endpoint``; a `LineError` when the line
     is not a JSON object with a string ``custom_id``, ``method`` ``POST``, ``url`` equal to the
     batch's endpoint, and a ``body`` (what makes the whole file invalid, as for OpenAI). A UTF-8 byte
     order mark opening the file (line 0), as Windows editors save one, is not part of the line."""
     number = index + 1
-    if index == 0 and raw.startswith(UTF8_BOM):
-        raw = raw[len(UTF8_BOM):]
+    raw = _unmarked(raw, index)
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:

@@ -59,7 +59,7 @@ from metering.models import UsageRecord
 from metering.services import usage_records_create_many
 
 from . import files
-from .lines import (LINE_ERRORS, MAX_ERRORS, SERVICE_TIER, InputLine, LineError, PreparedLine, line_error,
+from .lines import (LINE_ERRORS, MAX_ERRORS, SERVICE_TIER, InputLine, LineError, PreparedLine, line_blank, line_error,
                     line_ids, line_model_name, line_not_run, line_prepare, line_read, line_success)
 from .models import Batch, BatchChunk, BatchResult, File
 
@@ -257,7 +257,7 @@ def _scan(batch: Batch, file: File) -> _Scan:
             start, offset = offset, offset + len(raw)
             if len(scan.errors) >= MAX_ERRORS:
                 break
-            if not raw.strip():
+            if line_blank(raw, index=index):
                 continue
             line = line_read(raw, index=index, endpoint=batch.endpoint)
             if isinstance(line, LineError):
@@ -501,7 +501,7 @@ def chunk_run(*, batch_id: int, index: int) -> None:
     prepared: list[PreparedLine] = []
     with files.file_open(_input_file(batch)) as stream:
         for offset, raw in enumerate(_lines(stream, start=chunk.start_byte, end=chunk.end_byte)):
-            if not raw.strip():
+            if line_blank(raw, index=chunk.start_line + offset):
                 continue
             line = line_read(raw, index=chunk.start_line + offset, endpoint=batch.endpoint)
             if not isinstance(line, InputLine):
@@ -584,8 +584,9 @@ def _not_run_lines(batch: Batch) -> Iterator[bytes]:
     with files.file_open(_input_file(batch)) as stream:
         for chunk in skipped:
             for offset, raw in enumerate(_lines(stream, start=chunk.start_byte, end=chunk.end_byte)):
-                line = line_read(raw, index=chunk.start_line + offset, endpoint=batch.endpoint) \
-                    if raw.strip() else None
+                index = chunk.start_line + offset
+                line = None if line_blank(raw, index=index) else line_read(raw, index=index,
+                                                                           endpoint=batch.endpoint)
                 if isinstance(line, InputLine):
                     yield line_not_run(batch.public_id, line.index, line.custom_id, code="batch_expired",
                                        message=EXPIRED_MESSAGE)

@@ -220,14 +220,21 @@ def test_a_malformed_file_fails_the_batch_and_nothing_runs(client, run_tasks, se
     assert not UsageRecord.objects.exists()
 
 
-def test_a_file_opening_with_a_utf8_byte_order_mark_runs(client, run_tasks):
-    """Windows editors save JSONL with a BOM before the first line: it is not part of that line."""
-    file = upload(client, b"\xef\xbb\xbf" + jsonl([request_line("a"), request_line("b")])).json()
+@pytest.mark.parametrize("head", [b"", b"\n"], ids=["before-line-1", "alone-on-line-1"])
+def test_a_file_opening_with_a_utf8_byte_order_mark_runs(client, run_tasks, head):
+    """Windows editors save JSONL with a BOM before the first line: it is not part of that line (a
+    line holding only the mark is a blank line, skipped)."""
+    file = upload(client, b"\xef\xbb\xbf" + head + jsonl([request_line("a"), request_line("b")])).json()
     batch = create(client, file["id"]).json()
     run_tasks()
     batch = client.get(f"/v1/batches/{batch['id']}").json()
     assert batch["status"] == "completed" and batch["request_counts"]["completed"] == 2, batch
     assert [line["custom_id"] for line in content(client, batch["output_file_id"])] == ["a", "b"]
+
+
+def test_a_file_of_only_a_byte_order_mark_is_an_empty_file(client, run_tasks):
+    batch = run_batch(client, run_tasks, [b"\xef\xbb\xbf"])
+    assert batch["status"] == "failed" and batch["errors"]["data"][0]["code"] == "empty_file", batch
 
 
 def test_bad_lines_go_to_the_error_file_with_the_synchronous_apis_error(client, run_tasks):
