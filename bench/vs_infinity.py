@@ -17,10 +17,10 @@ What runs, all on loopback at the same time (idle while another is measured):
   platform's default backend): one text per call (p50 ms) and 512 texts in one length-sorted
   call (texts/s, the practical limit);
 * **Infinity's engines alone**, in its virtualenv (`infinity_engine_p50`): one text per call through
-  what each Infinity engine runs (torch: sentence-transformers' ``encode``; optimum: optimum's
-  ``ORTModelForFeatureExtraction`` on the same ONNX export, mean pooling, L2 norm), so the report
-  can say what Infinity itself adds to a lone request on this machine, as issue 12's "+2.7 ms"
-  does. These include tokenization (~0.2 ms); ours (token ids in) does not.
+  each Infinity server's own embedder (its torch engine; its optimum engine on the same export,
+  optimized as the server optimizes it), so the report can say what Infinity itself adds to a
+  lone request on this machine, as issue 12's "+2.7 ms" does. These include tokenization
+  (~0.2 ms); ours (token ids in) does not.
 
 Infinity lives in its own virtualenv, ``var/bench/infvenv`` (``--setup`` makes it: torch 2.13 CPU
 first, then ``infinity-emb[server,torch,optimum]==0.0.78``; a few minutes, needs PyPI).
@@ -307,26 +307,17 @@ def engine_figures(texts: list[str], threads: int) -> tuple[float, float]:
 # argv[2] the model directory, argv[3] a file of texts (one per line); prints the one-text p50 in ms.
 _INFINITY_ENGINE = """
 import statistics, sys, time
+from infinity_emb.args import EngineArgs
+from infinity_emb.inference.select_model import select_model
 engine, path, texts = sys.argv[1], sys.argv[2], open(sys.argv[3]).read().splitlines()
-if engine == "torch":
-    from sentence_transformers import SentenceTransformer
-    model = SentenceTransformer(path, device="cpu")
-    def one(text):
-        model.encode([text], normalize_embeddings=True)
-else:
-    import torch
-    from optimum.onnxruntime import ORTModelForFeatureExtraction
-    from transformers import AutoTokenizer
-    model, tokenizer = ORTModelForFeatureExtraction.from_pretrained(path), AutoTokenizer.from_pretrained(path)
-    def one(text):
-        batch = tokenizer([text], return_tensors="pt", truncation=True, max_length=256)
-        hidden = model(**batch).last_hidden_state
-        mask = batch["attention_mask"].unsqueeze(-1).float()
-        torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
+# the server's own embedder, made as the server makes it (optimum: its optimized ONNX copy)
+args = EngineArgs(model_name_or_path=path, engine=engine, device="cpu", batch_size=32, bettertransformer=False,
+                  compile=False, model_warmup=False)
+(model,), _, _ = select_model(args)
 samples = []
 for i, text in enumerate(texts):
     started = time.perf_counter()
-    one(text)
+    model.encode_post(model.encode_core(model.encode_pre([text])))
     if i >= 20:
         samples.append((time.perf_counter() - started) * 1000)
 print(statistics.median(samples))
@@ -334,17 +325,26 @@ print(statistics.median(samples))
 
 
 def infinity_engine_p50(engine: str, texts: list[str]) -> float | None:
-    """One-text p50 (ms, tokenization included) of what Infinity's ``engine`` (``torch`` or
-    ``optimum``) runs, alone, in Infinity's virtualenv on the same model files (optimum: the same
-    export its server reads); None when it cannot run (the error is printed)."""
+    """One-text p50 (ms, tokenization included) of Infinity's own embedder for ``engine`` (``torch``
+    or ``optimum``, made by its ``select_model`` as its server makes it: ``encode_pre``,
+    ``encode_core``, ``encode_post``), alone, in Infinity's virtualenv on the same model files
+    (optimum: the same export its server reads, optimized as it optimizes it); None when it cannot
+    run (the error is printed)."""
     python = INFVENV / "bin" / "python"
-    path = model_path(python)
-    if engine == "optimum":
-        path = optimum_model_dir(python, path)
+    try:
+        path = model_path(python)
+        if engine == "optimum":
+            path = optimum_model_dir(python, path)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        print(f"infinity-{engine} engine alone did not run: {exc}")
+        return None
     with tempfile.NamedTemporaryFile("w", suffix=".txt") as listing:
         listing.write("\n".join(texts))
         listing.flush()
-        result = subprocess.run([str(python), "-c", _INFINITY_ENGINE, engine, path, listing.name],
+        # optimum: the model directory as the working directory and the model id ".", as
+        # `start_infinity` starts the server (optimum wants the file's path relative to it)
+        result = subprocess.run([str(python), "-c", _INFINITY_ENGINE, engine, "." if engine == "optimum" else path,
+                                 listing.name], cwd=path if engine == "optimum" else None,
                                 capture_output=True, text=True,
                                 env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
     if result.returncode != 0:
