@@ -5,6 +5,7 @@ import logging
 import time
 import uuid
 
+from django import db
 from django.conf import settings
 from django.http import Http404
 
@@ -79,7 +80,8 @@ class OpenAIErrorMiddleware:
       refused before it is read: 413 ``request_too_large`` (the server, `config.asgi`, does
       the same before Django sees the request; this covers other entry points).
     * An unexpected exception is logged with its traceback (server-side only) and
-      answered with a 500 envelope that names the request id, never the traceback.
+      answered with a 500 envelope that names the request id, never the traceback; the database
+      unreachable (``OperationalError``, ``InterfaceError``) is a 503 with ``Retry-After``.
     * A path holding NUL (``%00``), under ``/v1`` or not, is answered 404 (``handler404``: the
       envelope's ``unknown_url`` under ``/v1``): no id can hold one (PostgreSQL's text cannot), and
       a lookup by one would fail in the database (a 500).
@@ -118,6 +120,15 @@ class OpenAIErrorMiddleware:
         if not request.path.startswith(API_PREFIX):
             return None
         request_id = getattr(request, "request_id", "unknown")
+        if isinstance(exception, (db.OperationalError, db.InterfaceError)):
+            # the database unreachable (down, restarting, out of connections): a dependency's
+            # outage, answered as a Redis outage is (503 to retry), not a crash
+            logger.warning("Database unavailable in %s %s (request %s): %s", request.method, request.path,
+                           request_id, exception)
+            return error_response("The database is temporarily unavailable, so the request was not served. "
+                                  "Please retry shortly.", status=503, type="server_error",
+                                  code="service_unavailable",
+                                  headers={"Retry-After": str(settings.ADMISSION_RETRY_AFTER_SECONDS)})
         logger.exception("Unhandled error in %s %s (request %s)", request.method, request.path, request_id)
         return error_response(server_error_message(request_id), status=500, type="server_error",
                               code="internal_error")

@@ -106,6 +106,26 @@ def test_unexpected_error_is_a_500_envelope_with_request_id_and_no_traceback(cli
     assert UsageRecord.objects.count() == 0
 
 
+def test_a_database_outage_is_a_503_to_retry_not_a_500(client, monkeypatch, caplog, settings):
+    """PostgreSQL unreachable mid-request (a probe killed the postmaster: 234 answers were 500s
+    until it was back): 503 ``service_unavailable`` with ``Retry-After``, as a Redis outage answers,
+    logged, and nothing metered."""
+    from django.db import OperationalError
+
+    from embeddings import services
+
+    def unreachable(**kwargs):
+        raise OperationalError('connection failed: No such file or directory (is the server running?)')
+
+    monkeypatch.setattr(services, "encode_inputs", unreachable)
+    caplog.set_level(logging.WARNING)
+    response = client.post("/v1/embeddings", {"model": "all-MiniLM-L6-v2", "input": "hi"}, format="json")
+    error = assert_error(response, 503, param=None, code="service_unavailable", type="server_error")
+    assert response["Retry-After"] == str(settings.ADMISSION_RETRY_AFTER_SECONDS)
+    assert "server running" not in error["message"] and response["x-request-id"] in caplog.text
+    assert UsageRecord.objects.count() == 0
+
+
 def test_request_id_on_success_and_on_non_api_pages(client, db):
     assert client.post("/v1/embeddings", {"model": "all-MiniLM-L6-v2", "input": "hi"},
                        format="json")["x-request-id"].startswith("req_")
