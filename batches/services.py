@@ -673,11 +673,46 @@ def _lost_chunks(now: datetime) -> list[BatchChunk]:
                    or (owner is None and empty and c.sent_at < unclaimed_before)]
 
 
+# The steps of a batch that run once each, claimed by their batch (`step_claim_id`).
+STEP_TASKS = ("batches.validate", "batches.finalize")
+
+
+def step_claim_id(task: str, batch_id: int) -> str:
+    """What a worker's claim of a batch's step (``batches.validate``, ``batches.finalize``) is
+    recorded under (`config.heartbeats.chunk_claim`): the step and its batch."""
+    return f"{task}:{batch_id}"
+
+
+def _lost_steps(batches: list[Batch]) -> list[Batch]:
+    """Of ``batches`` (validating or finalizing, their step sent under ``BATCH_CHUNK_RESEND_SECONDS``
+    ago), those whose step a worker took and that worker is no longer alive (by heartbeat): without
+    this, Redis gives the message back only after ``EMBEDDINGS_VISIBILITY_TIMEOUT`` (a probe's
+    batch stayed ``validating`` 307 s after its worker was killed)."""
+    import redis
+
+    from config import heartbeats
+
+    if not batches:
+        return []
+    try:
+        owners = heartbeats.chunk_owners([step_claim_id(_step_of(b), b.pk) for b in batches])
+        alive = heartbeats.worker_keys_alive()
+    except redis.RedisError:
+        return []
+    return [b for b, owner in zip(batches, owners) if owner is not None and owner not in alive]
+
+
+def _step_of(batch: Batch) -> str:
+    return "batches.validate" if batch.status == Batch.Status.VALIDATING else "batches.finalize"
+
+
 def batches_tick(*, now: datetime | None = None) -> None:
     """Beat's periodic task (every ``BATCH_TICK_SECONDS``): expire batches past ``expires_at``; send
     again the chunks that were lost (`_lost_chunks`: a dead worker's, a lost message) and the
-    validations and finalizations sent ``BATCH_CHUNK_RESEND_SECONDS`` ago and not done (every step is
-    idempotent); delete expired files."""
+    validations and finalizations sent ``BATCH_CHUNK_RESEND_SECONDS`` ago and not done or taken by a
+    worker no longer alive (`_lost_steps`; every step is idempotent); delete expired files."""
+    from config import heartbeats
+
     now = now or timezone.now()
     for batch_id in Batch.objects.filter(status__in=[Batch.Status.VALIDATING, Batch.Status.IN_PROGRESS], stop="",
                                          expires_at__lte=now).values_list("pk", flat=True):
@@ -690,9 +725,12 @@ def batches_tick(*, now: datetime | None = None) -> None:
             logger.warning("Batch chunk %s/%d was lost with its worker or message; sending it again",
                            chunk.batch_id, chunk.index)
             task_send("batches.run_chunk", chunk.batch_id, chunk.index, task_id=task_id)
-    lost = Batch.objects.filter(Q(status=Batch.Status.VALIDATING) | Q(finalizing_at__isnull=False, status__in=RUNNING),
-                                dispatched_at__lt=stale)
+    steps = Batch.objects.filter(Q(status=Batch.Status.VALIDATING) | Q(finalizing_at__isnull=False, status__in=RUNNING))
+    lost = [*steps.filter(dispatched_at__lt=stale), *_lost_steps(list(steps.filter(dispatched_at__gte=stale)))]
     for batch in lost:
         if Batch.objects.filter(pk=batch.pk, dispatched_at=batch.dispatched_at).update(dispatched_at=now):
-            task_send("batches.validate" if batch.status == Batch.Status.VALIDATING else "batches.finalize", batch.pk)
+            logger.warning("Batch %s: %s was lost with its worker or message; sending it again", batch.pk,
+                           _step_of(batch))
+            heartbeats.chunk_unclaim(step_claim_id(_step_of(batch), batch.pk))  # the dead worker's claim
+            task_send(_step_of(batch), batch.pk)
     files.files_delete_expired(now=now)

@@ -41,9 +41,12 @@ def tick() -> None:
 @task_received.connect
 def claim_chunk(sender=None, request=None, **kwargs) -> None:
     """Record which worker took each batch chunk (as `embeddings.tasks.claim_chunk` does for the
-    synchronous API's), so beat's tick sends it again soon after that worker dies."""
-    if request is None or request.name != "batches.run_chunk":
+    synchronous API's), and each validation and finalization (under `services.step_claim_id`, their
+    batch's), so beat's tick sends it again soon after that worker dies."""
+    if request is None or request.name not in ("batches.run_chunk", *services.STEP_TASKS):
         return
     from config.heartbeats import chunk_claim
 
-    chunk_claim(request.id, hostname=request.hostname, ttl_s=settings.BATCH_CHUNK_RESEND_SECONDS + 60)
+    claim = request.id if request.name == "batches.run_chunk" else services.step_claim_id(request.name,
+                                                                                          request.args[0])
+    chunk_claim(claim, hostname=request.hostname, ttl_s=settings.BATCH_CHUNK_RESEND_SECONDS + 60)

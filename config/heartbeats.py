@@ -134,6 +134,15 @@ def chunk_claim(task_id: str, *, hostname: str, ttl_s: int) -> None:
         logger.warning("claim of chunk %s not written: %s", task_id, exc)
 
 
+def chunk_unclaim(task_id: str) -> None:
+    """Forget the claim of ``task_id`` (`chunk_claim`): it is sent again, and the next worker to take
+    it claims it anew. Never raises (a claim left behind only means one more early re-dispatch)."""
+    try:
+        client().delete(f"{CHUNK_PREFIX}:{task_id}")
+    except redis.RedisError as exc:
+        logger.warning("claim of chunk %s not forgotten: %s", task_id, exc)
+
+
 def chunk_owners(task_ids: list[str]) -> list[str | None]:
     """The worker key that took each task (`chunk_claim`), None where none did (yet). Raises
     ``redis.RedisError``."""

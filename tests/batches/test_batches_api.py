@@ -187,6 +187,37 @@ def test_the_upload_form_refuses_unknown_fields_and_a_field_given_twice(client, 
     assert not File.objects.exists()
 
 
+def test_a_validation_taken_by_a_worker_that_died_is_sent_again_at_the_next_tick(client, run_tasks):
+    """As a dead worker's chunks are: a validation (or finalization) claimed by a worker whose
+    heartbeat is gone is sent again at beat's next tick, not after Redis's 300 s visibility timeout
+    (a probe's batch stayed validating 307 s); one held by a live worker is left alone."""
+    import time
+    import types
+
+    from batches.services import batches_tick
+    from batches.tasks import claim_chunk
+    from config import heartbeats
+
+    file = upload(client, jsonl([request_line("a")])).json()
+    ids = [Batch.objects.get(public_id=create(client, file["id"]).json()["id"]).pk for _ in range(2)]
+    assert run_tasks.sent == [("batches.validate", (pk,)) for pk in ids]
+    run_tasks.sent.clear()
+    live = heartbeats.worker_key("live@host")
+    heartbeats.client().set(live, b'{"hostname": "live@host"}', ex=60)
+    heartbeats.client().zadd(heartbeats.WORKERS_INDEX, {live: time.time()})
+    try:
+        # Celery's task_received, as each worker fires it on taking the task
+        claim_chunk(request=types.SimpleNamespace(name="batches.validate", id="t-0", args=[ids[0]], hostname="dead@host"))
+        claim_chunk(request=types.SimpleNamespace(name="batches.validate", id="t-1", args=[ids[1]], hostname="live@host"))
+        batches_tick()
+        assert run_tasks.sent == [("batches.validate", (ids[0],))]
+        batches_tick()  # sent again once: its dispatch time moved on
+        assert run_tasks.sent == [("batches.validate", (ids[0],))]
+    finally:
+        heartbeats.client().delete(live)
+        heartbeats.client().zrem(heartbeats.WORKERS_INDEX, live)
+
+
 def test_the_synchronous_api_refuses_the_batch_tier(client):
     from tests.conftest import post_embeddings
 
