@@ -100,14 +100,20 @@ def _prepare_socket_dir(path: Path, owner: str | None) -> None:
 
 def _ping_unix(path: Path, timeout: float = 1.0) -> bool:
     """Whether a Redis-protocol server answers PING on the Unix socket ``path``."""
+    return _ping_reply(path, timeout).startswith(b"+PONG")
+
+
+def _ping_reply(path: Path, timeout: float = 1.0) -> bytes:
+    """The start of the reply to PING on the Unix socket ``path`` (``+PONG``; ``-LOADING`` while a
+    server loads its data; ``-BUSY`` while a script runs); ``b""`` when nothing answers."""
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(timeout)
             sock.connect(str(path))
             sock.sendall(b"PING\r\n")
-            return sock.recv(16).startswith(b"+PONG")
+            return sock.recv(16)
     except OSError:
-        return False
+        return b""
 
 
 @dataclass
@@ -258,6 +264,8 @@ class EmbeddedPostgres:
 
 # How long the launcher lets a living embedded Valkey go unanswered before it kills and restarts it.
 STALL_SECONDS = 10.0
+# How long a start waits for a Valkey that loads its append-only file (answers -LOADING).
+LOADING_WAIT_SECONDS = 120.0
 
 
 @dataclass
@@ -282,22 +290,30 @@ class EmbeddedValkey:
     def running(self) -> bool:
         return _ping_unix(self.socket_path)
 
+    def busy(self) -> bool:
+        """Whether the server answers but cannot serve yet: it loads its append-only file
+        (``-LOADING``) or runs a long script (``-BUSY``). Such a server is waited for, never killed."""
+        return _ping_reply(self.socket_path).startswith((b"-LOADING", b"-BUSY"))
+
     def server_pid(self) -> int | None:
         """The PID of this directory's ``valkey-server`` while that process lives (answering or
-        not: stopped, stalled), from its PID file, checked against ``/proc/<pid>/cmdline`` (the
-        server's title names its socket) so a PID reused by another process is never taken for it."""
+        not: stopped, stalled), from its PID file, checked in ``/proc`` (its executable is a
+        ``valkey-server`` and its working directory this data directory, where the server changes
+        to) so a PID reused by another process is never taken for it. A zombie has neither: None."""
         try:
             pid = int(self.pid_file.read_text().strip())
-            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-                title = cmdline.read().replace(b"\0", b" ")
+            executable = os.readlink(f"/proc/{pid}/exe")
+            cwd = os.readlink(f"/proc/{pid}/cwd")
         except (OSError, ValueError):
             return None
-        return pid if b"valkey-server" in title and str(self.socket_path).encode() in title else None
+        return pid if os.path.basename(executable) == "valkey-server" and Path(cwd) == self.data_dir else None
 
     def _kill_stalled(self) -> None:
         """SIGKILL a server of this directory that lives but does not answer, and wait (up to 5 s)
         until it is gone: a second server on the same socket and append-only file would split the
-        platform's processes between two stores."""
+        platform's processes between two stores. Raises `EmbeddedServerError` when it outlives the
+        wait (a process in uninterruptible I/O dies only when that I/O returns): no second server
+        starts beside it; the watch retries."""
         pid = self.server_pid()
         if pid is None:
             return
@@ -308,15 +324,23 @@ class EmbeddedValkey:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(5)
         deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and os.path.exists(f"/proc/{pid}") and self.server_pid() == pid:
+        while time.monotonic() < deadline and self.server_pid() == pid:
             time.sleep(0.05)
+        if self.server_pid() == pid:
+            raise EmbeddedServerError(f"the embedded Valkey (pid {pid}) did not die within 5 s of SIGKILL")
 
     def start(self) -> None:
-        """Start ``valkey-server`` unless one answers on the socket; one of this directory that
-        lives without answering is killed first (`_kill_stalled`). Raises `EmbeddedServerError`
-        with the server's log when it does not answer within 10 s."""
+        """Start ``valkey-server`` unless one answers on the socket (one loading its data is waited
+        for, `busy`); one of this directory that lives without answering is killed first
+        (`_kill_stalled`). Raises `EmbeddedServerError` with the server's log when it does not answer
+        within 10 s (a loading one: within `LOADING_WAIT_SECONDS`)."""
+        deadline = time.monotonic() + LOADING_WAIT_SECONDS
+        while self.busy() and time.monotonic() < deadline:
+            time.sleep(0.2)
         if self.running():
             return
+        if self.busy():
+            raise EmbeddedServerError("the embedded Valkey is still loading its data")
         self._kill_stalled()
         if self.process is not None:  # one we started earlier and that died: collect its exit
             self.process.poll()
@@ -349,7 +373,7 @@ class EmbeddedValkey:
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                         start_new_session=True)
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline or (self.busy() and time.monotonic() < deadline + LOADING_WAIT_SECONDS):
             if self.running():
                 return
             if self.process.poll() is not None:
@@ -362,7 +386,10 @@ class EmbeddedValkey:
         """``SHUTDOWN`` (the append-only file is flushed), waiting up to 1.5 s, then SIGKILL; one that
         lives without answering (stopped, stalled) is killed."""
         if not self.running():
-            self._kill_stalled()
+            try:
+                self._kill_stalled()
+            except EmbeddedServerError as exc:
+                logger.error("%s", exc)
             return
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
@@ -393,6 +420,9 @@ class EmbeddedServers:
     environ: dict = field(default_factory=lambda: dict(os.environ))
     postgres: EmbeddedPostgres | None = field(default=None, init=False)
     valkey: EmbeddedValkey | None = field(default=None, init=False)
+    # `watch`'s restarts and `stop` exclude each other: no restart starts a server after a stop
+    _restarts: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    _stopping: bool = field(default=False, init=False, repr=False)
 
     def start(self) -> dict[str, str]:
         """Start what is missing; return ``{"DATABASE_URL": ..., "REDIS_URL": ...}`` for the ones
@@ -431,20 +461,28 @@ class EmbeddedServers:
                 if server is None or stop.is_set() or server.running():
                     unanswered_since.pop(name, None)
                     continue
+                if name == "Valkey" and server.busy():  # loading its data: waited for
+                    continue
                 since = unanswered_since.setdefault(name, time.monotonic())
                 if (name == "Valkey" and server.server_pid() is not None
                         and time.monotonic() - since < stall_seconds):
                     continue
                 unanswered_since.pop(name, None)
-                logger.warning("embedded %s is not answering; restarting it", name)
-                try:
-                    server.start()
-                    logger.warning("embedded %s restarted", name)
-                except EmbeddedServerError as exc:
-                    logger.error("embedded %s did not restart (retrying in %.0f s): %s", name, interval, exc)
+                with self._restarts:
+                    if self._stopping:
+                        return
+                    logger.warning("embedded %s is not answering; restarting it", name)
+                    try:
+                        server.start()
+                        logger.warning("embedded %s restarted", name)
+                    except EmbeddedServerError as exc:
+                        logger.error("embedded %s did not restart (retrying in %.0f s): %s", name, interval, exc)
 
     def stop(self) -> None:
-        """Stop both (Valkey first: nothing writes to it once the platform is down)."""
+        """Stop both (Valkey first: nothing writes to it once the platform is down), after any
+        restart `watch` has begun, which then makes no more."""
+        with self._restarts:
+            self._stopping = True
         if self.valkey is not None:
             self.valkey.stop()
         if self.postgres is not None:
