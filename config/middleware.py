@@ -73,6 +73,25 @@ class RequestIDMiddleware:
         return response
 
 
+# SQLSTATEs of a database that cannot be reached or is going away (PostgreSQL, Appendix A): the
+# connection classes, admin/crash shutdown, "cannot connect now", too many connections.
+UNREACHABLE_SQLSTATES = ("08", "57P01", "57P02", "57P03", "53300")
+
+
+def database_unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database cannot be reached now (down, restarting, out of
+    connections): Django's ``InterfaceError`` (a connection already closed), or an
+    ``OperationalError`` from libpq without a server's SQLSTATE (no connection) or with one of
+    `UNREACHABLE_SQLSTATES`. A deadlock, a cancelled statement or a full disk is not: those stay
+    500s, logged with their traceback."""
+    if isinstance(exc, db.InterfaceError):
+        return True
+    if not isinstance(exc, db.OperationalError):
+        return False
+    sqlstate = getattr(exc.__cause__, "sqlstate", None)
+    return sqlstate is None or sqlstate.startswith(UNREACHABLE_SQLSTATES)
+
+
 class OpenAIErrorMiddleware:
     """For ``/v1`` paths: 413 for oversized bodies and a 500 envelope for crashes.
 
@@ -81,7 +100,7 @@ class OpenAIErrorMiddleware:
       the same before Django sees the request; this covers other entry points).
     * An unexpected exception is logged with its traceback (server-side only) and
       answered with a 500 envelope that names the request id, never the traceback; the database
-      unreachable (``OperationalError``, ``InterfaceError``) is a 503 with ``Retry-After``.
+      unreachable (`database_unreachable`) is a 503 with ``Retry-After``.
     * A path holding NUL (``%00``), under ``/v1`` or not, is answered 404 (``handler404``: the
       envelope's ``unknown_url`` under ``/v1``): no id can hold one (PostgreSQL's text cannot), and
       a lookup by one would fail in the database (a 500).
@@ -120,9 +139,8 @@ class OpenAIErrorMiddleware:
         if not request.path.startswith(API_PREFIX):
             return None
         request_id = getattr(request, "request_id", "unknown")
-        if isinstance(exception, (db.OperationalError, db.InterfaceError)):
-            # the database unreachable (down, restarting, out of connections): a dependency's
-            # outage, answered as a Redis outage is (503 to retry), not a crash
+        if database_unreachable(exception):
+            # a dependency's outage, answered as a Redis outage is (503 to retry), not a crash
             logger.warning("Database unavailable in %s %s (request %s): %s", request.method, request.path,
                            request_id, exception)
             return error_response("The database is temporarily unavailable, so the request was not served. "

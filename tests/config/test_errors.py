@@ -126,6 +126,24 @@ def test_a_database_outage_is_a_503_to_retry_not_a_500(client, monkeypatch, capl
     assert UsageRecord.objects.count() == 0
 
 
+def test_a_deadlock_or_a_cancelled_statement_stays_a_500(client, monkeypatch):
+    """Only a database that cannot be reached is a 503: a server's error with another SQLSTATE
+    (a deadlock, 40P01; a statement timeout, 57014) is a fault to fix, not to retry."""
+    import psycopg
+    from django.db import OperationalError
+
+    from embeddings import services
+
+    for cause in (psycopg.errors.DeadlockDetected("deadlock detected"),
+                  psycopg.errors.QueryCanceled("canceling statement due to statement timeout")):
+        def failing(**kwargs):
+            raise OperationalError(str(cause)) from cause
+
+        monkeypatch.setattr(services, "encode_inputs", failing)
+        response = client.post("/v1/embeddings", {"model": "all-MiniLM-L6-v2", "input": "hi"}, format="json")
+        assert_error(response, 500, param=None, code="internal_error", type="server_error")
+
+
 def test_request_id_on_success_and_on_non_api_pages(client, db):
     assert client.post("/v1/embeddings", {"model": "all-MiniLM-L6-v2", "input": "hi"},
                        format="json")["x-request-id"].startswith("req_")
