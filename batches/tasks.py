@@ -47,6 +47,11 @@ def claim_chunk(sender=None, request=None, **kwargs) -> None:
         return
     from config.heartbeats import chunk_claim
 
-    claim = request.id if request.name == "batches.run_chunk" else services.step_claim_id(request.name,
-                                                                                          request.args[0])
+    if request.name == "batches.run_chunk":
+        claim = request.id
+    else:  # sent with the batch's id, as `services.task_send` sends it (or as a keyword)
+        batch_id = request.args[0] if request.args else (request.kwargs or {}).get("batch_id")
+        if batch_id is None:
+            return
+        claim = services.step_claim_id(request.name, batch_id)
     chunk_claim(claim, hostname=request.hostname, ttl_s=settings.BATCH_CHUNK_RESEND_SECONDS + 60)
