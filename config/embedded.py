@@ -222,13 +222,21 @@ class EmbeddedPostgres:
         return pid if program.startswith("postgres") and str(self.pgdata).encode() in argv else None
 
     def _stale_lock_remove(self) -> None:
-        """Remove a ``postmaster.pid`` no postmaster of this data directory runs under
+        """Remove a ``postmaster.pid``, and the socket lock files (``.s.PGSQL.<port>.lock`` in this
+        directory's own socket directory), when no postmaster of this data directory runs
         (`_postmaster_pid`): PostgreSQL refuses to start ("lock file already exists") while the PID
-        in it is alive, whoever it now is (the runtime test failed so in CI)."""
+        in either is alive, whoever it now is (a reused PID, or the killed postmaster still a zombie
+        of a parent that has not reaped it: the runtime test failed so in CI, twice)."""
+        if self._postmaster_pid() is not None:
+            return
         pidfile = self.pgdata / "postmaster.pid"
-        if pidfile.exists() and self._postmaster_pid() is None:
+        if pidfile.exists():
             logger.warning("embedded PostgreSQL: removing a stale postmaster.pid (its process is gone)")
             pidfile.unlink(missing_ok=True)
+        sockets = socket_dir(self.var_dir)
+        for lock in sockets.glob(f"{_PG_SOCKET_NAME}.lock") if sockets.is_dir() else ():
+            logger.warning("embedded PostgreSQL: removing a stale socket lock %s", lock.name)
+            lock.unlink(missing_ok=True)
 
     def create_database(self, name: str) -> None:
         """``CREATE DATABASE name`` unless it exists."""

@@ -107,9 +107,17 @@ def test_a_postmaster_pid_left_by_a_kill_whose_pid_was_reused_does_not_stop_the_
         psutil.wait_procs([postmaster, *children], timeout=10)
     finally:
         servers.stop()  # finds no postmaster under the file's PID: kills nothing
-    other = subprocess.Popen(["sleep", "120"])  # the process that now has the PID
+    # the process that now has the PID: the server's user's (PostgreSQL takes a PID it may not
+    # signal for a stale one; the killed postmaster itself, a zombie not yet reaped, is its user's)
+    owner = pidfile.stat().st_uid
+    other = subprocess.Popen(["sleep", "120"], user=owner if owner != os.getuid() else None)
     lines = pidfile.read_text().splitlines()
     pidfile.write_text("\n".join([str(other.pid), *lines[1:]]) + "\n")
+    # the socket's lock file names it too (a kill leaves it; PostgreSQL checks it as well)
+    from config.embedded import socket_dir
+
+    socket_lock = socket_dir(var) / ".s.PGSQL.5432.lock"
+    socket_lock.write_text(f"{other.pid}\n{servers.postgres.pgdata}\n")
     servers = EmbeddedServers(var, environ={})
     try:
         EmbeddedPostgres(var).stop()  # no postmaster under that PID: nothing is killed
