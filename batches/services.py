@@ -501,9 +501,10 @@ def chunk_run(*, batch_id: int, index: int) -> None:
     prepared: list[PreparedLine] = []
     with files.file_open(_input_file(batch)) as stream:
         for offset, raw in enumerate(_lines(stream, start=chunk.start_byte, end=chunk.end_byte)):
-            if line_blank(raw, index=chunk.start_line + offset):
+            line_index = chunk.start_line + offset
+            if line_blank(raw, index=line_index):
                 continue
-            line = line_read(raw, index=chunk.start_line + offset, endpoint=batch.endpoint)
+            line = line_read(raw, index=line_index, endpoint=batch.endpoint)
             if not isinstance(line, InputLine):
                 continue  # validation failed the batch for such a line: never reached
             try:
@@ -584,9 +585,9 @@ def _not_run_lines(batch: Batch) -> Iterator[bytes]:
     with files.file_open(_input_file(batch)) as stream:
         for chunk in skipped:
             for offset, raw in enumerate(_lines(stream, start=chunk.start_byte, end=chunk.end_byte)):
-                index = chunk.start_line + offset
-                line = None if line_blank(raw, index=index) else line_read(raw, index=index,
-                                                                           endpoint=batch.endpoint)
+                line_index = chunk.start_line + offset
+                line = None if line_blank(raw, index=line_index) else line_read(raw, index=line_index,
+                                                                                endpoint=batch.endpoint)
                 if isinstance(line, InputLine):
                     yield line_not_run(batch.public_id, line.index, line.custom_id, code="batch_expired",
                                        message=EXPIRED_MESSAGE)
@@ -729,8 +730,8 @@ def batches_tick(*, now: datetime | None = None) -> None:
     lost = [*steps.filter(dispatched_at__lt=stale), *_lost_steps(list(steps.filter(dispatched_at__gte=stale)))]
     for batch in lost:
         if Batch.objects.filter(pk=batch.pk, dispatched_at=batch.dispatched_at).update(dispatched_at=now):
-            logger.warning("Batch %s: %s was lost with its worker or message; sending it again", batch.pk,
-                           _step_of(batch))
-            heartbeats.chunk_unclaim(step_claim_id(_step_of(batch), batch.pk))  # the dead worker's claim
-            task_send(_step_of(batch), batch.pk)
+            step = _step_of(batch)
+            logger.warning("Batch %s: %s was lost with its worker or message; sending it again", batch.pk, step)
+            heartbeats.chunk_unclaim(step_claim_id(step, batch.pk))  # the dead worker's claim
+            task_send(step, batch.pk)
     files.files_delete_expired(now=now)

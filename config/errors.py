@@ -266,9 +266,9 @@ def openai_exception_handler(exc, context) -> Response | None:
         )
     if isinstance(exc, drf_exceptions.UnsupportedMediaType):
         # what this endpoint reads (its parsers): application/json, or multipart/form-data for uploads
-        view, request = context.get("view"), context.get("request")
+        view = context.get("view")
         accepted = [parser.media_type for parser in view.get_parsers()] if view is not None else []
-        sent = (getattr(request, "content_type", "") or "").split(";")[0].strip()[:100]
+        sent = _content_type(context).split(";")[0].strip()[:100]
         return Response(
             error_body(f"Unsupported Content-Type '{sent}'. Send the body as "
                        f"{' or '.join(accepted) or 'application/json'}.", code="unsupported_media_type"),
