@@ -87,17 +87,23 @@ def test_body_too_large(client, settings):
     assert UsageRecord.objects.count() == 0
 
 
+def post_with_encode_raising(client, monkeypatch, exc: BaseException):
+    """``POST /v1/embeddings`` of one input while the encode raises ``exc`` (a fault injected where
+    the engine runs, after authentication and admission); the response."""
+    from embeddings import services
+
+    def failing(**kwargs):
+        raise exc
+
+    monkeypatch.setattr(services, "encode_inputs", failing)
+    return client.post("/v1/embeddings", {"model": "all-MiniLM-L6-v2", "input": "hi"}, format="json")
+
+
 def test_unexpected_error_is_a_500_envelope_with_request_id_and_no_traceback(client, monkeypatch, caplog):
     """Inject a fault in the engine; the API must answer with the envelope, log the traceback
     server-side, and meter nothing."""
-    from embeddings import services
-
-    def broken_encode(**kwargs):
-        raise RuntimeError("CUDA exploded: secret internal detail")
-
-    monkeypatch.setattr(services, "encode_inputs", broken_encode)
     caplog.set_level(logging.ERROR)
-    response = client.post("/v1/embeddings", {"model": "all-MiniLM-L6-v2", "input": "hi"}, format="json")
+    response = post_with_encode_raising(client, monkeypatch, RuntimeError("CUDA exploded: secret internal detail"))
     error = assert_error(response, 500, param=None, code="internal_error", type="server_error")
     request_id = response["x-request-id"]
     assert request_id in error["message"]
@@ -112,14 +118,9 @@ def test_a_database_outage_is_a_503_to_retry_not_a_500(client, monkeypatch, capl
     logged, and nothing metered."""
     from django.db import OperationalError
 
-    from embeddings import services
-
-    def unreachable(**kwargs):
-        raise OperationalError('connection failed: No such file or directory (is the server running?)')
-
-    monkeypatch.setattr(services, "encode_inputs", unreachable)
     caplog.set_level(logging.WARNING)
-    response = client.post("/v1/embeddings", {"model": "all-MiniLM-L6-v2", "input": "hi"}, format="json")
+    response = post_with_encode_raising(client, monkeypatch, OperationalError(
+        "connection failed: No such file or directory (is the server running?)"))
     error = assert_error(response, 503, param=None, code="service_unavailable", type="server_error")
     assert response["Retry-After"] == str(settings.ADMISSION_RETRY_AFTER_SECONDS)
     assert "server running" not in error["message"] and response["x-request-id"] in caplog.text
@@ -132,15 +133,11 @@ def test_a_deadlock_or_a_cancelled_statement_stays_a_500(client, monkeypatch):
     import psycopg
     from django.db import OperationalError
 
-    from embeddings import services
-
     for cause in (psycopg.errors.DeadlockDetected("deadlock detected"),
                   psycopg.errors.QueryCanceled("canceling statement due to statement timeout")):
-        def failing(**kwargs):
-            raise OperationalError(str(cause)) from cause
-
-        monkeypatch.setattr(services, "encode_inputs", failing)
-        response = client.post("/v1/embeddings", {"model": "all-MiniLM-L6-v2", "input": "hi"}, format="json")
+        error = OperationalError(str(cause))
+        error.__cause__ = cause  # as Django's wrapper raises it: ``from`` the driver's error
+        response = post_with_encode_raising(client, monkeypatch, error)
         assert_error(response, 500, param=None, code="internal_error", type="server_error")
 
 
